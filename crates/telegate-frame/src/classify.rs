@@ -1,0 +1,118 @@
+//! Which data categories a frame carries. Policy grants purposes categories, not kinds, so
+//! that a breakdown snapshot's location is treated as location wherever it travels.
+
+use crate::pb::vehicle_frame::Body;
+use crate::validate::Frame;
+
+/// The closed set of data categories (the notices' "Kennungen", "Zustandsdaten", …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DataCategory {
+    /// The VIN and anything else that identifies the vehicle.
+    Identification,
+    /// Component condition and usage: odometer, levels, openings, batteries.
+    Status,
+    /// Fault codes (analysis data).
+    Diagnostics,
+    /// Position and movement.
+    Location,
+    /// The driver's privacy settings.
+    Settings,
+    /// A breakdown call's metadata and consent scopes.
+    Breakdown,
+    /// Charging sessions.
+    Charging,
+    /// Software, update and version state.
+    Software,
+}
+
+impl DataCategory {
+    pub const ALL: [DataCategory; 8] = [
+        DataCategory::Identification,
+        DataCategory::Status,
+        DataCategory::Diagnostics,
+        DataCategory::Location,
+        DataCategory::Settings,
+        DataCategory::Breakdown,
+        DataCategory::Charging,
+        DataCategory::Software,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataCategory::Identification => "identification",
+            DataCategory::Status => "status",
+            DataCategory::Diagnostics => "diagnostics",
+            DataCategory::Location => "location",
+            DataCategory::Settings => "settings",
+            DataCategory::Breakdown => "breakdown",
+            DataCategory::Charging => "charging",
+            DataCategory::Software => "software",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A small set of categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Categories(u16);
+
+impl Categories {
+    pub fn insert(&mut self, c: DataCategory) {
+        self.0 |= 1 << c as u16;
+    }
+    pub fn contains(self, c: DataCategory) -> bool {
+        self.0 & (1 << c as u16) != 0
+    }
+    /// Every category of `self` is in `other`.
+    pub fn is_subset(self, other: Categories) -> bool {
+        self.0 & !other.0 == 0
+    }
+    pub fn iter(self) -> impl Iterator<Item = DataCategory> {
+        DataCategory::ALL.into_iter().filter(move |c| self.contains(*c))
+    }
+}
+
+impl FromIterator<DataCategory> for Categories {
+    fn from_iter<I: IntoIterator<Item = DataCategory>>(iter: I) -> Self {
+        let mut set = Categories::default();
+        iter.into_iter().for_each(|c| set.insert(c));
+        set
+    }
+}
+
+/// The categories present in a validated frame.
+pub fn classify(frame: &Frame) -> Categories {
+    let mut set = Categories::default();
+    set.insert(DataCategory::Identification);
+    match frame.body() {
+        Body::Status(_) => set.insert(DataCategory::Status),
+        Body::Diagnostics(_) => set.insert(DataCategory::Diagnostics),
+        Body::Location(_) => set.insert(DataCategory::Location),
+        Body::Privacy(_) => set.insert(DataCategory::Settings),
+        Body::Breakdown(b) => {
+            set.insert(DataCategory::Breakdown);
+            if let Some(snap) = &b.snapshot {
+                if snap.status.is_some() {
+                    set.insert(DataCategory::Status);
+                }
+                if !snap.dtcs.is_empty() {
+                    set.insert(DataCategory::Diagnostics);
+                }
+                if snap.location.is_some() {
+                    set.insert(DataCategory::Location);
+                }
+            }
+        }
+        Body::Charging(c) => {
+            set.insert(DataCategory::Charging);
+            if c.location.is_some() {
+                set.insert(DataCategory::Location);
+            }
+        }
+        Body::Software(_) => set.insert(DataCategory::Software),
+    }
+    set
+}
