@@ -1,0 +1,184 @@
+//! Keyed hashing: pseudonyms for services and subject hashes for `telegate.rejected`.
+//!
+//! One secret per key version; per-purpose keys are derived by domain separation inside the
+//! HMAC input, so two purposes never see the same pseudonym for one VIN. Several versions can
+//! be loaded at once (rotation): new records use the active one and name it in
+//! `telegate-key-id`.
+
+use crate::ids::{KeyId, PurposeId};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+use telegate_frame::Vin;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Key material. Debug never shows it.
+#[derive(Clone)]
+struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// The loaded key versions and which one is active.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    keys: Vec<(KeyId, Secret)>,
+    active: usize,
+    ephemeral: bool,
+}
+
+/// Why a key file was refused. Never contains key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key file is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("key {0:?}: secret_hex must be hex of at least 32 bytes")]
+    WeakOrMalformed(String),
+    #[error("key id {0:?} is not a slug ([a-z0-9-], at most 64)")]
+    BadId(String),
+    #[error("key id {0:?} appears twice")]
+    Duplicate(String),
+    #[error("exactly one key must be active = true (found {0})")]
+    Active(usize),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyFile {
+    keys: Vec<RawKey>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: String,
+    secret_hex: String,
+    #[serde(default)]
+    active: bool,
+}
+
+const MIN_SECRET: usize = 32;
+
+impl Keyring {
+    /// Parses a key file:
+    /// ```toml
+    /// [[keys]]
+    /// id = "2026-11"
+    /// secret_hex = "…64+ hex digits…"
+    /// active = true
+    /// ```
+    pub fn from_toml(text: &str) -> Result<Self, KeyError> {
+        let raw: RawKeyFile = toml::from_str(text).map_err(|e| KeyError::Syntax(e.to_string()))?;
+        let mut keys = Vec::with_capacity(raw.keys.len());
+        let mut active = Vec::new();
+        for k in raw.keys {
+            if !crate::ids::is_slug(&k.id) {
+                return Err(KeyError::BadId(k.id));
+            }
+            if keys.iter().any(|(id, _): &(KeyId, Secret)| id.as_str() == k.id) {
+                return Err(KeyError::Duplicate(k.id));
+            }
+            let secret = hex::decode(k.secret_hex.trim())
+                .ok()
+                .filter(|s| s.len() >= MIN_SECRET)
+                .ok_or_else(|| KeyError::WeakOrMalformed(k.id.clone()))?;
+            if k.active {
+                active.push(keys.len());
+            }
+            keys.push((KeyId::from(k.id.as_str()), Secret(secret)));
+        }
+        match active.as_slice() {
+            [one] => Ok(Self {
+                keys,
+                active: *one,
+                ephemeral: false,
+            }),
+            _ => Err(KeyError::Active(active.len())),
+        }
+    }
+
+    /// A keyring from fresh random bytes (the caller supplies them: this crate has no
+    /// randomness source). Pseudonyms from it change at every start: for demos and tests.
+    pub fn ephemeral(secret: [u8; 32]) -> Self {
+        Self {
+            keys: vec![(KeyId::from("ephemeral"), Secret(secret.to_vec()))],
+            active: 0,
+            ephemeral: true,
+        }
+    }
+
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+
+    pub fn active_id(&self) -> &KeyId {
+        &self.keys[self.active].0
+    }
+
+    /// The purpose-specific pseudonym of a VIN under the active key: 32 hex digits.
+    pub fn pseudonym(&self, purpose: &PurposeId, vin: &Vin) -> String {
+        self.hash(&[b"pseudonym", purpose.as_str().as_bytes(), vin.expose().as_bytes()])
+    }
+
+    /// The keyed hash of a raw subject (a topic's VIN segment, possibly malformed) for
+    /// `telegate.rejected`: lets an operator find one vehicle's rejections without storing
+    /// its VIN.
+    pub fn subject_hash(&self, subject: &str) -> String {
+        self.hash(&[b"rejected-subject", subject.as_bytes()])
+    }
+
+    fn hash(&self, parts: &[&[u8]]) -> String {
+        let mut mac = HmacSha256::new_from_slice(&self.keys[self.active].1.0)
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"telegate/v1");
+        for p in parts {
+            // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
+            mac.update(&(p.len() as u32).to_be_bytes());
+            mac.update(p);
+        }
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(secret: u8) -> Keyring {
+        Keyring::ephemeral([secret; 32])
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_per_key_and_separated_per_purpose() {
+        let vin = Vin::parse("WP0ZZZ99ZTS392124").expect("valid");
+        let a = PurposeId::from("a");
+        let b = PurposeId::from("b");
+        assert_eq!(ring(1).pseudonym(&a, &vin), ring(1).pseudonym(&a, &vin));
+        assert_ne!(ring(1).pseudonym(&a, &vin), ring(1).pseudonym(&b, &vin));
+        assert_ne!(ring(1).pseudonym(&a, &vin), ring(2).pseudonym(&a, &vin));
+        assert_eq!(ring(1).pseudonym(&a, &vin).len(), 32);
+        assert!(!ring(1).pseudonym(&a, &vin).contains("392124"));
+    }
+
+    #[test]
+    fn key_files_are_checked() {
+        let good = format!(
+            "[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n[[keys]]\nid = \"k2\"\nsecret_hex = \"{}\"\nactive = true\n",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        );
+        let ring = Keyring::from_toml(&good).expect("valid");
+        assert_eq!(ring.active_id().as_str(), "k2");
+        assert!(!ring.is_ephemeral());
+        let weak = "[[keys]]\nid = \"k1\"\nsecret_hex = \"abcd\"\nactive = true\n";
+        assert!(matches!(Keyring::from_toml(weak), Err(KeyError::WeakOrMalformed(_))));
+        let none_active = format!("[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n", "ab".repeat(32));
+        assert!(matches!(Keyring::from_toml(&none_active), Err(KeyError::Active(0))));
+        let err = Keyring::from_toml(weak).expect_err("weak").to_string();
+        assert!(!err.contains("abcd"), "errors never echo key material");
+    }
+}
