@@ -1,1 +1,15 @@
+//! The Kafka sink: creates telegate's topics itself (never relying on broker auto-creation)
+//! with the retention policy allows, produces [`OutRecord`]s with an idempotent, acks=all,
+//! compressing, batching producer, turns a full producer queue into back-pressure, and
+//! tracks every delivery (latency, failures) with bounded in-flight work. It knows nothing
+//! of MQTT or policy decisions: records arrive already shaped.
+//!
+//! [`OutRecord`]: telegate_policy::OutRecord
 
+mod admin;
+mod config;
+mod sink;
+
+pub use admin::{TopicError, ensure_topics};
+pub use config::KafkaConfig;
+pub use sink::{KafkaSink, SinkError, SinkStats};

@@ -1,1 +1,13 @@
+//! The vehicle simulator: a pure vehicle model ([`Vehicle`]) that drives plausible trips
+//! around a home city and emits the frames a real modem would (status periodically and on
+//! threshold crossings, DTC scans at ignition-on, locations, privacy toggles with
+//! store-and-forward while offline, breakdown calls, charging sessions, software reports),
+//! and a [`Fleet`] that runs many of them over MQTT, one connection each. Per-vehicle `seq`
+//! belongs to the vehicle and survives reconnects.
 
+mod fleet;
+mod vehicle;
+pub mod vin;
+
+pub use fleet::{Fleet, FleetConfig, FleetStats, FormatMix};
+pub use vehicle::{Behaviour, Truth, Vehicle, haversine_km};

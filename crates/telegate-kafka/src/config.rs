@@ -1,0 +1,64 @@
+//! Producer and admin settings.
+
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
+
+/// How telegate talks to Kafka. `extra` passes any librdkafka property through (security,
+/// SASL, tuning) and wins over the defaults set here.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap: String,
+    pub client_id: String,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: String,
+    pub linger_ms: u32,
+    /// Give up on a record after this long (it is then counted as failed).
+    pub message_timeout_ms: u32,
+    /// Partitions for topics telegate creates.
+    pub partitions: i32,
+    /// Replication factor for topics telegate creates; -1 takes the broker's default.
+    pub replication_factor: i32,
+    /// Deliveries awaited at once; past this, producing waits (back-pressure).
+    pub max_in_flight: usize,
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap: "127.0.0.1:9092".to_owned(),
+            client_id: "telegate".to_owned(),
+            compression: "lz4".to_owned(),
+            linger_ms: 5,
+            message_timeout_ms: 120_000,
+            partitions: 6,
+            replication_factor: -1,
+            max_in_flight: 100_000,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", &self.client_id);
+        c
+    }
+
+    pub(crate) fn producer_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &self.compression)
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string());
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+}
