@@ -71,7 +71,9 @@ impl Categories {
         self.0 & !other.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = DataCategory> {
-        DataCategory::ALL.into_iter().filter(move |c| self.contains(*c))
+        DataCategory::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
     }
 }
 

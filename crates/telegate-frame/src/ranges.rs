@@ -104,7 +104,12 @@ fn status(s: &pb::Status) -> Check {
     if let Some(b) = &s.hv_battery {
         opt(b.soc_pct, 0.0, 100.0, "status.hv_battery.soc_pct")?;
         opt(b.soh_pct, 0.0, 100.0, "status.hv_battery.soh_pct")?;
-        opt(b.temperature_c, -60.0, 120.0, "status.hv_battery.temperature_c")?;
+        opt(
+            b.temperature_c,
+            -60.0,
+            120.0,
+            "status.hv_battery.temperature_c",
+        )?;
         opt(b.voltage_v, 0.0, 1_500.0, "status.hv_battery.voltage_v")?;
     }
     Ok(())

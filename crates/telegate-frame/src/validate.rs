@@ -176,7 +176,13 @@ pub fn validate(
     }
     let topic_vin = match Vin::parse(parts.vin) {
         Ok(v) => v,
-        Err(e) => return Err(fail(rej, RejectReason::VinMalformed, vin_detail("topic", e))),
+        Err(e) => {
+            return Err(fail(
+                rej,
+                RejectReason::VinMalformed,
+                vin_detail("topic", e),
+            ));
+        }
     };
     let (inner, format) = match decode(payload) {
         Ok(v) => v,

@@ -181,7 +181,10 @@ fn check_digit_is_a_setting() {
     };
     let payload = encode(&status_frame(), PayloadFormat::Protobuf);
     let r = validate(&status_topic(), &payload, NOW, &strict);
-    assert_eq!(r.map(|_| ()).map_err(|r| r.reason), Err(RejectReason::VinCheckDigit));
+    assert_eq!(
+        r.map(|_| ()).map_err(|r| r.reason),
+        Err(RejectReason::VinCheckDigit)
+    );
 
     let mut bytes: [u8; 17] = VIN.as_bytes().try_into().expect("17");
     bytes[8] = check_digit(&bytes);
@@ -189,7 +192,15 @@ fn check_digit_is_a_setting() {
     let mut frame = status_frame();
     frame.vin = good.clone();
     let payload = encode(&frame, PayloadFormat::Json);
-    assert!(validate(&vehicle_topic(&good, FrameKind::Status), &payload, NOW, &strict).is_ok());
+    assert!(
+        validate(
+            &vehicle_topic(&good, FrameKind::Status),
+            &payload,
+            NOW,
+            &strict
+        )
+        .is_ok()
+    );
 }
 
 #[test]

@@ -44,13 +44,14 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&topics, &opts)
-        .await
-        .map_err(|error| TopicError::Request {
-            bootstrap: cfg.bootstrap.clone(),
-            error,
-        })?;
+    let results =
+        admin
+            .create_topics(&topics, &opts)
+            .await
+            .map_err(|error| TopicError::Request {
+                bootstrap: cfg.bootstrap.clone(),
+                error,
+            })?;
     let mut refused = Vec::new();
     for r in results {
         match r {

@@ -130,7 +130,9 @@ impl KafkaSink {
         let producer = self.producer.clone();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         if !matches!(flushed, Ok(Ok(()))) {
-            tracing::warn!("Kafka flush did not finish in {timeout:?}; undelivered records are counted as failed");
+            tracing::warn!(
+                "Kafka flush did not finish in {timeout:?}; undelivered records are counted as failed"
+            );
         }
         drop(self.pending);
         let _ = self.tracker.await;

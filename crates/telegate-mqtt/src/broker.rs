@@ -84,7 +84,12 @@ impl Ingress {
     /// Starts the broker and the link reader; returns once every listener accepts
     /// connections. Frames arrive on the returned channel.
     pub fn start(cfg: &IngressConfig) -> Result<(Self, mpsc::Receiver<Incoming>), IngressError> {
-        let listeners: Vec<SocketAddr> = cfg.v4_listen.iter().chain(&cfg.v5_listen).copied().collect();
+        let listeners: Vec<SocketAddr> = cfg
+            .v4_listen
+            .iter()
+            .chain(&cfg.v5_listen)
+            .copied()
+            .collect();
         if listeners.is_empty() {
             return Err(IngressError::NoListener);
         }

@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use rumqttd::Notification;
 use rumqttd::local::LinkRx;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 

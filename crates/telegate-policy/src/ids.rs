@@ -67,7 +67,16 @@ mod tests {
         for ok in ["smart-service", "a", "trip-log-2"] {
             assert!(super::is_slug(ok), "{ok}");
         }
-        for bad in ["", "Smart", "a--b", "-a", "a-", "a_b", "a.b", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "Smart",
+            "a--b",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            &"x".repeat(65),
+        ] {
             assert!(!super::is_slug(bad), "{bad}");
         }
     }

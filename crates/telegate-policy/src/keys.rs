@@ -79,7 +79,10 @@ impl Keyring {
             if !crate::ids::is_slug(&k.id) {
                 return Err(KeyError::BadId(k.id));
             }
-            if keys.iter().any(|(id, _): &(KeyId, Secret)| id.as_str() == k.id) {
+            if keys
+                .iter()
+                .any(|(id, _): &(KeyId, Secret)| id.as_str() == k.id)
+            {
                 return Err(KeyError::Duplicate(k.id));
             }
             let secret = hex::decode(k.secret_hex.trim())
@@ -121,7 +124,11 @@ impl Keyring {
 
     /// The purpose-specific pseudonym of a VIN under the active key: 32 hex digits.
     pub fn pseudonym(&self, purpose: &PurposeId, vin: &Vin) -> String {
-        self.hash(&[b"pseudonym", purpose.as_str().as_bytes(), vin.expose().as_bytes()])
+        self.hash(&[
+            b"pseudonym",
+            purpose.as_str().as_bytes(),
+            vin.expose().as_bytes(),
+        ])
     }
 
     /// The keyed hash of a raw subject (a topic's VIN segment, possibly malformed) for
@@ -175,9 +182,18 @@ mod tests {
         assert_eq!(ring.active_id().as_str(), "k2");
         assert!(!ring.is_ephemeral());
         let weak = "[[keys]]\nid = \"k1\"\nsecret_hex = \"abcd\"\nactive = true\n";
-        assert!(matches!(Keyring::from_toml(weak), Err(KeyError::WeakOrMalformed(_))));
-        let none_active = format!("[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n", "ab".repeat(32));
-        assert!(matches!(Keyring::from_toml(&none_active), Err(KeyError::Active(0))));
+        assert!(matches!(
+            Keyring::from_toml(weak),
+            Err(KeyError::WeakOrMalformed(_))
+        ));
+        let none_active = format!(
+            "[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        assert!(matches!(
+            Keyring::from_toml(&none_active),
+            Err(KeyError::Active(0))
+        ));
         let err = Keyring::from_toml(weak).expect_err("weak").to_string();
         assert!(!err.contains("abcd"), "errors never echo key material");
     }

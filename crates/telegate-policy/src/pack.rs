@@ -72,6 +72,8 @@ pub struct Service {
 #[derive(Debug, Clone)]
 pub struct Purpose {
     pub id: PurposeId,
+    /// Position in [`Pack::purposes`], for per-purpose tables.
+    pub index: usize,
     /// Index into [`Pack::services`].
     pub service: usize,
     pub legal_basis: LegalBasis,
@@ -319,7 +321,10 @@ impl RawPack {
             if !is_slug(id) {
                 errs.push(&path, "service id must be a slug ([a-z0-9-], at most 64)");
             }
-            let topic = raw.topic.clone().unwrap_or_else(|| format!("telegate.{id}"));
+            let topic = raw
+                .topic
+                .clone()
+                .unwrap_or_else(|| format!("telegate.{id}"));
             if !is_topic_name(&topic) {
                 errs.push(
                     format!("{path}.topic"),
@@ -327,7 +332,10 @@ impl RawPack {
                 );
             }
             if RESERVED_TOPICS.contains(&topic.as_str()) {
-                errs.push(format!("{path}.topic"), format!("{topic} is reserved for telegate"));
+                errs.push(
+                    format!("{path}.topic"),
+                    format!("{topic} is reserved for telegate"),
+                );
             }
             if let Some(other) = services.iter().find(|s: &&Service| s.topic == topic) {
                 errs.push(
@@ -413,6 +421,7 @@ impl RawPack {
             {
                 purposes.push(Purpose {
                     id: PurposeId::from(id.as_str()),
+                    index: purposes.len(),
                     service,
                     legal_basis,
                     kinds,

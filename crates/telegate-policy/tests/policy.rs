@@ -152,7 +152,10 @@ fn status_goes_to_smart_service_with_vin_and_trip_log_with_pseudonym() {
         assert_eq!(rec.header(header::CONSENT), Some("not-required"));
         assert_eq!(rec.header(header::POLICY), Some("reference@2026.11.0"));
         assert_eq!(rec.header(header::SEQ), Some("42"));
-        assert_eq!(rec.header(header::CAPTURED_AT_MS), Some(&*(NOW - 10).to_string()));
+        assert_eq!(
+            rec.header(header::CAPTURED_AT_MS),
+            Some(&*(NOW - 10).to_string())
+        );
         let (payload, _) = decode(&rec.payload).expect("service payload decodes");
         match purpose.id.as_str() {
             "component-status" => {
@@ -232,7 +235,10 @@ fn rejected_records_hash_the_subject_and_carry_no_payload() {
     let rec = rejected_record(&pack.label(), &rej, NOW, payload.len(), &keys());
     assert_eq!(rec.topic, "telegate.rejected");
     let text = String::from_utf8(rec.payload.clone()).expect("json");
-    assert!(!text.contains("392124") && !text.contains("392125"), "{text}");
+    assert!(
+        !text.contains("392124") && !text.contains("392125"),
+        "{text}"
+    );
     let body: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(body["reason"], "vin-mismatch");
     assert_eq!(body["kind"], "status");

@@ -87,7 +87,14 @@ impl Fleet {
                 FormatMix::Mixed => PayloadFormat::Protobuf,
             };
             let seed = rng.random();
-            tasks.spawn(drive(vehicle, cfg.clone(), format, seed, stop_rx.clone(), stats.clone()));
+            tasks.spawn(drive(
+                vehicle,
+                cfg.clone(),
+                format,
+                seed,
+                stop_rx.clone(),
+                stats.clone(),
+            ));
         }
         Self { stop, tasks, stats }
     }
@@ -161,18 +168,35 @@ async fn drive(
     (vehicle.vin().to_owned(), vehicle.truth().clone())
 }
 
-async fn publish(client: &AsyncClient, frame: &VehicleFrame, format: PayloadFormat, stats: &FleetStats) {
-    let Some(body) = frame.body.as_ref() else { return };
+async fn publish(
+    client: &AsyncClient,
+    frame: &VehicleFrame,
+    format: PayloadFormat,
+    stats: &FleetStats,
+) {
+    let Some(body) = frame.body.as_ref() else {
+        return;
+    };
     let topic = vehicle_topic(&frame.vin, FrameKind::of_body(body));
-    match client.publish(topic, QoS::AtLeastOnce, false, encode(frame, format)).await {
+    match client
+        .publish(topic, QoS::AtLeastOnce, false, encode(frame, format))
+        .await
+    {
         Ok(()) => stats.published.fetch_add(1, Ordering::Relaxed),
         Err(_) => stats.publish_errors.fetch_add(1, Ordering::Relaxed),
     };
 }
 
 /// One of the ways real vehicles and forgers get frames wrong.
-async fn publish_broken(client: &AsyncClient, frame: &VehicleFrame, rng: &mut SmallRng, stats: &FleetStats) {
-    let Some(body) = frame.body.as_ref() else { return };
+async fn publish_broken(
+    client: &AsyncClient,
+    frame: &VehicleFrame,
+    rng: &mut SmallRng,
+    stats: &FleetStats,
+) {
+    let Some(body) = frame.body.as_ref() else {
+        return;
+    };
     let kind = FrameKind::of_body(body);
     let (topic, payload) = match rng.random_range(0..3) {
         // A VIN with a forbidden letter.
@@ -186,12 +210,22 @@ async fn publish_broken(client: &AsyncClient, frame: &VehicleFrame, rng: &mut Sm
         1 => {
             let mut f = frame.clone();
             f.vin = crate::vin::generate(rng, "WP0");
-            (vehicle_topic(&frame.vin, kind), encode(&f, PayloadFormat::Protobuf))
+            (
+                vehicle_topic(&frame.vin, kind),
+                encode(&f, PayloadFormat::Protobuf),
+            )
         }
         // Not a frame at all.
-        _ => (vehicle_topic(&frame.vin, kind), b"{\"vin\": truncated".to_vec()),
+        _ => (
+            vehicle_topic(&frame.vin, kind),
+            b"{\"vin\": truncated".to_vec(),
+        ),
     };
-    if client.publish(topic, QoS::AtLeastOnce, false, payload).await.is_ok() {
+    if client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .is_ok()
+    {
         stats.broken_published.fetch_add(1, Ordering::Relaxed);
     }
 }

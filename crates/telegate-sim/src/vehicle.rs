@@ -128,7 +128,13 @@ impl Vehicle {
     }
 
     /// Advances the vehicle to `now_ms` and returns the frames it sends now.
-    pub fn step(&mut self, now_ms: i64, dt_ms: i64, b: &Behaviour, rng: &mut impl Rng) -> Vec<VehicleFrame> {
+    pub fn step(
+        &mut self,
+        now_ms: i64,
+        dt_ms: i64,
+        b: &Behaviour,
+        rng: &mut impl Rng,
+    ) -> Vec<VehicleFrame> {
         let mut out = Vec::new();
         match self.phase {
             Phase::Parked { until_ms } | Phase::Charging { until_ms } if now_ms >= until_ms => {
@@ -160,7 +166,13 @@ impl Vehicle {
         out
     }
 
-    fn start_trip(&mut self, now_ms: i64, b: &Behaviour, rng: &mut impl Rng, out: &mut Vec<VehicleFrame>) {
+    fn start_trip(
+        &mut self,
+        now_ms: i64,
+        b: &Behaviour,
+        rng: &mut impl Rng,
+        out: &mut Vec<VehicleFrame>,
+    ) {
         if rng.random_bool(b.privacy_toggle_per_trip) {
             self.toggle_privacy(now_ms, rng, out);
         }
@@ -198,10 +210,17 @@ impl Vehicle {
         let dt_h = dt_ms as f64 / 3_600_000.0;
         let target_heading = bearing(self.pos, dest);
         let turn = ((target_heading - self.heading_deg as f64 + 540.0) % 360.0) - 180.0;
-        self.heading_deg = ((self.heading_deg as f64 + turn.clamp(-15.0, 15.0) + rng.random_range(-3.0..3.0))
-            .rem_euclid(360.0)) as f32;
-        let cruise = if haversine_km(self.pos, HOME) < 8.0 { 45.0 } else { 95.0 };
-        self.speed_kmh = (self.speed_kmh + rng.random_range(-6.0..6.0) + (cruise - self.speed_kmh) * 0.1).clamp(0.0, 140.0);
+        self.heading_deg =
+            ((self.heading_deg as f64 + turn.clamp(-15.0, 15.0) + rng.random_range(-3.0..3.0))
+                .rem_euclid(360.0)) as f32;
+        let cruise = if haversine_km(self.pos, HOME) < 8.0 {
+            45.0
+        } else {
+            95.0
+        };
+        self.speed_kmh =
+            (self.speed_kmh + rng.random_range(-6.0..6.0) + (cruise - self.speed_kmh) * 0.1)
+                .clamp(0.0, 140.0);
         let step_km = self.speed_kmh as f64 * dt_h;
         let before = self.pos;
         self.pos = destination(self.pos, self.heading_deg as f64, step_km);
@@ -217,7 +236,13 @@ impl Vehicle {
         }
     }
 
-    fn end_trip(&mut self, now_ms: i64, b: &Behaviour, rng: &mut impl Rng, out: &mut Vec<VehicleFrame>) {
+    fn end_trip(
+        &mut self,
+        now_ms: i64,
+        b: &Behaviour,
+        rng: &mut impl Rng,
+        out: &mut Vec<VehicleFrame>,
+    ) {
         self.speed_kmh = 0.0;
         let l = self.location();
         self.emit(now_ms, Body::Location(l), out);
@@ -234,11 +259,19 @@ impl Vehicle {
             if !self.ev && self.energy_pct < 15.0 {
                 self.energy_pct = 95.0; // refuelled while parked
             }
-            self.phase = Phase::Parked { until_ms: now_ms + park };
+            self.phase = Phase::Parked {
+                until_ms: now_ms + park,
+            };
         }
     }
 
-    fn breakdown(&mut self, now_ms: i64, b: &Behaviour, rng: &mut impl Rng, out: &mut Vec<VehicleFrame>) {
+    fn breakdown(
+        &mut self,
+        now_ms: i64,
+        b: &Behaviour,
+        rng: &mut impl Rng,
+        out: &mut Vec<VehicleFrame>,
+    ) {
         self.speed_kmh = 0.0;
         if self.dtcs.is_empty() {
             self.raise_dtc(rng);
@@ -262,22 +295,36 @@ impl Vehicle {
         self.emit(now_ms, Body::Breakdown(call), out);
         // Repaired on the spot; the DTCs clear, and the vehicle waits for the tow or mechanic.
         self.dtcs.clear();
-        self.phase = Phase::Parked { until_ms: now_ms + b.park_ms.1 };
+        self.phase = Phase::Parked {
+            until_ms: now_ms + b.park_ms.1,
+        };
     }
 
-    fn start_charging(&mut self, now_ms: i64, park_ms: i64, rng: &mut impl Rng, out: &mut Vec<VehicleFrame>) {
+    fn start_charging(
+        &mut self,
+        now_ms: i64,
+        park_ms: i64,
+        rng: &mut impl Rng,
+        out: &mut Vec<VehicleFrame>,
+    ) {
         let session = pb::ChargingSession {
             session_id: format!("chg-{}-{}", &self.vin[11..], self.seq + 1),
             phase: pb::ChargingPhase::Started as i32,
             soc_start_pct: Some(self.energy_pct),
             started_at_ms: Some(now_ms),
             evse_id: format!("DE*TGS*E{:06}", rng.random_range(0..1_000_000)),
-            current: if rng.random_bool(0.5) { pb::ChargingCurrent::Dc } else { pb::ChargingCurrent::Ac } as i32,
+            current: if rng.random_bool(0.5) {
+                pb::ChargingCurrent::Dc
+            } else {
+                pb::ChargingCurrent::Ac
+            } as i32,
             location: Some(self.location()),
             ..Default::default()
         };
         self.emit(now_ms, Body::Charging(session), out);
-        self.phase = Phase::Charging { until_ms: now_ms + park_ms };
+        self.phase = Phase::Charging {
+            until_ms: now_ms + park_ms,
+        };
     }
 
     fn end_charging(&mut self, now_ms: i64, out: &mut Vec<VehicleFrame>) {
@@ -385,7 +432,11 @@ impl Vehicle {
                 rear_right_kpa: Some(self.tyre_kpa[3]),
             }),
             fluids: Some(pb::FluidLevels {
-                engine_oil: if self.ev { pb::FluidLevel::Unspecified } else { pb::FluidLevel::Ok } as i32,
+                engine_oil: if self.ev {
+                    pb::FluidLevel::Unspecified
+                } else {
+                    pb::FluidLevel::Ok
+                } as i32,
                 brake_fluid: pb::FluidLevel::Ok as i32,
                 ..Default::default()
             }),
@@ -408,8 +459,14 @@ impl Vehicle {
     fn software(&self, event: pb::SoftwareEvent) -> pb::SoftwareState {
         pb::SoftwareState {
             ecus: vec![
-                pb::EcuSoftware { ecu: "gateway".into(), version: "4.2.1".into() },
-                pb::EcuSoftware { ecu: "head-unit".into(), version: "23.11.0".into() },
+                pb::EcuSoftware {
+                    ecu: "gateway".into(),
+                    version: "4.2.1".into(),
+                },
+                pb::EcuSoftware {
+                    ecu: "head-unit".into(),
+                    version: "23.11.0".into(),
+                },
             ],
             head_unit_version: "23.11.0".into(),
             map_version: "EU-2026.09".into(),
@@ -429,8 +486,14 @@ const EARTH_KM: f64 = 6_371.0;
 
 /// Great-circle distance.
 pub fn haversine_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (la1, lo1, la2, lo2) = (a.0.to_radians(), a.1.to_radians(), b.0.to_radians(), b.1.to_radians());
-    let h = ((la2 - la1) / 2.0).sin().powi(2) + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
+    let (la1, lo1, la2, lo2) = (
+        a.0.to_radians(),
+        a.1.to_radians(),
+        b.0.to_radians(),
+        b.1.to_radians(),
+    );
+    let h = ((la2 - la1) / 2.0).sin().powi(2)
+        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
     2.0 * EARTH_KM * h.sqrt().asin()
 }
 
@@ -442,7 +505,12 @@ fn bearing(a: (f64, f64), b: (f64, f64)) -> f64 {
 }
 
 fn destination(a: (f64, f64), heading_deg: f64, km: f64) -> (f64, f64) {
-    let (la1, lo1, th, d) = (a.0.to_radians(), a.1.to_radians(), heading_deg.to_radians(), km / EARTH_KM);
+    let (la1, lo1, th, d) = (
+        a.0.to_radians(),
+        a.1.to_radians(),
+        heading_deg.to_radians(),
+        km / EARTH_KM,
+    );
     let la2 = (la1.sin() * d.cos() + la1.cos() * d.sin() * th.cos()).asin();
     let lo2 = lo1 + (th.sin() * d.sin() * la1.cos()).atan2(d.cos() - la1.sin() * la2.sin());
     (la2.to_degrees(), (lo2.to_degrees() + 540.0) % 360.0 - 180.0)
@@ -453,7 +521,9 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
-    use telegate_frame::{FrameKind, PayloadFormat, ValidationConfig, encode, validate, vehicle_topic};
+    use telegate_frame::{
+        FrameKind, PayloadFormat, ValidationConfig, encode, validate, vehicle_topic,
+    };
 
     #[test]
     fn a_simulated_day_is_valid_ordered_and_plausible() {
@@ -473,13 +543,22 @@ mod tests {
                 let kind = FrameKind::of_body(f.body.as_ref().expect("body"));
                 kinds.insert(kind);
                 let payload = encode(&f, PayloadFormat::Protobuf);
-                validate(&vehicle_topic(v.vin(), kind), &payload, now, &ValidationConfig::default())
-                    .unwrap_or_else(|r| panic!("simulated frame rejected: {r:?}"));
+                validate(
+                    &vehicle_topic(v.vin(), kind),
+                    &payload,
+                    now,
+                    &ValidationConfig::default(),
+                )
+                .unwrap_or_else(|r| panic!("simulated frame rejected: {r:?}"));
             }
         }
         assert!(v.truth().trips >= 10, "trips: {}", v.truth().trips);
         assert!(v.truth().distance_km > 10.0);
-        for k in [FrameKind::Status, FrameKind::Diagnostics, FrameKind::Location] {
+        for k in [
+            FrameKind::Status,
+            FrameKind::Diagnostics,
+            FrameKind::Location,
+        ] {
             assert!(kinds.contains(&k), "{k} never sent");
         }
     }

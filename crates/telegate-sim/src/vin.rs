@@ -9,7 +9,11 @@ const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKLMNPRSTUVWXYZ";
 /// alphabet) and a correct ISO 3779 check digit.
 pub fn generate(rng: &mut impl Rng, wmi: &str) -> String {
     let mut b = [b'0'; 17];
-    for (slot, c) in b.iter_mut().zip(wmi.bytes().chain(std::iter::repeat(b'Z'))).take(3) {
+    for (slot, c) in b
+        .iter_mut()
+        .zip(wmi.bytes().chain(std::iter::repeat(b'Z')))
+        .take(3)
+    {
         *slot = c;
     }
     for slot in &mut b[3..] {

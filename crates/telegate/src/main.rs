@@ -1,1 +1,251 @@
-fn main() {}
+//! The `telegate` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use telegate::demo::{self, DemoArgs};
+use telegate::{Gateway, Overrides, PackSource, Settings};
+use telegate_policy::Pack;
+use telegate_sim::{Fleet, FleetConfig, FormatMix};
+
+#[derive(Parser)]
+#[command(
+    name = "telegate",
+    version,
+    about = "Consent-aware MQTT-to-Kafka gateway for connected vehicles"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Run everything on this machine with zero setup: embedded broker, in-process Kafka
+    /// stand-in, simulated fleet, live view.
+    Demo(DemoCli),
+    /// Run a simulated fleet against an MQTT broker.
+    Simulate(SimulateArgs),
+    /// Policy pack tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags and TELEGATE_* variables override it.
+    #[arg(long, env = "TELEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// MQTT 3.1.1 listener [default: 0.0.0.0:1883]
+    #[arg(long, env = "TELEGATE_MQTT_LISTEN")]
+    mqtt_listen: Option<SocketAddr>,
+    /// MQTT 5 listener [default: 0.0.0.0:1884]
+    #[arg(long, env = "TELEGATE_MQTT5_LISTEN")]
+    mqtt5_listen: Option<SocketAddr>,
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092]
+    #[arg(long, env = "TELEGATE_KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: Option<String>,
+    /// Policy pack (TOML).
+    #[arg(long, env = "TELEGATE_POLICY")]
+    policy: Option<PathBuf>,
+    /// /metrics, /healthz, /readyz [default: 0.0.0.0:9898]
+    #[arg(long, env = "TELEGATE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Pseudonymisation key file; without one, keys are ephemeral.
+    #[arg(long, env = "TELEGATE_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct DemoCli {
+    #[arg(long, default_value_t = 20)]
+    vehicles: usize,
+    /// Stop after this long (e.g. 30s); runs until Ctrl-C otherwise.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Use a real Kafka cluster instead of the in-process stand-in.
+    #[arg(long)]
+    kafka_bootstrap: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9898")]
+    metrics_listen: SocketAddr,
+    /// Policy pack; the built-in reference pack otherwise.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Share of frames followed by a deliberately broken one.
+    #[arg(long, default_value_t = 0.02)]
+    bad_frame_ratio: f64,
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// MQTT broker host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    #[arg(long, default_value_t = 20)]
+    vehicles: usize,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// protobuf, json or mixed.
+    #[arg(long, default_value = "mixed")]
+    format: String,
+    #[arg(long, default_value_t = 0.0)]
+    bad_frame_ratio: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a pack and print its services, purposes and topic retention.
+    Check { pack: PathBuf },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TELEGATE_LOG")
+        // rumqttd logs client ids at info level; vehicles may use their VIN as client id.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,rumqttd=error,librdkafka=warn")
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => {
+            init_tracing();
+            let flags = Overrides {
+                mqtt_listen: a.mqtt_listen,
+                mqtt5_listen: a.mqtt5_listen,
+                kafka_bootstrap: a.kafka_bootstrap,
+                policy: a.policy,
+                metrics_listen: a.metrics_listen,
+                key_file: a.key_file,
+            };
+            let settings = Settings::load(a.config.as_deref(), &flags)?;
+            let gateway = Gateway::start(&settings, PackSource::Settings).await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining and flushing");
+            gateway.shutdown().await;
+        }
+        Command::Demo(a) => {
+            if std::env::var_os("TELEGATE_LOG").is_some() {
+                init_tracing();
+            }
+            let summary = demo::run(DemoArgs {
+                vehicles: a.vehicles,
+                duration: a.duration,
+                kafka_bootstrap: a.kafka_bootstrap,
+                mqtt_listen: a.mqtt_listen,
+                metrics_listen: Some(a.metrics_listen),
+                policy: a.policy,
+                bad_frame_ratio: a.bad_frame_ratio,
+            })
+            .await?;
+            println!(
+                "\ndemo finished: {} frames published (+{} broken), {} records delivered to Kafka, {} failed, {} lost in the MQTT broker",
+                summary.published,
+                summary.broken_published,
+                summary.delivered,
+                summary.failed,
+                summary.lost_in_broker
+            );
+        }
+        Command::Simulate(a) => {
+            init_tracing();
+            let (host, port) = a.mqtt.rsplit_once(':').context("--mqtt is HOST:PORT")?;
+            let format = match a.format.as_str() {
+                "protobuf" => FormatMix::Protobuf,
+                "json" => FormatMix::Json,
+                "mixed" => FormatMix::Mixed,
+                other => anyhow::bail!("--format {other:?}: use protobuf, json or mixed"),
+            };
+            let fleet = Fleet::start(FleetConfig {
+                host: host.to_owned(),
+                port: port.parse().context("--mqtt port")?,
+                vehicles: a.vehicles,
+                format,
+                bad_frame_ratio: a.bad_frame_ratio,
+                seed: a.seed,
+                ..FleetConfig::default()
+            });
+            let stats = fleet.stats();
+            match a.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => shutdown_signal().await,
+            }
+            let truth = fleet.stop().await;
+            let trips: u32 = truth.iter().map(|(_, t)| t.trips).sum();
+            println!(
+                "{} vehicles published {} frames (+{} broken), {} trips",
+                truth.len(),
+                stats.published.load(std::sync::atomic::Ordering::Relaxed),
+                stats
+                    .broken_published
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                trips
+            );
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { pack },
+        } => {
+            let text = std::fs::read_to_string(&pack)
+                .with_context(|| format!("cannot read {}", pack.display()))?;
+            let pack = match Pack::from_toml(&text) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprint!("{e}");
+                    std::process::exit(1);
+                }
+            };
+            println!("{}: valid\n", pack.label());
+            for p in &pack.purposes {
+                let kinds: Vec<_> = p.kinds.iter().map(|k| k.as_str()).collect();
+                println!(
+                    "  {:<22} -> {:<28} basis {:<20} identity {:<10} kinds {}",
+                    p.id.as_str(),
+                    pack.service_of(p).topic,
+                    p.legal_basis.as_str(),
+                    p.identity.as_str(),
+                    kinds.join(",")
+                );
+            }
+            println!("\n  topic retention:");
+            for t in pack.topics() {
+                println!(
+                    "  {:<28} {}",
+                    t.name,
+                    humantime::format_duration(t.retention)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,174 @@
+//! The wiring point: builds the running gateway from settings (policy, keys, Kafka topics
+//! and sink, MQTT ingress, pipeline, endpoints) and shuts it down in order.
+
+use crate::http;
+use crate::pipeline::Pipeline;
+use crate::settings::Settings;
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use telegate_kafka::{KafkaSink, SinkStats, ensure_topics};
+use telegate_mqtt::Ingress;
+use telegate_policy::{Keyring, Pack};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Where the policy pack comes from.
+#[derive(Debug, Clone)]
+pub enum PackSource {
+    /// `settings.policy`.
+    Settings,
+    /// Text given in process (the demo's built-in pack).
+    Inline { name: String, text: String },
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    ingress: Ingress,
+    pack: Arc<Pack>,
+    stop: watch::Sender<bool>,
+    pipeline: JoinHandle<()>,
+    ready: Arc<AtomicBool>,
+    sink_stats: Arc<SinkStats>,
+    metrics_addr: Option<SocketAddr>,
+    ephemeral_keys: bool,
+}
+
+pub fn load_pack(source: &PackSource, settings: &Settings) -> anyhow::Result<Pack> {
+    let (name, text) = match source {
+        PackSource::Inline { name, text } => (name.clone(), text.clone()),
+        PackSource::Settings => {
+            let Some(path) = &settings.policy else {
+                bail!("no policy pack: pass --policy PATH (packs/ in the repository has examples)")
+            };
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read policy pack {}", path.display()))?;
+            (path.display().to_string(), text)
+        }
+    };
+    Pack::from_toml(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+pub fn load_keys(settings: &Settings) -> anyhow::Result<Keyring> {
+    match &settings.key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read key file {}", path.display()))?;
+            Keyring::from_toml(&text).with_context(|| format!("key file {}", path.display()))
+        }
+        None => Ok(Keyring::ephemeral(rand::random())),
+    }
+}
+
+impl Gateway {
+    pub async fn start(settings: &Settings, pack: PackSource) -> anyhow::Result<Self> {
+        // The recorder must exist before any counter is registered.
+        let _ = http::metrics_handle();
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics_addr = match settings.metrics_listen {
+            Some(addr) => Some(
+                http::serve(addr, ready.clone())
+                    .await
+                    .with_context(|| format!("cannot listen for /metrics on {addr}"))?,
+            ),
+            None => None,
+        };
+        let pack = Arc::new(load_pack(&pack, settings)?);
+        let keys = load_keys(settings)?;
+        let ephemeral_keys = keys.is_ephemeral();
+        if ephemeral_keys {
+            tracing::warn!(
+                "no key file: pseudonyms use an ephemeral key and change at every restart"
+            );
+        }
+
+        if settings.kafka.manage_topics {
+            create_topics(settings, &pack).await?;
+        }
+        let sink = KafkaSink::new(&settings.kafka).context("Kafka producer")?;
+        let sink_stats = sink.stats();
+        let ingress_cfg = settings.mqtt.ingress();
+        let (ingress, rx) = tokio::task::spawn_blocking(move || Ingress::start(&ingress_cfg))
+            .await
+            .context("ingress start-up")??;
+
+        let pipeline = Pipeline::new(pack.clone(), keys, settings.validation.config(), sink);
+        let (stop, stop_rx) = watch::channel(false);
+        let flush = settings.shutdown_timeout;
+        let pipeline = tokio::spawn(pipeline.run(rx, stop_rx, flush));
+        ready.store(true, Ordering::Release);
+        tracing::info!(policy = %pack.label(), "telegate ready");
+        Ok(Self {
+            ingress,
+            pack,
+            stop,
+            pipeline,
+            ready,
+            sink_stats,
+            metrics_addr,
+            ephemeral_keys,
+        })
+    }
+
+    pub fn pack(&self) -> &Pack {
+        &self.pack
+    }
+
+    pub fn ingress(&self) -> &Ingress {
+        &self.ingress
+    }
+
+    pub fn sink_stats(&self) -> &SinkStats {
+        &self.sink_stats
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn ephemeral_keys(&self) -> bool {
+        self.ephemeral_keys
+    }
+
+    /// Stops taking frames, processes those already read, flushes Kafka.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.stop.send(true);
+        if self.pipeline.await.is_err() {
+            tracing::error!("pipeline task failed during shutdown");
+        }
+        tracing::info!(
+            delivered = self.sink_stats.delivered(),
+            failed = self.sink_stats.failed(),
+            lost_in_broker = self.ingress.stats().lost(),
+            "telegate stopped"
+        );
+    }
+}
+
+/// Creates the pack's topics, retrying while Kafka is not reachable yet.
+async fn create_topics(settings: &Settings, pack: &Pack) -> anyhow::Result<()> {
+    let deadline = Instant::now() + settings.kafka_startup_timeout;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ensure_topics(&settings.kafka, &pack.topics()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "Kafka not ready; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "Kafka at {} did not accept telegate's topics within {:?}",
+                        settings.kafka.bootstrap, settings.kafka_startup_timeout
+                    )
+                });
+            }
+        }
+    }
+}
