@@ -1,0 +1,323 @@
+//! The gateway in process, against the embedded broker and the real Kafka-protocol broker:
+//! real MQTT clients publish, a real Kafka consumer checks topics, keys and headers.
+
+mod support;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::time::Duration;
+use support::*;
+use telegate::{Gateway, PackSource, Settings};
+use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
+use telegate_frame::{FrameKind, PayloadFormat, decode, encode, vehicle_topic};
+use telegate_policy::{Keyring, PurposeId};
+
+async fn start(dir: &std::path::Path) -> (Gateway, Settings) {
+    let mut s = Settings::default();
+    s.mqtt.listen = Some(free_addr());
+    s.mqtt.listen_v5 = Some(free_addr());
+    s.metrics_listen = Some(free_addr());
+    s.kafka.bootstrap = kafka();
+    s.kafka.linger_ms = 1;
+    s.policy = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packs/reference.toml").into());
+    s.key_file = Some(key_file(dir));
+    let g = Gateway::start(&s, PackSource::Settings)
+        .await
+        .expect("gateway starts");
+    (g, s)
+}
+
+/// Publishes with MQTT 3.1.1 and waits for the PUBACKs.
+async fn publish_v4(addr: std::net::SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
+    let mut o = MqttOptions::new(
+        format!("t-{:x}", rand::random::<u32>()),
+        "127.0.0.1",
+        addr.port(),
+    );
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (c, mut ev) = AsyncClient::new(o, 64);
+    let n = msgs.len();
+    for (t, p) in msgs {
+        c.publish(t, QoS::AtLeastOnce, false, p)
+            .await
+            .expect("queued");
+    }
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("MQTT v4 publish failed: {other:?}"),
+        }
+    }
+}
+
+/// Publishes with MQTT 5 and waits for the PUBACKs.
+async fn publish_v5(addr: std::net::SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::{AsyncClient as C5, Event as E5, MqttOptions as O5};
+    let o = O5::new(
+        format!("t5-{:x}", rand::random::<u32>()),
+        "127.0.0.1",
+        addr.port(),
+    );
+    let (c, mut ev) = C5::new(o, 64);
+    let n = msgs.len();
+    for (t, p) in msgs {
+        c.publish(t, QoS5::AtLeastOnce, false, p)
+            .await
+            .expect("queued");
+    }
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+            Ok(Ok(E5::Incoming(P5::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("MQTT v5 publish failed: {other:?}"),
+        }
+    }
+}
+
+fn frame(vin: &str, seq: u64, body: Body) -> VehicleFrame {
+    VehicleFrame {
+        vin: vin.into(),
+        seq,
+        captured_at_ms: now_ms() - 1_000,
+        body: Some(body),
+    }
+}
+
+fn status() -> Body {
+    Body::Status(pb::Status {
+        odometer_km: Some(42_000.0),
+        fuel_level_pct: Some(55.0),
+        ignition: pb::Ignition::On as i32,
+        ..Default::default()
+    })
+}
+
+fn topic_of(f: &VehicleFrame) -> String {
+    vehicle_topic(&f.vin, FrameKind::of_body(f.body.as_ref().expect("body")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_over_mqtt3_reaches_each_service_in_its_form() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, s) = start(dir.path()).await;
+    let vin = unique_vin();
+    let f = frame(&vin, 11, status());
+    let c = consumer(&["telegate.smart-service", "telegate.trip-log"]);
+    publish_v4(
+        s.mqtt.listen.expect("v4"),
+        vec![(topic_of(&f), encode(&f, PayloadFormat::Protobuf))],
+    )
+    .await;
+
+    let keys = Keyring::from_toml(&std::fs::read_to_string(key_file(dir.path())).expect("keys"))
+        .expect("keys");
+    let pseudonym = keys.pseudonym(
+        &PurposeId::from("trip-log"),
+        &telegate_frame::Vin::parse(&vin).expect("vin"),
+    );
+    let got = collect(&c, 2, Duration::from_secs(30), |g| {
+        g.key.as_deref() == Some(vin.as_bytes()) || g.key.as_deref() == Some(pseudonym.as_bytes())
+    })
+    .await;
+    assert_eq!(got.len(), 2, "one record per service: {got:?}");
+
+    let smart = got
+        .iter()
+        .find(|g| g.topic == "telegate.smart-service")
+        .expect("smart-service record");
+    assert_eq!(smart.key.as_deref(), Some(vin.as_bytes()));
+    for (h, v) in [
+        ("telegate-purpose", "component-status"),
+        ("telegate-legal-basis", "contract"),
+        ("telegate-consent", "not-required"),
+        ("telegate-subject", "vin"),
+        ("telegate-policy", "reference@2026.11.0"),
+        ("telegate-seq", "11"),
+        ("telegate-encoding", "protobuf"),
+    ] {
+        assert_eq!(smart.header(h), Some(v), "{h}");
+    }
+    assert_eq!(
+        smart.header("telegate-captured-at-ms"),
+        Some(&*f.captured_at_ms.to_string())
+    );
+    assert_eq!(smart.header("telegate-key-id"), None);
+    let (payload, _) = decode(&smart.payload).expect("a VehicleFrame");
+    assert_eq!(payload, f, "the VIN service receives the frame as sent");
+
+    let trip = got
+        .iter()
+        .find(|g| g.topic == "telegate.trip-log")
+        .expect("trip-log record");
+    assert_eq!(trip.header("telegate-subject"), Some("pseudonym"));
+    assert_eq!(trip.header("telegate-key-id"), Some("test-1"));
+    assert!(
+        !String::from_utf8_lossy(&trip.payload).contains(&vin),
+        "no VIN beside a pseudonym"
+    );
+    assert!(trip.headers.values().all(|v| !v.contains(&vin)));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_over_mqtt5_is_accepted_and_routed_by_kind() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, s) = start(dir.path()).await;
+    let vin = unique_vin();
+    let json = format!(
+        r#"{{"vin":"{vin}","seq":"3","capturedAtMs":"{}","diagnostics":{{"dtcs":[{{"code":"P0301","ecu":"engine"}}]}}}}"#,
+        now_ms() - 500
+    );
+    let c = consumer(&["telegate.smart-service", "telegate.product-insights"]);
+    publish_v5(
+        s.mqtt.listen_v5.expect("v5"),
+        vec![(
+            vehicle_topic(&vin, FrameKind::Diagnostics),
+            json.into_bytes(),
+        )],
+    )
+    .await;
+    let smart = collect(&c, 1, Duration::from_secs(30), |g| {
+        g.key.as_deref() == Some(vin.as_bytes())
+    })
+    .await;
+    assert_eq!(smart.len(), 1);
+    assert_eq!(smart[0].header("telegate-seq"), Some("3"));
+    // The anonymous copy carries no key; find it by its sequence number and content.
+    let anon = collect(&c, 1, Duration::from_secs(30), |g| {
+        g.topic == "telegate.product-insights"
+            && g.header("telegate-captured-at-ms") == smart[0].header("telegate-captured-at-ms")
+    })
+    .await;
+    assert_eq!(anon.len(), 1, "anonymous product-insights record");
+    assert_eq!(anon[0].key, None);
+    assert_eq!(anon[0].header("telegate-subject"), Some("anonymous"));
+    let (payload, _) = decode(&anon[0].payload).expect("frame");
+    assert!(payload.vin.is_empty());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_become_rejected_records_without_the_vin() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, s) = start(dir.path()).await;
+    let vin = unique_vin();
+    let other = unique_vin();
+    let keys = Keyring::from_toml(&std::fs::read_to_string(key_file(dir.path())).expect("keys"))
+        .expect("keys");
+    let c = consumer(&["telegate.rejected"]);
+
+    let mut mismatched = frame(&other, 1, status());
+    let good_topic = vehicle_topic(&vin, FrameKind::Status);
+    let bad_vin = format!("{}I", &vin[..16]);
+    mismatched.vin = other.clone();
+    let msgs = vec![
+        (good_topic.clone(), encode(&mismatched, PayloadFormat::Json)),
+        (
+            vehicle_topic(&bad_vin, FrameKind::Status),
+            encode(&frame(&bad_vin, 1, status()), PayloadFormat::Json),
+        ),
+        (good_topic.clone(), b"{\"vin\": trunc".to_vec()),
+        (
+            vehicle_topic(&vin, FrameKind::Location),
+            encode(&frame(&vin, 2, status()), PayloadFormat::Protobuf),
+        ),
+    ];
+    publish_v4(s.mqtt.listen.expect("v4"), msgs).await;
+    let hashes = [keys.subject_hash(&vin), keys.subject_hash(&bad_vin)];
+    let got = collect(&c, 4, Duration::from_secs(30), |g| {
+        g.key
+            .as_deref()
+            .is_some_and(|k| hashes.iter().any(|h| h.as_bytes() == k))
+    })
+    .await;
+    let mut reasons: Vec<String> = got
+        .iter()
+        .map(|g| g.header("telegate-reason").unwrap_or("").to_owned())
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "decode-failed",
+            "kind-mismatch",
+            "vin-malformed",
+            "vin-mismatch"
+        ]
+    );
+    for g in &got {
+        let text = String::from_utf8_lossy(&g.payload);
+        for v in [&vin, &other, &bad_vin] {
+            assert!(
+                !text.contains(v.as_str()),
+                "raw VIN in rejected payload: {text}"
+            );
+            assert!(g.headers.values().all(|h| !h.contains(v.as_str())));
+        }
+        let body: serde_json::Value =
+            serde_json::from_str(&text).expect("rejected records are JSON");
+        assert_eq!(body["keyId"], "test-1");
+        assert!(body["receivedAtMs"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_purposes_drop_and_the_drop_is_counted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, s) = start(dir.path()).await;
+    let metrics = s.metrics_listen.expect("metrics");
+    let vin = unique_vin();
+    let call = frame(
+        &vin,
+        5,
+        Body::Breakdown(pb::BreakdownCall {
+            call_id: "call-1".into(),
+            consent: Some(pb::BreakdownConsent {
+                assistance: true,
+                dealer: false,
+            }),
+            ..Default::default()
+        }),
+    );
+    // A status frame after the call proves the pipeline went past the breakdown frame.
+    let after = frame(&vin, 6, status());
+    let c = consumer(&["telegate.breakdown-call", "telegate.smart-service"]);
+    publish_v4(
+        s.mqtt.listen.expect("v4"),
+        vec![
+            (topic_of(&call), encode(&call, PayloadFormat::Protobuf)),
+            (topic_of(&after), encode(&after, PayloadFormat::Protobuf)),
+        ],
+    )
+    .await;
+    let got = collect(&c, 1, Duration::from_secs(30), |g| {
+        g.key.as_deref() == Some(vin.as_bytes()) && g.topic == "telegate.smart-service"
+    })
+    .await;
+    assert_eq!(got.len(), 1);
+    let stray = collect(&c, 1, Duration::from_secs(3), |g| {
+        g.key.as_deref() == Some(vin.as_bytes()) && g.topic == "telegate.breakdown-call"
+    })
+    .await;
+    assert!(
+        stray.is_empty(),
+        "no consent source yet: the breakdown purpose must drop"
+    );
+    let (code, body) = http_get(metrics, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    let dropped = telegate::demo::samples(&body, "telegate_records_dropped_total")
+        .into_iter()
+        .find(|(l, _)| l.contains("breakdown-assistance") && l.contains("consent-missing"))
+        .map(|(_, v)| v)
+        .unwrap_or(0.0);
+    assert!(dropped >= 1.0, "drop counted: {body}");
+    assert!(!body.contains(&vin), "no VIN in metrics");
+    assert_eq!(http_get(metrics, "/healthz").expect("healthz").0, 200);
+    assert_eq!(http_get(metrics, "/readyz").expect("readyz").0, 200);
+    gw.shutdown().await;
+}

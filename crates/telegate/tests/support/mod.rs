@@ -1,0 +1,153 @@
+//! Shared helpers for tests that run against the real Kafka-protocol broker.
+#![allow(dead_code, unreachable_pub)]
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The broker the suite runs against. `scripts/test` starts one and sets the variable; a
+/// run without it fails here rather than skipping.
+pub fn kafka() -> String {
+    std::env::var("TELEGATE_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "TELEGATE_TEST_KAFKA is not set: these tests need a real Kafka-protocol broker. \
+             Run scripts/test, which installs and starts one."
+        )
+    })
+}
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// A VIN no other test uses (valid structure; check digit not required by default).
+pub fn unique_vin() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKLMNPRSTUVWXYZ";
+    let mut n: u128 = rand::random();
+    let tail: String = (0..11)
+        .map(|_| {
+            let c = ALPHABET[(n % ALPHABET.len() as u128) as usize] as char;
+            n /= ALPHABET.len() as u128;
+            c
+        })
+        .collect();
+    format!("WP0ZZZ{tail}")
+}
+
+/// A key file with a known secret, so tests can compute the pseudonyms telegate emits.
+pub const TEST_SECRET: [u8; 32] = [0x5a; 32];
+pub fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("keys.toml");
+    let hex: String = TEST_SECRET.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        &path,
+        format!("[[keys]]\nid = \"test-1\"\nsecret_hex = \"{hex}\"\nactive = true\n"),
+    )
+    .expect("write key file");
+    path
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+pub fn consumer(topics: &[&str]) -> StreamConsumer {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set(
+            "group.id",
+            format!("telegate-test-{:016x}", rand::random::<u64>()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(topics).expect("subscribe");
+    c
+}
+
+/// Reads records until `want` of them match `keep` or `timeout` passes.
+pub async fn collect(
+    c: &StreamConsumer,
+    want: usize,
+    timeout: Duration,
+    keep: impl Fn(&Got) -> bool,
+) -> Vec<Got> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let Ok(Ok(m)) = tokio::time::timeout(left, c.recv()).await else {
+            continue;
+        };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        (
+                            x.key.to_owned(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let got = Got {
+            topic: m.topic().to_owned(),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            payload: m.payload().unwrap_or_default().to_vec(),
+        };
+        if keep(&got) {
+            out.push(got);
+        }
+    }
+    out
+}
+
+/// A minimal HTTP GET on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
