@@ -18,7 +18,7 @@ async fn publish_all(addr: SocketAddr, n: usize, payload: Vec<u8>) {
     let (client, mut events) = AsyncClient::new(opts, 64);
     let publisher = tokio::spawn(async move {
         for i in 0..n {
-            let topic = format!("/tenants/WP0ZZZ99ZTS392124/v1/status");
+            let topic = "/tenants/WP0ZZZ99ZTS392124/v1/status";
             let mut p = payload.clone();
             p.extend_from_slice(&(i as u64).to_be_bytes());
             client
