@@ -45,6 +45,10 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("mqtt-link-reader".into())
         .spawn(move || {
+            // Registered up front so both series exist (at zero) before the first frame.
+            let received = metrics::counter!("telegate_ingress_received_total");
+            let lost = metrics::counter!("telegate_ingress_lost_total");
+            lost.increment(0);
             let mut next_offset: Option<u64> = None;
             loop {
                 let notification = match link_rx.recv() {
@@ -61,7 +65,7 @@ pub(crate) fn spawn(
                             let gap = gap(&mut next_offset, offset);
                             if gap > 0 {
                                 stats.lost.fetch_add(gap, Ordering::Relaxed);
-                                metrics::counter!("telegate_ingress_lost_total").increment(gap);
+                                lost.increment(gap);
                                 tracing::warn!(
                                     lost = gap,
                                     "broker evicted unread frames: the pipeline fell behind"
@@ -69,7 +73,7 @@ pub(crate) fn spawn(
                             }
                         }
                         stats.received.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("telegate_ingress_received_total").increment(1);
+                        received.increment(1);
                         let incoming = Incoming {
                             topic: forward.publish.topic,
                             payload: forward.publish.payload,
