@@ -1,8 +1,15 @@
 //! The decision: for one validated frame and each purpose that could take it, forward or
-//! drop, and why. Pure: the caller supplies everything, including time.
+//! drop, and the rule that decided. Settings and consents are read at the frame's capture
+//! time and as they stand now; the stricter wins, so a withdrawal or a privacy mode switched
+//! on after capture still stops a frame that arrives late. Pure: the caller supplies the
+//! subject's state.
 
-use crate::pack::{LegalBasis, Pack, Purpose};
+use crate::pack::{ConsentRule, EventScope, LegalBasis, OffCondition, Pack, Purpose};
+use crate::state::{Settings, SubjectRecord};
+use std::fmt;
+use std::sync::LazyLock;
 use telegate_frame::Frame;
+use telegate_frame::pb::vehicle_frame::Body;
 
 /// The consent state a decision used; the `telegate-consent` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,17 +30,49 @@ impl ConsentState {
 /// Why a purpose did not receive a frame. A closed set: each is a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
-    /// The purpose rests on consent and no consent was in force at capture time.
+    OfflineMode,
+    PrivateMode,
+    LocationServicesOff,
+    NonLocationServicesOff,
+    ServiceToggleOff,
+    RequirementOff,
     ConsentMissing,
+    ConsentWithdrawn,
+    EventConsentMissing,
+    ActivationMissing,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 1] = [DropReason::ConsentMissing];
+    pub const ALL: [DropReason; 10] = [
+        DropReason::OfflineMode,
+        DropReason::PrivateMode,
+        DropReason::LocationServicesOff,
+        DropReason::NonLocationServicesOff,
+        DropReason::ServiceToggleOff,
+        DropReason::RequirementOff,
+        DropReason::ConsentMissing,
+        DropReason::ConsentWithdrawn,
+        DropReason::EventConsentMissing,
+        DropReason::ActivationMissing,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            DropReason::OfflineMode => "offline-mode",
+            DropReason::PrivateMode => "private-mode",
+            DropReason::LocationServicesOff => "location-services-off",
+            DropReason::NonLocationServicesOff => "non-location-services-off",
+            DropReason::ServiceToggleOff => "service-toggle-off",
+            DropReason::RequirementOff => "requirement-off",
             DropReason::ConsentMissing => "consent-missing",
+            DropReason::ConsentWithdrawn => "consent-withdrawn",
+            DropReason::EventConsentMissing => "event-consent-missing",
+            DropReason::ActivationMissing => "activation-missing",
         }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -44,46 +83,276 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// What the decision needs to know about a subject beyond the frame. Backed by a state file
-/// or the replicated consent store; the engine only asks.
-pub trait SubjectState {
-    /// Whether standing consent for `purpose` was in force at `at_ms` (capture time).
-    fn consent_at(&self, frame: &Frame, purpose: &Purpose, at_ms: i64) -> bool;
+/// Which state a rule looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// The state in force when the frame was captured.
+    Capture,
+    /// The latest state (a withdrawal since capture).
+    Now,
 }
 
-/// No consents recorded for anyone: every consent-based purpose drops.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoConsents;
+impl When {
+    fn phrase(self) -> &'static str {
+        match self {
+            When::Capture => "at capture time",
+            When::Now => "since capture (the stricter state wins)",
+        }
+    }
+}
 
-impl SubjectState for NoConsents {
-    fn consent_at(&self, _: &Frame, _: &Purpose, _: i64) -> bool {
-        false
+/// The rule that decided, for explanations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    Basis(LegalBasis),
+    Offline(When),
+    Off(OffCondition, When),
+    Requires {
+        toggle: String,
+        when: When,
+    },
+    StandingConsent {
+        granted_since_ms: Option<i64>,
+    },
+    ConsentMissing,
+    ConsentWithdrawn,
+    EventConsent {
+        scope: EventScope,
+        given: bool,
+    },
+    Activation {
+        feature: String,
+        active: bool,
+        when: When,
+    },
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::Basis(b) => write!(f, "legal basis {}: no consent needed", b.as_str()),
+            Rule::Offline(w) => write!(
+                f,
+                "offline mode was on {}: nothing is collected",
+                w.phrase()
+            ),
+            Rule::Off(c, w) => write!(f, "off_when {} held {}", c.as_str(), w.phrase()),
+            Rule::Requires { toggle, when } => {
+                write!(
+                    f,
+                    "requires toggle {toggle:?} on, but it was not {}",
+                    when.phrase()
+                )
+            }
+            Rule::StandingConsent {
+                granted_since_ms: Some(t),
+            } => {
+                write!(
+                    f,
+                    "standing consent granted (in force since {t} ms) and not withdrawn"
+                )
+            }
+            Rule::StandingConsent {
+                granted_since_ms: None,
+            } => write!(f, "standing consent granted"),
+            Rule::ConsentMissing => write!(f, "no standing consent in force at capture time"),
+            Rule::ConsentWithdrawn => write!(f, "consent was withdrawn after capture"),
+            Rule::EventConsent { scope, given: true } => {
+                write!(f, "consent for {} given within this call", scope.as_str())
+            }
+            Rule::EventConsent {
+                scope,
+                given: false,
+            } => {
+                write!(
+                    f,
+                    "no consent for {} given within this call",
+                    scope.as_str()
+                )
+            }
+            Rule::Activation {
+                feature,
+                active: true,
+                ..
+            } => {
+                write!(f, "feature {feature} activated for this vehicle")
+            }
+            Rule::Activation {
+                feature,
+                active: false,
+                when,
+            } => {
+                write!(f, "feature {feature} not activated {}", when.phrase())
+            }
+        }
+    }
+}
+
+/// A verdict and the rule behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub rule: Rule,
+}
+
+impl Decision {
+    fn drop(reason: DropReason, rule: Rule) -> Self {
+        Self {
+            verdict: Verdict::Drop(reason),
+            rule,
+        }
+    }
+
+    fn forward(consent: ConsentState, rule: Rule) -> Self {
+        Self {
+            verdict: Verdict::Forward(consent),
+            rule,
+        }
+    }
+}
+
+static NOBODY: LazyLock<SubjectRecord> = LazyLock::new(SubjectRecord::default);
+
+/// Whether offline mode covered this frame (at capture time, or now). Offline mode is global:
+/// it switches off every purpose and, beyond policy, means nothing of the frame is kept.
+pub fn offline(captured_at_ms: i64, subject: Option<&SubjectRecord>) -> Option<When> {
+    let s = subject.unwrap_or(&NOBODY);
+    if s.settings_at(captured_at_ms).offline_mode {
+        Some(When::Capture)
+    } else if s.settings_now().offline_mode {
+        Some(When::Now)
+    } else {
+        None
+    }
+}
+
+fn holds(c: OffCondition, settings: &Settings, service: &str) -> bool {
+    match c {
+        OffCondition::PrivateMode => settings.private_mode,
+        OffCondition::LocationServicesOff => !settings.location_services,
+        OffCondition::NonLocationServicesOff => !settings.non_location_services,
+        OffCondition::ServiceToggleOff => settings.services.get(service) == Some(&false),
+    }
+}
+
+fn off_reason(c: OffCondition) -> DropReason {
+    match c {
+        OffCondition::PrivateMode => DropReason::PrivateMode,
+        OffCondition::LocationServicesOff => DropReason::LocationServicesOff,
+        OffCondition::NonLocationServicesOff => DropReason::NonLocationServicesOff,
+        OffCondition::ServiceToggleOff => DropReason::ServiceToggleOff,
     }
 }
 
 /// Decides one purpose for one frame.
-pub fn decide(frame: &Frame, purpose: &Purpose, state: &impl SubjectState) -> Verdict {
-    match purpose.legal_basis {
-        LegalBasis::Consent => {
-            if state.consent_at(frame, purpose, frame.captured_at_ms()) {
-                Verdict::Forward(ConsentState::Granted)
+pub fn decide(
+    pack: &Pack,
+    frame: &Frame,
+    purpose: &Purpose,
+    subject: Option<&SubjectRecord>,
+) -> Decision {
+    let s = subject.unwrap_or(&NOBODY);
+    let t = frame.captured_at_ms();
+    if let Some(when) = offline(t, subject) {
+        return Decision::drop(DropReason::OfflineMode, Rule::Offline(when));
+    }
+    let service = pack.service_of(purpose).id.as_str();
+    let states = [
+        (When::Capture, s.settings_at(t)),
+        (When::Now, s.settings_now()),
+    ];
+    for c in &purpose.off_when {
+        if let Some((when, _)) = states.iter().find(|(_, st)| holds(*c, st, service)) {
+            return Decision::drop(off_reason(*c), Rule::Off(*c, *when));
+        }
+    }
+    for toggle in &purpose.requires {
+        if let Some((when, _)) = states
+            .iter()
+            .find(|(_, st)| st.services.get(toggle) != Some(&true))
+        {
+            let rule = Rule::Requires {
+                toggle: toggle.clone(),
+                when: *when,
+            };
+            return Decision::drop(DropReason::RequirementOff, rule);
+        }
+    }
+    let id = purpose.id.as_str();
+    match &purpose.consent {
+        ConsentRule::None => {
+            Decision::forward(ConsentState::NotRequired, Rule::Basis(purpose.legal_basis))
+        }
+        ConsentRule::Standing if !s.consent_at(id, t) => {
+            Decision::drop(DropReason::ConsentMissing, Rule::ConsentMissing)
+        }
+        ConsentRule::Standing if !s.consent_now(id) => {
+            Decision::drop(DropReason::ConsentWithdrawn, Rule::ConsentWithdrawn)
+        }
+        ConsentRule::Standing => Decision::forward(
+            ConsentState::Granted,
+            Rule::StandingConsent {
+                granted_since_ms: s.consents.get(id).and_then(|tl| tl.since(t)),
+            },
+        ),
+        ConsentRule::Event(scope) => {
+            let given = event_consent(frame, s, *scope);
+            let rule = Rule::EventConsent {
+                scope: *scope,
+                given,
+            };
+            if given {
+                Decision::forward(ConsentState::Granted, rule)
             } else {
-                Verdict::Drop(DropReason::ConsentMissing)
+                Decision::drop(DropReason::EventConsentMissing, rule)
             }
         }
-        LegalBasis::Contract | LegalBasis::LegitimateInterest | LegalBasis::LegalObligation => {
-            Verdict::Forward(ConsentState::NotRequired)
+        ConsentRule::Activation(feature) => {
+            let when = if !s.active_at(feature, t) {
+                Some(When::Capture)
+            } else if !s.active_now(feature) {
+                Some(When::Now)
+            } else {
+                None
+            };
+            let rule = Rule::Activation {
+                feature: feature.clone(),
+                active: when.is_none(),
+                when: when.unwrap_or(When::Capture),
+            };
+            match when {
+                None => Decision::forward(ConsentState::Granted, rule),
+                Some(_) => Decision::drop(DropReason::ActivationMissing, rule),
+            }
         }
     }
 }
 
-/// Every purpose the pack routes this frame's kind to, with its verdict, in pack order. An
+/// The scope given within the call: carried by the frame (a call placed in the vehicle) or
+/// recorded for the call id (a call placed in the app).
+fn event_consent(frame: &Frame, s: &SubjectRecord, scope: EventScope) -> bool {
+    let Body::Breakdown(call) = frame.body() else {
+        return false;
+    };
+    let pick = |assistance: bool, dealer: bool| match scope {
+        EventScope::Assistance => assistance,
+        EventScope::Dealer => dealer,
+    };
+    let in_frame = call.consent.is_some_and(|c| pick(c.assistance, c.dealer));
+    let recorded = s
+        .call_consents
+        .get(&call.call_id)
+        .is_some_and(|c| pick(c.assistance, c.dealer));
+    in_frame || recorded
+}
+
+/// Every purpose the pack routes this frame's kind to, with its decision, in pack order. An
 /// empty result means no purpose takes the kind at all (the caller counts it as unrouted).
 pub fn decide_all<'p>(
     pack: &'p Pack,
     frame: &'p Frame,
-    state: &'p impl SubjectState,
-) -> impl Iterator<Item = (&'p Purpose, Verdict)> + 'p {
+    subject: Option<&'p SubjectRecord>,
+) -> impl Iterator<Item = (&'p Purpose, Decision)> + 'p {
     pack.routes(frame.kind())
-        .map(move |p| (p, decide(frame, p, state)))
+        .map(move |p| (p, decide(pack, frame, p, subject)))
 }

@@ -1,18 +1,27 @@
 //! telegate's policy core: policy packs (TOML, validated with every error at once), the
-//! decision for each frame and purpose, keyed pseudonyms, and shaping into the records each
-//! service may receive. Pure like `telegate-frame`: no IO, no clock, no randomness, and never
-//! a dependency on tokio, rdkafka, rumqttd, rumqttc or tonic (CI checks its dependency tree).
+//! decision for each frame and purpose against the vehicle's settings and consents at
+//! capture time, keyed pseudonyms, and shaping into the records each service may receive.
+//! Pure like `telegate-frame`: no IO, no clock, no randomness, and never a dependency on
+//! tokio, rdkafka, rumqttd, rumqttc or tonic (CI checks its dependency tree).
 
 mod decide;
+mod fields;
 mod ids;
 mod keys;
 mod pack;
+mod raw;
 mod shape;
+mod state;
 
-pub use decide::{ConsentState, DropReason, NoConsents, SubjectState, Verdict, decide, decide_all};
+pub use decide::{
+    ConsentState, Decision, DropReason, Rule, Verdict, When, decide, decide_all, offline,
+};
+pub use fields::FieldMask;
 pub use ids::{KeyId, PurposeId, ServiceId};
 pub use keys::{KeyError, Keyring};
 pub use pack::{
-    Identity, LegalBasis, Pack, PackError, PackErrors, Purpose, REJECTED_TOPIC, Service, TopicSpec,
+    ConsentRule, EventScope, Identity, LegalBasis, LocationPrecision, OffCondition, Pack,
+    PackError, PackErrors, Purpose, REJECTED_TOPIC, Service, TopicSpec,
 };
 pub use shape::{OutRecord, header, rejected_record, shape};
+pub use state::{CallConsent, Settings, StateFile, SubjectRecord, Timeline, factory_settings};

@@ -1,12 +1,12 @@
 //! The policy pack: what an operator writes (TOML), validated into a [`Pack`] with every
 //! error reported at once, each with its path.
 
-use crate::ids::{PurposeId, ServiceId, is_slug};
-use serde::Deserialize;
-use std::collections::BTreeMap;
+use crate::fields::FieldMask;
+use crate::ids::{PurposeId, ServiceId};
+use crate::raw::RawPack;
 use std::fmt;
 use std::time::Duration;
-use telegate_frame::{FrameKind, PayloadFormat};
+use telegate_frame::{Categories, FrameKind, PayloadFormat};
 
 /// GDPR Art. 6(1) basis of a purpose; the `telegate-legal-basis` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,7 +18,7 @@ pub enum LegalBasis {
 }
 
 impl LegalBasis {
-    const ALL: [LegalBasis; 4] = [
+    pub(crate) const ALL: [LegalBasis; 4] = [
         LegalBasis::Consent,
         LegalBasis::Contract,
         LegalBasis::LegitimateInterest,
@@ -47,13 +47,85 @@ pub enum Identity {
 }
 
 impl Identity {
-    const ALL: [Identity; 3] = [Identity::Vin, Identity::Pseudonym, Identity::Anonymous];
+    pub(crate) const ALL: [Identity; 3] = [Identity::Vin, Identity::Pseudonym, Identity::Anonymous];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Identity::Vin => "vin",
             Identity::Pseudonym => "pseudonym",
             Identity::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// How precisely a purpose may see position.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LocationPrecision {
+    Exact,
+    /// Snapped to a grid of this many metres; altitude removed.
+    Coarse {
+        metres: f64,
+    },
+    /// No position at all.
+    None,
+}
+
+/// What consent a purpose needs beyond its legal basis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsentRule {
+    /// None: the legal basis suffices.
+    None,
+    /// Standing consent for this purpose, recorded per vehicle (a toggle in the app).
+    Standing,
+    /// Consent given within the event itself, e.g. a breakdown call's scope.
+    Event(EventScope),
+    /// The feature is activated for this vehicle (e.g. a geofence alert set up in the app).
+    Activation(String),
+}
+
+/// The consent scopes a breakdown call carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventScope {
+    Assistance,
+    Dealer,
+}
+
+impl EventScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventScope::Assistance => "assistance",
+            EventScope::Dealer => "dealer",
+        }
+    }
+}
+
+/// A vehicle setting that switches a purpose off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffCondition {
+    /// Private mode is on (Porsche "Privatmodus").
+    PrivateMode,
+    /// The service group "with location" is off.
+    LocationServicesOff,
+    /// The service group "without location" is off.
+    NonLocationServicesOff,
+    /// The vehicle's toggle for this purpose's service id is explicitly off.
+    ServiceToggleOff,
+}
+
+impl OffCondition {
+    pub(crate) const ALL: [OffCondition; 4] = [
+        OffCondition::PrivateMode,
+        OffCondition::LocationServicesOff,
+        OffCondition::NonLocationServicesOff,
+        OffCondition::ServiceToggleOff,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffCondition::PrivateMode => "private-mode",
+            OffCondition::LocationServicesOff => "location-services-off",
+            OffCondition::NonLocationServicesOff => "non-location-services-off",
+            OffCondition::ServiceToggleOff => "service-toggle-off",
         }
     }
 }
@@ -65,6 +137,8 @@ pub struct Service {
     pub topic: String,
     pub encoding: PayloadFormat,
     pub description: String,
+    /// Topic retention if the pack sets one; it may not exceed any purpose's maximum.
+    pub retention: Option<Duration>,
 }
 
 /// One purpose of one service: which frames it receives, on which basis, in which form, for
@@ -78,9 +152,21 @@ pub struct Purpose {
     pub service: usize,
     pub legal_basis: LegalBasis,
     pub kinds: Vec<FrameKind>,
+    /// The data categories this purpose may receive; other parts of a frame are removed.
+    pub categories: Categories,
+    pub fields: FieldMask,
     pub identity: Identity,
+    pub location: LocationPrecision,
+    /// Capture times are truncated to this granularity; `None` keeps them exact.
+    pub time_precision: Option<Duration>,
+    pub consent: ConsentRule,
+    pub off_when: Vec<OffCondition>,
+    /// Vehicle toggles that must be explicitly on (e.g. `gis`).
+    pub requires: Vec<String>,
+    /// Maximum retention.
     pub retention: Duration,
-    /// Where the rule comes from, e.g. `seed 002 L5-L8`.
+    pub recipients: Vec<String>,
+    /// Where the rules come from, e.g. `002 L5`.
     pub cite: Vec<String>,
     pub description: String,
 }
@@ -96,12 +182,12 @@ pub struct Pack {
     /// How long `telegate.rejected` keeps its records.
     pub rejected_retention: Duration,
     /// Per frame kind, the purposes that take it (indices into `purposes`).
-    routes: [Vec<usize>; FrameKind::ALL.len()],
+    pub(crate) routes: [Vec<usize>; FrameKind::ALL.len()],
 }
 
 /// Topics telegate writes that are not a service's.
 pub const REJECTED_TOPIC: &str = "telegate.rejected";
-const RESERVED_TOPICS: [&str; 3] = [
+pub(crate) const RESERVED_TOPICS: [&str; 3] = [
     REJECTED_TOPIC,
     "telegate.consent-state",
     "telegate.consent-ledger",
@@ -135,13 +221,14 @@ impl Pack {
             .enumerate()
             .map(|(i, s)| TopicSpec {
                 name: s.topic.clone(),
-                retention: self
-                    .purposes
-                    .iter()
-                    .filter(|p| p.service == i)
-                    .map(|p| p.retention)
-                    .min()
-                    .unwrap_or(Duration::ZERO),
+                retention: s.retention.unwrap_or_else(|| {
+                    self.purposes
+                        .iter()
+                        .filter(|p| p.service == i)
+                        .map(|p| p.retention)
+                        .min()
+                        .unwrap_or(Duration::ZERO)
+                }),
             })
             .collect();
         specs.push(TopicSpec {
@@ -195,269 +282,5 @@ fn syntax(e: toml::de::Error) -> PackError {
     PackError {
         path,
         message: e.message().to_owned(),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPack {
-    id: String,
-    version: String,
-    #[serde(default)]
-    title: String,
-    #[serde(default)]
-    rejected: RawRejected,
-    #[serde(default)]
-    services: BTreeMap<String, RawService>,
-    #[serde(default)]
-    purposes: BTreeMap<String, RawPurpose>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRejected {
-    retention: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    topic: Option<String>,
-    encoding: Option<String>,
-    #[serde(default)]
-    description: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPurpose {
-    service: String,
-    legal_basis: String,
-    kinds: Vec<String>,
-    identity: String,
-    retention: String,
-    #[serde(default)]
-    cite: Vec<String>,
-    #[serde(default)]
-    description: String,
-}
-
-/// Collects errors while validating.
-#[derive(Default)]
-struct Errors(Vec<PackError>);
-
-impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(PackError {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    fn one_of<T: Copy>(
-        &mut self,
-        path: String,
-        value: &str,
-        all: &[T],
-        name: impl Fn(T) -> &'static str,
-    ) -> Option<T> {
-        let found = all.iter().copied().find(|v| name(*v) == value);
-        if found.is_none() {
-            let names: Vec<_> = all.iter().map(|v| name(*v)).collect();
-            self.push(
-                path,
-                format!("{value:?} is not one of: {}", names.join(", ")),
-            );
-        }
-        found
-    }
-
-    fn retention(&mut self, path: String, value: &str) -> Option<Duration> {
-        match humantime::parse_duration(value) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => {
-                self.push(path, "retention must be longer than zero");
-                None
-            }
-            Err(e) => {
-                self.push(
-                    path,
-                    format!("{value:?} is not a duration such as \"7days\" or \"30years\": {e}"),
-                );
-                None
-            }
-        }
-    }
-}
-
-fn is_topic_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 249
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-impl RawPack {
-    fn validate(self) -> Result<Pack, PackErrors> {
-        let mut errs = Errors::default();
-        if !is_slug(&self.id) {
-            errs.push("id", "pack id must be a slug ([a-z0-9-], at most 64)");
-        }
-        if self.version.trim().is_empty() {
-            errs.push("version", "pack version must not be empty");
-        }
-        let rejected_retention = match &self.rejected.retention {
-            Some(r) => errs
-                .retention("rejected.retention".into(), r)
-                .unwrap_or_default(),
-            None => Duration::from_secs(7 * 24 * 3600),
-        };
-
-        let mut services = Vec::new();
-        for (id, raw) in &self.services {
-            let path = format!("services.{id}");
-            if !is_slug(id) {
-                errs.push(&path, "service id must be a slug ([a-z0-9-], at most 64)");
-            }
-            let topic = raw
-                .topic
-                .clone()
-                .unwrap_or_else(|| format!("telegate.{id}"));
-            if !is_topic_name(&topic) {
-                errs.push(
-                    format!("{path}.topic"),
-                    "not a valid Kafka topic name ([a-zA-Z0-9._-], at most 249)",
-                );
-            }
-            if RESERVED_TOPICS.contains(&topic.as_str()) {
-                errs.push(
-                    format!("{path}.topic"),
-                    format!("{topic} is reserved for telegate"),
-                );
-            }
-            if let Some(other) = services.iter().find(|s: &&Service| s.topic == topic) {
-                errs.push(
-                    format!("{path}.topic"),
-                    format!("topic {topic} is already used by service {}", other.id),
-                );
-            }
-            let encoding = match raw.encoding.as_deref() {
-                None => Some(PayloadFormat::Protobuf),
-                Some(e) => errs.one_of(
-                    format!("{path}.encoding"),
-                    e,
-                    &[PayloadFormat::Protobuf, PayloadFormat::Json],
-                    PayloadFormat::as_str,
-                ),
-            };
-            services.push(Service {
-                id: ServiceId::from(id.as_str()),
-                topic,
-                encoding: encoding.unwrap_or(PayloadFormat::Protobuf),
-                description: raw.description.clone(),
-            });
-        }
-
-        let mut purposes: Vec<Purpose> = Vec::new();
-        for (id, raw) in &self.purposes {
-            let path = format!("purposes.{id}");
-            if !is_slug(id) {
-                errs.push(&path, "purpose id must be a slug ([a-z0-9-], at most 64)");
-            }
-            let service = services.iter().position(|s| s.id.as_str() == raw.service);
-            if service.is_none() {
-                errs.push(
-                    format!("{path}.service"),
-                    format!("no service {:?} is declared under [services]", raw.service),
-                );
-            }
-            let legal_basis = errs.one_of(
-                format!("{path}.legal_basis"),
-                &raw.legal_basis,
-                &LegalBasis::ALL,
-                LegalBasis::as_str,
-            );
-            let identity = errs.one_of(
-                format!("{path}.identity"),
-                &raw.identity,
-                &Identity::ALL,
-                Identity::as_str,
-            );
-            let retention = errs.retention(format!("{path}.retention"), &raw.retention);
-            if raw.kinds.is_empty() {
-                errs.push(format!("{path}.kinds"), "a purpose needs at least one kind");
-            }
-            let mut kinds = Vec::new();
-            for (i, k) in raw.kinds.iter().enumerate() {
-                let kpath = format!("{path}.kinds[{i}]");
-                let Some(kind) = errs.one_of(kpath.clone(), k, &FrameKind::ALL, FrameKind::as_str)
-                else {
-                    continue;
-                };
-                if kinds.contains(&kind) {
-                    errs.push(kpath, format!("{k} is listed twice"));
-                    continue;
-                }
-                let taken = purposes
-                    .iter()
-                    .find(|p| Some(p.service) == service && p.kinds.contains(&kind));
-                if let Some(other) = taken {
-                    errs.push(
-                        kpath,
-                        format!(
-                            "{k} frames already go to service {} through purpose {}: one \
-                             purpose per kind and service",
-                            raw.service, other.id
-                        ),
-                    );
-                    continue;
-                }
-                kinds.push(kind);
-            }
-            if let (Some(service), Some(legal_basis), Some(identity), Some(retention)) =
-                (service, legal_basis, identity, retention)
-            {
-                purposes.push(Purpose {
-                    id: PurposeId::from(id.as_str()),
-                    index: purposes.len(),
-                    service,
-                    legal_basis,
-                    kinds,
-                    identity,
-                    retention,
-                    cite: raw.cite.clone(),
-                    description: raw.description.clone(),
-                });
-            }
-        }
-        for s in &services {
-            if !self.purposes.values().any(|p| p.service == s.id.as_str()) {
-                errs.push(
-                    format!("services.{}", s.id),
-                    "service has no purpose: nothing could ever reach it",
-                );
-            }
-        }
-        if !errs.0.is_empty() {
-            return Err(PackErrors(errs.0));
-        }
-
-        let mut routes: [Vec<usize>; FrameKind::ALL.len()] = Default::default();
-        for (i, p) in purposes.iter().enumerate() {
-            for k in &p.kinds {
-                routes[k.index()].push(i);
-            }
-        }
-        Ok(Pack {
-            id: self.id,
-            version: self.version,
-            title: self.title,
-            services,
-            purposes,
-            rejected_retention,
-            routes,
-        })
     }
 }

@@ -4,9 +4,9 @@
 
 use crate::decide::ConsentState;
 use crate::keys::Keyring;
-use crate::pack::{Identity, Pack, Purpose, REJECTED_TOPIC};
-use telegate_frame::pb::{RejectedFrame, VehicleFrame};
-use telegate_frame::{Frame, PayloadFormat, Rejection, encode};
+use crate::pack::{Identity, LocationPrecision, Pack, Purpose, REJECTED_TOPIC};
+use telegate_frame::pb::{self, RejectedFrame, VehicleFrame, vehicle_frame::Body};
+use telegate_frame::{Categories, DataCategory, Frame, PayloadFormat, Rejection, encode};
 
 /// Header names of the public contract.
 pub mod header {
@@ -43,7 +43,9 @@ impl OutRecord {
     }
 }
 
-/// The record `purpose` may receive for `frame`.
+/// The record `purpose` may receive for `frame`: only its categories and allow-listed
+/// fields, location and time at its precision, the subject in its identity form. Anonymous
+/// records also lose the per-vehicle sequence number and call, session and charge-point ids.
 ///
 /// The payload is always re-encoded from the decoded frame, never copied from the vehicle's
 /// bytes: fields unknown to this build would otherwise pass through unchecked.
@@ -74,23 +76,119 @@ pub fn shape(
         }
         Identity::Anonymous => (None, String::new()),
     };
+    let anonymous = purpose.identity == Identity::Anonymous;
+    let captured_at_ms = coarsen_time(frame.captured_at_ms(), purpose.time_precision);
     headers.push((header::POLICY, policy_label.to_owned()));
-    headers.push((header::CAPTURED_AT_MS, frame.captured_at_ms().to_string()));
-    headers.push((header::SEQ, frame.seq().to_string()));
+    headers.push((header::CAPTURED_AT_MS, captured_at_ms.to_string()));
+    if !anonymous {
+        headers.push((header::SEQ, frame.seq().to_string()));
+    }
     headers.push((header::ENCODING, service.encoding.as_str().to_owned()));
 
-    let src = frame.proto();
+    let mut body = frame.body().clone();
+    strip_categories(&mut body, purpose.categories);
+    purpose.fields.apply(&mut body);
+    for_each_location(&mut body, |l| coarsen_location(l, purpose.location));
+    if let (Body::Charging(c), Some(_)) = (&mut body, purpose.time_precision) {
+        c.started_at_ms = c
+            .started_at_ms
+            .map(|t| coarsen_time(t, purpose.time_precision));
+        c.ended_at_ms = c
+            .ended_at_ms
+            .map(|t| coarsen_time(t, purpose.time_precision));
+    }
+    if anonymous {
+        strip_identifiers(&mut body);
+    }
     let shaped = VehicleFrame {
         vin: vin_field,
-        seq: src.seq,
-        captured_at_ms: src.captured_at_ms,
-        body: src.body.clone(),
+        seq: if anonymous { 0 } else { frame.seq() },
+        captured_at_ms,
+        body: Some(body),
     };
     OutRecord {
         topic: service.topic.clone(),
         key,
         headers,
         payload: encode(&shaped, service.encoding),
+    }
+}
+
+/// Removes the parts of a frame whose category the purpose may not receive.
+fn strip_categories(body: &mut Body, allowed: Categories) {
+    let no_location = !allowed.contains(DataCategory::Location);
+    match body {
+        Body::Breakdown(b) => {
+            if let Some(snap) = b.snapshot.as_mut() {
+                if !allowed.contains(DataCategory::Status) {
+                    snap.status = None;
+                }
+                if !allowed.contains(DataCategory::Diagnostics) {
+                    snap.dtcs.clear();
+                }
+                if no_location {
+                    snap.location = None;
+                }
+            }
+        }
+        Body::Charging(c) if no_location => c.location = None,
+        _ => {}
+    }
+}
+
+/// Calls `f` on every location inside a body.
+fn for_each_location(body: &mut Body, mut f: impl FnMut(&mut pb::Location)) {
+    match body {
+        Body::Location(l) => f(l),
+        Body::Breakdown(b) => {
+            if let Some(l) = b.snapshot.as_mut().and_then(|s| s.location.as_mut()) {
+                f(l)
+            }
+        }
+        Body::Charging(c) => {
+            if let Some(l) = c.location.as_mut() {
+                f(l)
+            }
+        }
+        _ => {}
+    }
+}
+
+const METRES_PER_DEGREE: f64 = 111_320.0;
+
+/// Snaps a position to the centre of its grid cell of `metres` and drops what would refine
+/// it again (altitude); the reported accuracy becomes the cell size.
+fn coarsen_location(l: &mut pb::Location, precision: LocationPrecision) {
+    let LocationPrecision::Coarse { metres } = precision else {
+        return;
+    };
+    let lat_step = metres / METRES_PER_DEGREE;
+    let lat = ((l.lat_deg / lat_step).floor() + 0.5) * lat_step;
+    let lon_step = metres / (METRES_PER_DEGREE * lat.to_radians().cos().max(0.01));
+    let lon = ((l.lon_deg / lon_step).floor() + 0.5) * lon_step;
+    l.lat_deg = lat.clamp(-90.0, 90.0);
+    l.lon_deg = lon.clamp(-180.0, 180.0);
+    l.altitude_m = None;
+    l.accuracy_m = Some(l.accuracy_m.unwrap_or(0.0).max(metres as f32));
+}
+
+fn coarsen_time(ms: i64, precision: Option<std::time::Duration>) -> i64 {
+    match precision.map(|d| d.as_millis() as i64).filter(|p| *p > 1) {
+        Some(p) => ms.div_euclid(p) * p,
+        None => ms,
+    }
+}
+
+/// Ids that link an anonymous record to one vehicle or person.
+fn strip_identifiers(body: &mut Body) {
+    match body {
+        Body::Breakdown(b) => b.call_id.clear(),
+        Body::Charging(c) => {
+            c.session_id.clear();
+            c.evse_id.clear();
+        }
+        Body::Software(s) => s.campaign_id.clear(),
+        _ => {}
     }
 }
 

@@ -6,8 +6,7 @@ use telegate_frame::{
     vehicle_topic,
 };
 use telegate_policy::{
-    ConsentState, DropReason, Keyring, NoConsents, Pack, Verdict, decide_all, header,
-    rejected_record, shape,
+    ConsentState, DropReason, Keyring, Pack, Verdict, decide_all, header, rejected_record, shape,
 };
 
 const VIN: &str = "WP0ZZZ99ZTS392124";
@@ -57,6 +56,7 @@ fn every_error_is_reported_at_once_with_its_path() {
         legal_basis = "vibes"
         kinds = ["status", "teleport", "status"]
         identity = "face"
+        categories = ["status"]
         retention = "forever"
     "#;
     let errs = Pack::from_toml(bad).expect_err("invalid").0;
@@ -97,12 +97,14 @@ fn one_purpose_per_kind_and_service() {
         service = "s"
         legal_basis = "contract"
         kinds = ["status"]
+        categories = ["identification", "status"]
         identity = "vin"
         retention = "1day"
         [purposes.b]
         service = "s"
         legal_basis = "contract"
         kinds = ["status"]
+        categories = ["identification", "status"]
         identity = "vin"
         retention = "1day"
     "#;
@@ -137,12 +139,12 @@ fn status_goes_to_smart_service_with_vin_and_trip_log_with_pseudonym() {
         odometer_km: Some(1.0),
         ..Default::default()
     }));
-    let decisions: Vec<_> = decide_all(&pack, &f, &NoConsents).collect();
+    let decisions: Vec<_> = decide_all(&pack, &f, None).collect();
     let ids: Vec<&str> = decisions.iter().map(|(p, _)| p.id.as_str()).collect();
     assert_eq!(ids, ["component-status", "trip-log"]);
 
-    for (purpose, verdict) in decisions {
-        let Verdict::Forward(consent) = verdict else {
+    for (purpose, decision) in decisions {
+        let Verdict::Forward(consent) = decision.verdict else {
             panic!("contract purposes forward")
         };
         assert_eq!(consent, ConsentState::NotRequired);
@@ -188,10 +190,10 @@ fn anonymous_records_have_no_key_and_no_vin() {
         }],
         ..Default::default()
     }));
-    let (purpose, verdict) = decide_all(&pack, &f, &NoConsents)
+    let (purpose, decision) = decide_all(&pack, &f, None)
         .find(|(p, _)| p.id.as_str() == "product-improvement")
         .expect("routed");
-    let Verdict::Forward(c) = verdict else {
+    let Verdict::Forward(c) = decision.verdict else {
         panic!("forwards")
     };
     let rec = shape(&pack, &pack.label(), &f, purpose, c, &keys());
@@ -202,22 +204,24 @@ fn anonymous_records_have_no_key_and_no_vin() {
 }
 
 #[test]
-fn consent_purposes_drop_without_consent() {
+fn breakdown_purposes_drop_without_consent_in_the_call() {
     let pack = reference();
     let f = frame(Body::Breakdown(pb::BreakdownCall {
         call_id: "c1".into(),
         ..Default::default()
     }));
-    let decisions: Vec<_> = decide_all(&pack, &f, &NoConsents).collect();
-    assert_eq!(decisions.len(), 1);
-    assert_eq!(decisions[0].1, Verdict::Drop(DropReason::ConsentMissing));
+    let decisions: Vec<_> = decide_all(&pack, &f, None).collect();
+    assert_eq!(decisions.len(), 2, "assistance and dealer");
+    for (_, d) in decisions {
+        assert_eq!(d.verdict, Verdict::Drop(DropReason::EventConsentMissing));
+    }
 }
 
 #[test]
 fn privacy_frames_are_routed_nowhere_by_this_pack() {
     let pack = reference();
     let f = frame(Body::Privacy(pb::PrivacySettings::default()));
-    assert_eq!(decide_all(&pack, &f, &NoConsents).count(), 0);
+    assert_eq!(decide_all(&pack, &f, None).count(), 0);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use crate::http;
 use crate::pipeline::Pipeline;
 use crate::settings::Settings;
+use crate::state::StateStore;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub struct Gateway {
     pipeline: JoinHandle<()>,
     ready: Arc<AtomicBool>,
     sink_stats: Arc<SinkStats>,
+    state: Arc<StateStore>,
     metrics_addr: Option<SocketAddr>,
     ephemeral_keys: bool,
 }
@@ -52,7 +54,13 @@ pub fn load_pack(source: &PackSource, settings: &Settings) -> anyhow::Result<Pac
     Pack::from_toml(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
+/// Keys from the key file, else from `TELEGATE_KEYS` (the same TOML), else ephemeral.
 pub fn load_keys(settings: &Settings) -> anyhow::Result<Keyring> {
+    if settings.key_file.is_none() {
+        if let Ok(text) = std::env::var("TELEGATE_KEYS") {
+            return Keyring::from_toml(&text).context("TELEGATE_KEYS");
+        }
+    }
     match &settings.key_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -95,7 +103,17 @@ impl Gateway {
             .await
             .context("ingress start-up")??;
 
-        let pipeline = Pipeline::new(pack.clone(), keys, settings.validation.config(), sink);
+        let state = Arc::new(match &settings.state_file {
+            Some(path) => StateStore::load(path)?,
+            None => StateStore::default(),
+        });
+        let pipeline = Pipeline::new(
+            pack.clone(),
+            keys,
+            settings.validation.config(),
+            state.clone(),
+            sink,
+        );
         let (stop, stop_rx) = watch::channel(false);
         let flush = settings.shutdown_timeout;
         let pipeline = tokio::spawn(pipeline.run(rx, stop_rx, flush));
@@ -108,6 +126,7 @@ impl Gateway {
             pipeline,
             ready,
             sink_stats,
+            state,
             metrics_addr,
             ephemeral_keys,
         })
@@ -119,6 +138,11 @@ impl Gateway {
 
     pub fn ingress(&self) -> &Ingress {
         &self.ingress
+    }
+
+    /// The vehicles' settings and consents the decisions read.
+    pub fn state(&self) -> &StateStore {
+        &self.state
     }
 
     pub fn sink_stats(&self) -> &SinkStats {

@@ -6,10 +6,13 @@ pub mod demo;
 pub mod gateway;
 pub mod http;
 pub mod pipeline;
+pub mod policy_cli;
 pub mod settings;
+pub mod state;
 
 pub use gateway::{Gateway, PackSource};
 pub use settings::{Overrides, Settings};
+pub use state::StateStore;
 
 /// The reference policy pack, built in so the demo needs no files.
 pub const REFERENCE_PACK: &str = include_str!("../../../packs/reference.toml");

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use telegate::demo::{self, DemoArgs};
-use telegate::{Gateway, Overrides, PackSource, Settings};
-use telegate_policy::Pack;
+use telegate::{Gateway, Overrides, PackSource, Settings, policy_cli};
+use telegate_policy::StateFile;
 use telegate_sim::{Fleet, FleetConfig, FormatMix};
 
 #[derive(Parser)]
@@ -57,9 +57,12 @@ struct ServeArgs {
     /// /metrics, /healthz, /readyz [default: 0.0.0.0:9898]
     #[arg(long, env = "TELEGATE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-    /// Pseudonymisation key file; without one, keys are ephemeral.
+    /// Pseudonymisation key file; without one, TELEGATE_KEYS or an ephemeral key.
     #[arg(long, env = "TELEGATE_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// Consents, activations and settings to start from (JSON).
+    #[arg(long, env = "TELEGATE_STATE_FILE")]
+    state_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -104,8 +107,21 @@ struct SimulateArgs {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate a pack and print its services, purposes and topic retention.
+    /// Validate a pack and print its purposes, rules and topic retention.
     Check { pack: PathBuf },
+    /// What happens to a frame, per service, and which rule decided.
+    Explain {
+        pack: PathBuf,
+        /// A VehicleFrame in proto3-JSON, as a vehicle would publish it.
+        #[arg(long)]
+        frame: PathBuf,
+        /// A state file (settings, consents, activations by VIN).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Judge validation as at this time (UTC ms); default: the frame's capture time.
+        #[arg(long)]
+        now: Option<i64>,
+    },
 }
 
 fn init_tracing() {
@@ -133,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
                 policy: a.policy,
                 metrics_listen: a.metrics_listen,
                 key_file: a.key_file,
+                state_file: a.state_file,
             };
             let settings = Settings::load(a.config.as_deref(), &flags)?;
             let gateway = Gateway::start(&settings, PackSource::Settings).await?;
@@ -198,41 +215,55 @@ async fn main() -> anyhow::Result<()> {
                 trips
             );
         }
-        Command::Policy {
-            command: PolicyCommand::Check { pack },
-        } => {
-            let text = std::fs::read_to_string(&pack)
-                .with_context(|| format!("cannot read {}", pack.display()))?;
-            let pack = match Pack::from_toml(&text) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprint!("{e}");
-                    std::process::exit(1);
-                }
-            };
-            println!("{}: valid\n", pack.label());
-            for p in &pack.purposes {
-                let kinds: Vec<_> = p.kinds.iter().map(|k| k.as_str()).collect();
-                println!(
-                    "  {:<22} -> {:<28} basis {:<20} identity {:<10} kinds {}",
-                    p.id.as_str(),
-                    pack.service_of(p).topic,
-                    p.legal_basis.as_str(),
-                    p.identity.as_str(),
-                    kinds.join(",")
-                );
-            }
-            println!("\n  topic retention:");
-            for t in pack.topics() {
-                println!(
-                    "  {:<28} {}",
-                    t.name,
-                    humantime::format_duration(t.retention)
-                );
-            }
-        }
+        Command::Policy { command } => return policy(command),
     }
     Ok(())
+}
+
+/// Runs a policy command; exit status 1 when the pack is invalid.
+fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+    let (pack_path, explain) = match &command {
+        PolicyCommand::Check { pack } => (pack, None),
+        PolicyCommand::Explain {
+            pack,
+            frame,
+            state,
+            now,
+        } => (pack, Some((frame, state, now))),
+    };
+    let pack = match policy_cli::load_pack(pack_path)? {
+        Ok(p) => p,
+        Err(errors) => {
+            eprint!("{}: {errors}", pack_path.display());
+            std::process::exit(1);
+        }
+    };
+    let out = match explain {
+        None => policy_cli::check(&pack),
+        Some((frame, state, now)) => {
+            let frame = std::fs::read_to_string(frame)
+                .with_context(|| format!("cannot read {}", frame.display()))?;
+            let state: Option<StateFile> = match state {
+                Some(p) => Some(
+                    serde_json::from_str(
+                        &std::fs::read_to_string(p)
+                            .with_context(|| format!("cannot read {}", p.display()))?,
+                    )
+                    .with_context(|| format!("state file {} is not valid", p.display()))?,
+                ),
+                None => None,
+            };
+            policy_cli::explain(&pack, &frame, state.as_ref(), *now)?
+        }
+    };
+    print_all(&out);
+    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly.
+fn print_all(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 async fn shutdown_signal() {

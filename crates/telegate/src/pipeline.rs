@@ -2,14 +2,16 @@
 //! hand to Kafka. Every outcome is counted with a bounded label; the counters are
 //! registered once, so the hot path never allocates a label.
 
+use crate::state::StateStore;
 use metrics::Counter;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use telegate_frame::{FrameKind, RejectReason, ValidationConfig, validate};
+use telegate_frame::pb::vehicle_frame::Body;
+use telegate_frame::{Frame, FrameKind, RejectReason, ValidationConfig, Vin, validate};
 use telegate_kafka::KafkaSink;
 use telegate_mqtt::Incoming;
 use telegate_policy::{
-    DropReason, Keyring, NoConsents, OutRecord, Pack, Verdict, decide_all, rejected_record, shape,
+    DropReason, Keyring, OutRecord, Pack, Verdict, decide_all, offline, rejected_record, shape,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -20,6 +22,7 @@ pub struct Pipeline {
     label: String,
     keys: Keyring,
     validation: ValidationConfig,
+    state: Arc<StateStore>,
     sink: KafkaSink,
     counters: Counters,
 }
@@ -33,6 +36,10 @@ struct Counters {
     forwarded: Vec<Counter>,
     /// Per purpose index, then per drop reason.
     dropped: Vec<Vec<Counter>>,
+    /// Frames captured in offline mode: counted, nothing else kept.
+    offline: Counter,
+    /// Rejections whose record was withheld because the vehicle was offline.
+    rejected_offline: Counter,
     sink_errors: Counter,
 }
 
@@ -78,6 +85,8 @@ impl Counters {
                         .collect()
                 })
                 .collect(),
+            offline: metrics::counter!("telegate_frames_offline_total"),
+            rejected_offline: metrics::counter!("telegate_rejected_withheld_offline_total"),
             sink_errors: metrics::counter!("telegate_sink_errors_total"),
         }
     }
@@ -99,6 +108,7 @@ impl Pipeline {
         pack: Arc<Pack>,
         keys: Keyring,
         validation: ValidationConfig,
+        state: Arc<StateStore>,
         sink: KafkaSink,
     ) -> Self {
         let counters = Counters::register(&pack);
@@ -107,6 +117,7 @@ impl Pipeline {
             pack,
             keys,
             validation,
+            state,
             sink,
             counters,
         }
@@ -142,42 +153,68 @@ impl Pipeline {
         let now = now_ms();
         // A topic that is not UTF-8 cannot be a vehicle topic; it fails as malformed.
         let topic = std::str::from_utf8(&m.topic).unwrap_or_default();
-        let frame = match validate(topic, &m.payload, now, &self.validation) {
-            Ok(f) => f,
-            Err(rej) => {
-                self.counters.rejected[index_of(&RejectReason::ALL, rej.reason)].increment(1);
-                let rec = rejected_record(&self.label, &rej, now, m.payload.len(), &self.keys);
-                self.send(&rec).await;
-                return;
-            }
-        };
-        let kind = frame.kind().index();
-        self.counters.valid[kind].increment(1);
-        let mut routed = false;
-        for (purpose, verdict) in decide_all(&self.pack, &frame, &NoConsents) {
-            routed = true;
-            match verdict {
-                Verdict::Forward(consent) => {
-                    let rec = shape(
-                        &self.pack,
-                        &self.label,
-                        &frame,
-                        purpose,
-                        consent,
-                        &self.keys,
-                    );
-                    self.counters.forwarded[purpose.index].increment(1);
+        match validate(topic, &m.payload, now, &self.validation) {
+            Ok(frame) => {
+                for rec in self.decide(&frame, now) {
                     self.send(&rec).await;
                 }
-                Verdict::Drop(reason) => {
-                    self.counters.dropped[purpose.index][index_of(&DropReason::ALL, reason)]
-                        .increment(1);
+            }
+            Err(rej) => {
+                self.counters.rejected[index_of(&RejectReason::ALL, rej.reason)].increment(1);
+                // Offline mode means nothing of the frame is kept, not even its rejection.
+                let vin = rej.subject.as_deref().and_then(|s| Vin::parse(s).ok());
+                let at = rej.captured_at_ms.unwrap_or(now);
+                if vin.is_some_and(|v| self.state.with(&v, |s| offline(at, s).is_some())) {
+                    self.counters.rejected_offline.increment(1);
+                    return;
                 }
+                let rec = rejected_record(&self.label, &rej, now, m.payload.len(), &self.keys);
+                self.send(&rec).await;
             }
         }
-        if !routed {
-            self.counters.unrouted[kind].increment(1);
+    }
+
+    /// The records a valid frame yields, after it updated the vehicle's state if it carries
+    /// settings. Synchronous: the state lock is never held across an await.
+    pub fn decide(&self, frame: &Frame, now: i64) -> Vec<OutRecord> {
+        if let Body::Privacy(settings) = frame.body() {
+            let horizon = now - self.validation.max_age_ms;
+            self.state
+                .record_settings(*frame.vin(), frame.captured_at_ms(), settings, horizon);
         }
+        let kind = frame.kind().index();
+        self.counters.valid[kind].increment(1);
+        self.state.with(frame.vin(), |subject| {
+            if offline(frame.captured_at_ms(), subject).is_some() {
+                self.counters.offline.increment(1);
+                return Vec::new();
+            }
+            let mut out = Vec::new();
+            let mut routed = false;
+            for (purpose, decision) in decide_all(&self.pack, frame, subject) {
+                routed = true;
+                match decision.verdict {
+                    Verdict::Forward(consent) => {
+                        self.counters.forwarded[purpose.index].increment(1);
+                        out.push(shape(
+                            &self.pack,
+                            &self.label,
+                            frame,
+                            purpose,
+                            consent,
+                            &self.keys,
+                        ));
+                    }
+                    Verdict::Drop(reason) => {
+                        self.counters.dropped[purpose.index][reason.index()].increment(1);
+                    }
+                }
+            }
+            if !routed {
+                self.counters.unrouted[kind].increment(1);
+            }
+            out
+        })
     }
 
     async fn send(&self, rec: &OutRecord) {

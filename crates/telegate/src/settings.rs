@@ -18,8 +18,10 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     /// The policy pack (TOML).
     pub policy: Option<PathBuf>,
-    /// Pseudonymisation keys (TOML, see README). Without one, keys are ephemeral.
+    /// Pseudonymisation keys (TOML, see README). Without one, `TELEGATE_KEYS` or ephemeral.
     pub key_file: Option<PathBuf>,
+    /// Consents, activations and settings to start from (JSON, see README).
+    pub state_file: Option<PathBuf>,
     /// `/metrics`, `/healthz`, `/readyz`; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
     pub validation: ValidationSettings,
@@ -38,6 +40,7 @@ impl Default for Settings {
             kafka: KafkaConfig::default(),
             policy: None,
             key_file: None,
+            state_file: None,
             metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9898))),
             validation: ValidationSettings::default(),
             shutdown_timeout: Duration::from_secs(15),
@@ -133,6 +136,7 @@ pub struct Overrides {
     pub policy: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub key_file: Option<PathBuf>,
+    pub state_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -172,6 +176,9 @@ impl Settings {
         }
         if let Some(p) = &flags.key_file {
             set.insert("key_file".into(), p.display().to_string().into());
+        }
+        if let Some(p) = &flags.state_file {
+            set.insert("state_file".into(), p.display().to_string().into());
         }
         fig.merge(Serialized::defaults(serde_json::Value::Object(set)))
             .extract()

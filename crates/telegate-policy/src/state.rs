@@ -1,0 +1,244 @@
+//! What the decision knows about one vehicle beyond the frame: its privacy settings, standing
+//! consents, feature activations and per-call breakdown consents, each as a timeline keyed
+//! by capture time, so a decision can ask "what was in force when this was captured?" as
+//! well as "what is in force now?". Pure data; the gateway owns and replicates it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+use telegate_frame::pb;
+
+/// Values over time. `at(t)` is the last value set at or before `t`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timeline<T> {
+    points: Vec<(i64, T)>,
+}
+
+impl<T> Default for Timeline<T> {
+    fn default() -> Self {
+        Self { points: Vec::new() }
+    }
+}
+
+impl<T> Timeline<T> {
+    /// Records `value` from `at_ms` on. Out-of-order inserts land in time order; at equal
+    /// times the later insert wins.
+    pub fn set(&mut self, at_ms: i64, value: T) {
+        let i = self.points.partition_point(|(t, _)| *t <= at_ms);
+        self.points.insert(i, (at_ms, value));
+    }
+
+    pub fn at(&self, at_ms: i64) -> Option<&T> {
+        let i = self.points.partition_point(|(t, _)| *t <= at_ms);
+        i.checked_sub(1).map(|i| &self.points[i].1)
+    }
+
+    /// The time the value in force at `at_ms` was set.
+    pub fn since(&self, at_ms: i64) -> Option<i64> {
+        let i = self.points.partition_point(|(t, _)| *t <= at_ms);
+        i.checked_sub(1).map(|i| self.points[i].0)
+    }
+
+    pub fn latest(&self) -> Option<&T> {
+        self.points.last().map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Forgets points no question can reach any more: everything before the last point at or
+    /// before `horizon_ms` (frames older than the horizon are rejected anyway).
+    pub fn compact(&mut self, horizon_ms: i64) {
+        let i = self.points.partition_point(|(t, _)| *t <= horizon_ms);
+        if i > 1 {
+            self.points.drain(..i - 1);
+        }
+    }
+}
+
+/// A vehicle's settings as it last reported them. Until a vehicle sends its first settings
+/// frame, the factory state applies: both service groups on, no private or offline mode.
+pub fn factory_settings() -> &'static pb::PrivacySettings {
+    static FACTORY: LazyLock<pb::PrivacySettings> = LazyLock::new(|| pb::PrivacySettings {
+        private_mode: false,
+        offline_mode: false,
+        location_services: true,
+        non_location_services: true,
+        services: Default::default(),
+    });
+    &FACTORY
+}
+
+/// Everything recorded about one vehicle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubjectRecord {
+    /// Privacy settings frames, by capture time.
+    pub settings: Timeline<Settings>,
+    /// Standing consent per purpose id (granted = true).
+    pub consents: BTreeMap<String, Timeline<bool>>,
+    /// Feature activation per feature id (active = true).
+    pub activations: BTreeMap<String, Timeline<bool>>,
+    /// Consent scopes given within a breakdown call, by call id (calls placed in the app,
+    /// where the frame itself carries none).
+    pub call_consents: BTreeMap<String, CallConsent>,
+}
+
+/// The settings part of a privacy frame, in a serialisable form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub private_mode: bool,
+    pub offline_mode: bool,
+    pub location_services: bool,
+    pub non_location_services: bool,
+    pub services: BTreeMap<String, bool>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::from(factory_settings())
+    }
+}
+
+impl From<&pb::PrivacySettings> for Settings {
+    fn from(p: &pb::PrivacySettings) -> Self {
+        Self {
+            private_mode: p.private_mode,
+            offline_mode: p.offline_mode,
+            location_services: p.location_services,
+            non_location_services: p.non_location_services,
+            services: p.services.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallConsent {
+    pub assistance: bool,
+    pub dealer: bool,
+}
+
+static FACTORY_SETTINGS: LazyLock<Settings> = LazyLock::new(Settings::default);
+
+impl SubjectRecord {
+    /// Settings in force at `at_ms` (factory settings before the first report).
+    pub fn settings_at(&self, at_ms: i64) -> &Settings {
+        self.settings.at(at_ms).unwrap_or(&FACTORY_SETTINGS)
+    }
+
+    pub fn settings_now(&self) -> &Settings {
+        self.settings.latest().unwrap_or(&FACTORY_SETTINGS)
+    }
+
+    pub fn consent_at(&self, purpose: &str, at_ms: i64) -> bool {
+        self.consents
+            .get(purpose)
+            .and_then(|t| t.at(at_ms))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    pub fn consent_now(&self, purpose: &str) -> bool {
+        self.consents
+            .get(purpose)
+            .and_then(Timeline::latest)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    pub fn active_at(&self, feature: &str, at_ms: i64) -> bool {
+        self.activations
+            .get(feature)
+            .and_then(|t| t.at(at_ms))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    pub fn active_now(&self, feature: &str) -> bool {
+        self.activations
+            .get(feature)
+            .and_then(Timeline::latest)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Applies a privacy-settings frame captured at `at_ms`.
+    pub fn record_settings(&mut self, at_ms: i64, settings: &pb::PrivacySettings) {
+        self.settings.set(at_ms, Settings::from(settings));
+    }
+
+    /// Drops history no admissible frame can ask about.
+    pub fn compact(&mut self, horizon_ms: i64) {
+        self.settings.compact(horizon_ms);
+        self.consents
+            .values_mut()
+            .for_each(|t| t.compact(horizon_ms));
+        self.activations
+            .values_mut()
+            .for_each(|t| t.compact(horizon_ms));
+    }
+}
+
+/// A state file: subjects by VIN. Used until the replicated consent store exists, and by
+/// `telegate policy explain --state`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateFile {
+    pub subjects: BTreeMap<String, SubjectRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timelines_answer_at_any_time_and_accept_out_of_order_inserts() {
+        let mut t = Timeline::default();
+        t.set(20, "b");
+        t.set(10, "a");
+        t.set(30, "c");
+        assert_eq!(t.at(5), None);
+        assert_eq!(t.at(10), Some(&"a"));
+        assert_eq!(t.at(25), Some(&"b"));
+        assert_eq!(t.latest(), Some(&"c"));
+        assert_eq!(t.since(25), Some(20));
+        t.set(20, "b2");
+        assert_eq!(t.at(20), Some(&"b2"), "later insert at the same time wins");
+        t.compact(25);
+        assert_eq!(
+            t.at(21),
+            Some(&"b2"),
+            "the value in force at the horizon survives"
+        );
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn unknown_vehicles_have_factory_settings() {
+        let r = SubjectRecord::default();
+        assert!(r.settings_at(0).location_services && r.settings_now().non_location_services);
+        assert!(!r.consent_at("x", 0) && !r.active_now("geofence-alert"));
+    }
+
+    #[test]
+    fn state_files_round_trip() {
+        let text = r#"{"subjects":{"WP0ZZZ99ZTS392124":{
+            "consents":{"product-improvement":[[1000,true],[5000,false]]},
+            "activations":{"geofence-alert":[[0,true]]},
+            "settings":[[2000,{"private_mode":true,"location_services":true,"non_location_services":true}]]}}}"#;
+        let f: StateFile = serde_json::from_str(text).expect("valid");
+        let r = &f.subjects["WP0ZZZ99ZTS392124"];
+        assert!(r.consent_at("product-improvement", 3000));
+        assert!(!r.consent_now("product-improvement"));
+        assert!(r.settings_at(2500).private_mode);
+        assert!(!r.settings_at(1500).private_mode);
+    }
+}
