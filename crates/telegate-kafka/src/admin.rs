@@ -2,7 +2,9 @@
 //! allows, and never relies on broker auto-creation.
 
 use crate::config::KafkaConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
@@ -21,8 +23,10 @@ pub enum TopicError {
     Refused(String),
 }
 
-/// Creates each topic that does not exist yet, with `retention.ms` from its spec. Existing
-/// topics are left as they are (and reported in the log).
+/// Creates each topic that does not exist yet, with `retention.ms` from its spec, and sets
+/// `retention.ms` on those that exist, so no topic keeps records longer than its policy
+/// allows. A broker that refuses either is an error: telegate does not start on topics whose
+/// retention it cannot vouch for.
 pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), TopicError> {
     let admin: AdminClient<DefaultClientContext> =
         cfg.client_config().create().map_err(TopicError::Client)?;
@@ -53,18 +57,93 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
                 error,
             })?;
     let mut refused = Vec::new();
+    let mut existing = Vec::new();
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, "created topic"),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                tracing::debug!(topic = %name, "topic exists")
-            }
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(name),
             Err((name, code)) => refused.push(format!("{name}: {code}")),
         }
     }
-    if refused.is_empty() {
-        Ok(())
-    } else {
-        Err(TopicError::Refused(refused.join("; ")))
+    if !refused.is_empty() {
+        return Err(TopicError::Refused(refused.join("; ")));
     }
+    for spec in specs.iter().filter(|s| existing.contains(&s.name)) {
+        reconcile_retention(&admin, cfg, spec, &opts).await?;
+    }
+    Ok(())
+}
+
+/// Brings an existing topic's retention to its spec. Where the broker cannot alter configs,
+/// a topic that already keeps records no longer than allowed is accepted; one that keeps
+/// them longer stops start-up.
+async fn reconcile_retention(
+    admin: &AdminClient<DefaultClientContext>,
+    cfg: &KafkaConfig,
+    spec: &TopicSpec,
+    opts: &AdminOptions,
+) -> Result<(), TopicError> {
+    let want = spec.retention.as_millis().min(i64::MAX as u128) as i64;
+    let have = describe_retention(admin, cfg, &spec.name).await?;
+    if have == Some(want) {
+        return Ok(());
+    }
+    let want_text = want.to_string();
+    let alter = [AlterConfig::new(ResourceSpecifier::Topic(&spec.name))
+        .set("retention.ms", &want_text)
+        .set("cleanup.policy", "delete")];
+    let outcome = match admin.alter_configs(&alter, opts).await {
+        Ok(results) => results
+            .into_iter()
+            .find_map(|r| r.err())
+            .map(|(_, code)| code.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    let Some(why) = outcome else {
+        tracing::info!(topic = %spec.name, retention_ms = want, "topic retention set");
+        return Ok(());
+    };
+    match have {
+        // -1 is "forever" in Kafka.
+        Some(h) if (0..=want).contains(&h) => {
+            tracing::warn!(topic = %spec.name, have_ms = h, want_ms = want, %why,
+                "cannot alter topic retention; it is already stricter than policy, keeping it");
+            Ok(())
+        }
+        _ => Err(TopicError::Refused(format!(
+            "topic {} keeps records for {} ms but policy allows {want} ms, and the broker did \
+             not take the change ({why}); set retention.ms={want} on it, or delete it so \
+             telegate recreates it",
+            spec.name,
+            have.map_or("an unknown time".to_owned(), |h| h.to_string()),
+        ))),
+    }
+}
+
+async fn describe_retention(
+    admin: &AdminClient<DefaultClientContext>,
+    cfg: &KafkaConfig,
+    topic: &str,
+) -> Result<Option<i64>, TopicError> {
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .map_err(|error| TopicError::Request {
+            bootstrap: cfg.bootstrap.clone(),
+            error,
+        })?;
+    Ok(described
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.entries)
+        .find(|e| e.name == "retention.ms")
+        .and_then(|e| e.value)
+        .and_then(|v| v.parse().ok()))
+}
+
+/// The `retention.ms` a topic has now, as the broker describes it.
+pub async fn topic_retention_ms(cfg: &KafkaConfig, topic: &str) -> Result<Option<i64>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.client_config().create().map_err(TopicError::Client)?;
+    describe_retention(&admin, cfg, topic).await
 }

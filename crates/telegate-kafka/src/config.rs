@@ -22,6 +22,9 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Deliveries awaited at once; past this, producing waits (back-pressure).
     pub max_in_flight: usize,
+    /// Prefix for every topic telegate writes (e.g. `staging.`), for deployments sharing a
+    /// cluster. Empty keeps the contract's names (`telegate.{service}`).
+    pub topic_namespace: String,
     /// Create missing topics at start-up. Turn off where topics are managed elsewhere
     /// (an operator, infrastructure as code); telegate then assumes they exist.
     pub manage_topics: bool,
@@ -39,6 +42,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: -1,
             max_in_flight: 100_000,
+            topic_namespace: String::new(),
             manage_topics: true,
             extra: BTreeMap::new(),
         }

@@ -10,6 +10,6 @@ mod admin;
 mod config;
 mod sink;
 
-pub use admin::{TopicError, ensure_topics};
+pub use admin::{TopicError, ensure_topics, topic_retention_ms};
 pub use config::KafkaConfig;
 pub use sink::{KafkaSink, SinkError, SinkStats};

@@ -181,6 +181,8 @@ pub struct Pack {
     pub purposes: Vec<Purpose>,
     /// How long `telegate.rejected` keeps its records.
     pub rejected_retention: Duration,
+    /// Where rejected frames go: `telegate.rejected`, behind the namespace if one is set.
+    pub rejected_topic: String,
     /// Per frame kind, the purposes that take it (indices into `purposes`).
     pub(crate) routes: [Vec<usize>; FrameKind::ALL.len()],
 }
@@ -232,10 +234,20 @@ impl Pack {
             })
             .collect();
         specs.push(TopicSpec {
-            name: REJECTED_TOPIC.to_owned(),
+            name: self.rejected_topic.clone(),
             retention: self.rejected_retention,
         });
         specs
+    }
+
+    /// Puts every topic behind `namespace` (e.g. `staging.`), for several deployments
+    /// sharing one cluster. An empty namespace keeps the contract's names.
+    pub fn with_topic_namespace(mut self, namespace: &str) -> Self {
+        for s in &mut self.services {
+            s.topic = format!("{namespace}{}", s.topic);
+        }
+        self.rejected_topic = format!("{namespace}{REJECTED_TOPIC}");
+        self
     }
 
     /// Loads and validates a pack. Every problem is reported, not just the first.

@@ -307,6 +307,7 @@ impl RawPack {
             services,
             purposes,
             rejected_retention,
+            rejected_topic: crate::pack::REJECTED_TOPIC.to_owned(),
             routes,
         })
     }

@@ -4,7 +4,7 @@
 
 use crate::decide::ConsentState;
 use crate::keys::Keyring;
-use crate::pack::{Identity, LocationPrecision, Pack, Purpose, REJECTED_TOPIC};
+use crate::pack::{Identity, LocationPrecision, Pack, Purpose};
 use telegate_frame::pb::{self, RejectedFrame, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{Categories, DataCategory, Frame, PayloadFormat, Rejection, encode};
 
@@ -195,6 +195,7 @@ fn strip_identifiers(body: &mut Body) {
 /// The `telegate.rejected` record for a refused frame: reason, kind, times and a keyed hash
 /// of the subject. Never the payload, never a raw VIN.
 pub fn rejected_record(
+    pack: &Pack,
     policy_label: &str,
     rejection: &Rejection,
     received_at_ms: i64,
@@ -224,7 +225,7 @@ pub fn rejected_record(
         payload_bytes: payload_bytes as u64,
     };
     OutRecord {
-        topic: REJECTED_TOPIC.to_owned(),
+        topic: pack.rejected_topic.clone(),
         key: (!body.subject_hash.is_empty()).then(|| body.subject_hash.clone().into_bytes()),
         headers: vec![
             (header::REASON, body.reason.clone()),

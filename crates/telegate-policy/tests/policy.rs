@@ -236,7 +236,7 @@ fn rejected_records_hash_the_subject_and_carry_no_payload() {
     )
     .expect_err("vin mismatch");
     assert_eq!(rej.reason, RejectReason::VinMismatch);
-    let rec = rejected_record(&pack.label(), &rej, NOW, payload.len(), &keys());
+    let rec = rejected_record(&pack, &pack.label(), &rej, NOW, payload.len(), &keys());
     assert_eq!(rec.topic, "telegate.rejected");
     let text = String::from_utf8(rec.payload.clone()).expect("json");
     assert!(

@@ -84,7 +84,9 @@ impl Gateway {
             ),
             None => None,
         };
-        let pack = Arc::new(load_pack(&pack, settings)?);
+        let pack = Arc::new(
+            load_pack(&pack, settings)?.with_topic_namespace(&settings.kafka.topic_namespace),
+        );
         let keys = load_keys(settings)?;
         let ephemeral_keys = keys.is_ephemeral();
         if ephemeral_keys {

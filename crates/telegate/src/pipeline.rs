@@ -168,7 +168,14 @@ impl Pipeline {
                     self.counters.rejected_offline.increment(1);
                     return;
                 }
-                let rec = rejected_record(&self.label, &rej, now, m.payload.len(), &self.keys);
+                let rec = rejected_record(
+                    &self.pack,
+                    &self.label,
+                    &rej,
+                    now,
+                    m.payload.len(),
+                    &self.keys,
+                );
                 self.send(&rec).await;
             }
         }

@@ -3,7 +3,6 @@
 
 mod support;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
 use support::*;
 use telegate::{Gateway, PackSource, Settings};
@@ -24,31 +23,6 @@ async fn start(dir: &std::path::Path) -> (Gateway, Settings) {
         .await
         .expect("gateway starts");
     (g, s)
-}
-
-/// Publishes with MQTT 3.1.1 and waits for the PUBACKs.
-async fn publish_v4(addr: std::net::SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
-    let mut o = MqttOptions::new(
-        format!("t-{:x}", rand::random::<u32>()),
-        "127.0.0.1",
-        addr.port(),
-    );
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (c, mut ev) = AsyncClient::new(o, 64);
-    let n = msgs.len();
-    for (t, p) in msgs {
-        c.publish(t, QoS::AtLeastOnce, false, p)
-            .await
-            .expect("queued");
-    }
-    let mut acked = 0;
-    while acked < n {
-        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-            Ok(Ok(_)) => {}
-            other => panic!("MQTT v4 publish failed: {other:?}"),
-        }
-    }
 }
 
 /// Publishes with MQTT 5 and waits for the PUBACKs.
@@ -312,7 +286,7 @@ async fn consent_purposes_drop_and_the_drop_is_counted() {
     assert_eq!(code, 200);
     let dropped = telegate::demo::samples(&body, "telegate_records_dropped_total")
         .into_iter()
-        .find(|(l, _)| l.contains("breakdown-assistance") && l.contains("consent-missing"))
+        .find(|(l, _)| l.contains("breakdown-assistance") && l.contains("event-consent-missing"))
         .map(|(_, v)| v)
         .unwrap_or(0.0);
     assert!(dropped >= 1.0, "drop counted: {body}");

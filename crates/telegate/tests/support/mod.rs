@@ -151,3 +151,33 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Publishes with MQTT 3.1.1 (QoS 1) and waits for every PUBACK.
+pub async fn publish_v4(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut o = MqttOptions::new(
+        format!("t-{:x}", rand::random::<u32>()),
+        "127.0.0.1",
+        addr.port(),
+    );
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (c, mut ev) = AsyncClient::new(o, 256);
+    let n = msgs.len();
+    let sender = tokio::spawn(async move {
+        for (t, p) in msgs {
+            c.publish(t, QoS::AtLeastOnce, false, p)
+                .await
+                .expect("queued");
+        }
+        c
+    });
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("MQTT v4 publish failed after {acked} acks: {other:?}"),
+        }
+    }
+    drop(sender.await);
+}
