@@ -165,8 +165,7 @@ fn arb_subject() -> impl Strategy<Value = SubjectRecord> {
                 toggles.insert("smart-service".to_owned(), svc);
                 let gis_on = gis
                     .iter()
-                    .filter(|(gt, _)| *gt <= t)
-                    .next_back()
+                    .rfind(|(gt, _)| *gt <= t)
                     .map(|(_, on)| *on)
                     .unwrap_or(true);
                 toggles.insert("gis".to_owned(), gis_on);

@@ -56,10 +56,8 @@ pub fn load_pack(source: &PackSource, settings: &Settings) -> anyhow::Result<Pac
 
 /// Keys from the key file, else from `TELEGATE_KEYS` (the same TOML), else ephemeral.
 pub fn load_keys(settings: &Settings) -> anyhow::Result<Keyring> {
-    if settings.key_file.is_none() {
-        if let Ok(text) = std::env::var("TELEGATE_KEYS") {
-            return Keyring::from_toml(&text).context("TELEGATE_KEYS");
-        }
+    if let (None, Ok(text)) = (&settings.key_file, std::env::var("TELEGATE_KEYS")) {
+        return Keyring::from_toml(&text).context("TELEGATE_KEYS");
     }
     match &settings.key_file {
         Some(path) => {

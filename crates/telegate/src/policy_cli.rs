@@ -16,7 +16,7 @@ use telegate_policy::{
 /// Days when the duration is whole days (as packs write them), else humantime.
 pub fn fmt_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs > 0 && secs % 86_400 == 0 && d.subsec_nanos() == 0 {
+    if secs > 0 && secs.is_multiple_of(86_400) && d.subsec_nanos() == 0 {
         format!("{}d", secs / 86_400)
     } else {
         humantime::format_duration(d).to_string()
