@@ -1,0 +1,59 @@
+//! The per-frame hot path, stage by stage: decode, validate, and classify + decide + shape
+//! for a status frame that three services receive.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use telegate_benches::{NOW, THREE_SERVICES, VIN, status_frame};
+use telegate_frame::{
+    FrameKind, PayloadFormat, ValidationConfig, classify, decode, encode, validate, vehicle_topic,
+};
+use telegate_policy::{Keyring, Pack, SubjectRecord, Verdict, decide_all, shape};
+
+fn hot_path(c: &mut Criterion) {
+    let frame = status_frame();
+    let topic = vehicle_topic(VIN, FrameKind::Status);
+    let proto = encode(&frame, PayloadFormat::Protobuf);
+    let json = encode(&frame, PayloadFormat::Json);
+    let cfg = ValidationConfig::default();
+    let pack = Pack::from_toml(THREE_SERVICES).expect("bench pack is valid");
+    let label = pack.label();
+    let keys = Keyring::ephemeral([7; 32]);
+    let valid = validate(&topic, &proto, NOW, &cfg).expect("valid");
+    // A vehicle with a settings history, as the gateway would hold it.
+    let mut subject = SubjectRecord::default();
+    subject.record_settings(
+        NOW - 60_000,
+        &telegate_frame::pb::PrivacySettings {
+            location_services: true,
+            non_location_services: true,
+            ..Default::default()
+        },
+    );
+
+    c.bench_function("decode/protobuf", |b| b.iter(|| decode(black_box(&proto))));
+    c.bench_function("decode/json", |b| b.iter(|| decode(black_box(&json))));
+    c.bench_function("validate/protobuf (decode + checks)", |b| {
+        b.iter(|| validate(black_box(&topic), black_box(&proto), NOW, &cfg))
+    });
+    c.bench_function("policy/classify+decide+shape status -> 3 services", |b| {
+        b.iter(|| {
+            let f = black_box(&valid);
+            let cats = classify(f);
+            let mut out = Vec::with_capacity(3);
+            for (purpose, decision) in decide_all(&pack, f, Some(&subject)) {
+                if let Verdict::Forward(consent) = decision.verdict {
+                    out.push(shape(&pack, &label, f, purpose, consent, &keys));
+                }
+            }
+            assert_eq!(out.len(), 3);
+            (cats, out)
+        })
+    });
+    c.bench_function("pseudonym/hmac-sha256", |b| {
+        let purpose = telegate_policy::PurposeId::from("pseudonymous-status");
+        b.iter(|| keys.pseudonym(black_box(&purpose), valid.vin()))
+    });
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
