@@ -21,7 +21,7 @@ pub use ids::{KeyId, PurposeId, ServiceId};
 pub use keys::{KeyError, Keyring};
 pub use pack::{
     ConsentRule, EventScope, Identity, LegalBasis, LocationPrecision, OffCondition, Pack,
-    PackError, PackErrors, Purpose, REJECTED_TOPIC, Service, TopicSpec,
+    PackError, PackErrors, Purpose, REJECTED_TOPIC, Service, TopicSpec, format_duration,
 };
 pub use shape::{OutRecord, header, rejected_record, shape};
 pub use state::{CallConsent, Settings, StateFile, SubjectRecord, Timeline, factory_settings};

@@ -257,6 +257,16 @@ impl Pack {
     }
 }
 
+/// A retention as packs write it: whole days as `30d`, anything else in humantime.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs > 0 && secs.is_multiple_of(86_400) && d.subsec_nanos() == 0 {
+        format!("{}d", secs / 86_400)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 /// A topic and the retention it must be created with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {

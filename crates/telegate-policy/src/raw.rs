@@ -248,19 +248,21 @@ impl RawPack {
                 kinds.push(kind);
             }
             let rules = raw.rules(&path, &kinds, legal_basis, identity, &mut errs);
-            if let (Some(service), Some(legal_basis), Some(identity), Some(retention), Some(r)) =
-                (service, legal_basis, identity, retention, rules)
-            {
+            if let (Some(service), Some(retention)) = (service, retention) {
                 if let Some(max) = services[service].retention.filter(|t| *t > retention) {
                     errs.push(
                         format!("services.{}.retention", raw.service),
                         format!(
                             "topic retention {} exceeds the {} that purpose {id} allows",
-                            humantime::format_duration(max),
-                            humantime::format_duration(retention)
+                            crate::pack::format_duration(max),
+                            crate::pack::format_duration(retention)
                         ),
                     );
                 }
+            }
+            if let (Some(service), Some(legal_basis), Some(identity), Some(retention), Some(r)) =
+                (service, legal_basis, identity, retention, rules)
+            {
                 purposes.push(Purpose {
                     id: PurposeId::from(id.as_str()),
                     index: purposes.len(),

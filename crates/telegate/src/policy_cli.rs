@@ -10,18 +10,8 @@ use telegate_frame::{
 };
 use telegate_policy::{
     ConsentRule, Keyring, LocationPrecision, Pack, StateFile, SubjectRecord, Verdict, decide_all,
-    shape,
+    format_duration, shape,
 };
-
-/// Days when the duration is whole days (as packs write them), else humantime.
-pub fn fmt_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs > 0 && secs.is_multiple_of(86_400) && d.subsec_nanos() == 0 {
-        format!("{}d", secs / 86_400)
-    } else {
-        humantime::format_duration(d).to_string()
-    }
-}
 
 pub fn load_pack(path: &Path) -> anyhow::Result<Result<Pack, String>> {
     let text =
@@ -55,7 +45,7 @@ pub fn check(pack: &Pack) -> String {
             "    location {}, time {}, retention {}",
             location(p.location),
             time(p.time_precision),
-            fmt_duration(p.retention)
+            format_duration(p.retention)
         );
         if !off.is_empty() || !p.requires.is_empty() {
             let _ = writeln!(
@@ -72,7 +62,7 @@ pub fn check(pack: &Pack) -> String {
     }
     let _ = writeln!(s, "\n  topic retention (the strictest purpose it carries):");
     for t in pack.topics() {
-        let _ = writeln!(s, "    {:<30} {}", t.name, fmt_duration(t.retention));
+        let _ = writeln!(s, "    {:<30} {}", t.name, format_duration(t.retention));
     }
     s
 }
