@@ -248,17 +248,18 @@ impl RawPack {
                 kinds.push(kind);
             }
             let rules = raw.rules(&path, &kinds, legal_basis, identity, &mut errs);
-            if let (Some(service), Some(retention)) = (service, retention) {
-                if let Some(max) = services[service].retention.filter(|t| *t > retention) {
-                    errs.push(
-                        format!("services.{}.retention", raw.service),
-                        format!(
-                            "topic retention {} exceeds the {} that purpose {id} allows",
-                            crate::pack::format_duration(max),
-                            crate::pack::format_duration(retention)
-                        ),
-                    );
-                }
+            let too_long = service
+                .zip(retention)
+                .and_then(|(svc, r)| services[svc].retention.filter(|t| *t > r).zip(Some(r)));
+            if let Some((max, allowed)) = too_long {
+                errs.push(
+                    format!("services.{}.retention", raw.service),
+                    format!(
+                        "topic retention {} exceeds the {} that purpose {id} allows",
+                        crate::pack::format_duration(max),
+                        crate::pack::format_duration(allowed)
+                    ),
+                );
             }
             if let (Some(service), Some(legal_basis), Some(identity), Some(retention), Some(r)) =
                 (service, legal_basis, identity, retention, rules)
