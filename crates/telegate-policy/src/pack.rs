@@ -252,7 +252,7 @@ impl Pack {
 
     /// Loads and validates a pack. Every problem is reported, not just the first.
     pub fn from_toml(text: &str) -> Result<Self, PackErrors> {
-        let raw: RawPack = toml::from_str(text).map_err(|e| PackErrors(vec![syntax(e)]))?;
+        let raw: RawPack = toml::from_str(text).map_err(|e| PackErrors(vec![syntax(text, e)]))?;
         raw.validate()
     }
 }
@@ -296,9 +296,14 @@ impl fmt::Display for PackErrors {
     }
 }
 
-fn syntax(e: toml::de::Error) -> PackError {
+fn syntax(text: &str, e: toml::de::Error) -> PackError {
     let path = match e.span() {
-        Some(span) => format!("toml bytes {}..{}", span.start, span.end),
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        }
         None => "toml".to_owned(),
     };
     PackError {

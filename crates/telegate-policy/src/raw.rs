@@ -46,11 +46,18 @@ struct RawService {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPurpose {
+    // Required fields default to empty so that every missing one is reported, not only the
+    // first serde meets.
+    #[serde(default)]
     service: String,
+    #[serde(default)]
     legal_basis: String,
+    #[serde(default)]
     kinds: Vec<String>,
+    #[serde(default)]
     categories: Vec<String>,
     fields: Option<Vec<String>>,
+    #[serde(default)]
     identity: String,
     location: Option<String>,
     time: Option<String>,
@@ -59,6 +66,7 @@ struct RawPurpose {
     off_when: Vec<String>,
     #[serde(default)]
     requires: Vec<String>,
+    #[serde(default)]
     retention: String,
     #[serde(default)]
     recipients: Vec<String>,
@@ -88,7 +96,7 @@ impl Errors {
         name: impl Fn(T) -> &'static str,
     ) -> Option<T> {
         let found = all.iter().copied().find(|v| name(*v) == value);
-        if found.is_none() {
+        if found.is_none() && !value.is_empty() {
             let names: Vec<_> = all.iter().map(|v| name(*v)).collect();
             self.push(
                 path,
@@ -99,6 +107,9 @@ impl Errors {
     }
 
     fn retention(&mut self, path: String, value: &str) -> Option<Duration> {
+        if value.is_empty() {
+            return None;
+        }
         match humantime::parse_duration(value) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
@@ -197,8 +208,24 @@ impl RawPack {
             if !is_slug(id) {
                 errs.push(&path, "purpose id must be a slug ([a-z0-9-], at most 64)");
             }
+            for (field, value) in [
+                ("service", &raw.service),
+                ("legal_basis", &raw.legal_basis),
+                ("identity", &raw.identity),
+                ("retention", &raw.retention),
+            ] {
+                if value.is_empty() {
+                    errs.push(format!("{path}.{field}"), "is required");
+                }
+            }
+            if raw.categories.is_empty() {
+                errs.push(
+                    format!("{path}.categories"),
+                    "is required: the data categories this purpose may receive",
+                );
+            }
             let service = services.iter().position(|s| s.id.as_str() == raw.service);
-            if service.is_none() {
+            if service.is_none() && !raw.service.is_empty() {
                 errs.push(
                     format!("{path}.service"),
                     format!("no service {:?} is declared under [services]", raw.service),

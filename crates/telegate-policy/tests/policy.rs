@@ -80,11 +80,36 @@ fn every_error_is_reported_at_once_with_its_path() {
 }
 
 #[test]
+fn missing_fields_are_all_reported() {
+    let errs = Pack::from_toml(
+        "id = \"x\"\nversion = \"1\"\n[services.s]\n[purposes.a]\nservice = \"s\"\n[purposes.b]\nservice = \"s\"\n",
+    )
+    .expect_err("incomplete")
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for p in ["a", "b"] {
+        for f in [
+            "legal_basis",
+            "identity",
+            "retention",
+            "categories",
+            "kinds",
+        ] {
+            let want = format!("purposes.{p}.{f}");
+            assert!(
+                paths.contains(&want.as_str()),
+                "missing {want} in {paths:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn syntax_errors_say_where() {
     let errs = Pack::from_toml("id = \"x\"\nversion = 1\n")
         .expect_err("wrong type")
         .to_string();
-    assert!(errs.contains("toml bytes"), "{errs}");
+    assert!(errs.contains("line 2, column"), "{errs}");
 }
 
 #[test]

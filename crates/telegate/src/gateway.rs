@@ -82,9 +82,14 @@ impl Gateway {
             ),
             None => None,
         };
-        let pack = Arc::new(
-            load_pack(&pack, settings)?.with_topic_namespace(&settings.kafka.topic_namespace),
-        );
+        let namespace = &settings.kafka.topic_namespace;
+        if !namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            bail!("kafka.topic_namespace {namespace:?}: use only a-z, A-Z, 0-9, '.', '_' and '-'");
+        }
+        let pack = Arc::new(load_pack(&pack, settings)?.with_topic_namespace(namespace));
         let keys = load_keys(settings)?;
         let ephemeral_keys = keys.is_ephemeral();
         if ephemeral_keys {

@@ -192,7 +192,7 @@ fn policy_check_reports_every_error() {
     let pack = dir.path().join("bad.toml");
     std::fs::write(
         &pack,
-        "id = \"x\"\nversion = \"1\"\n[services.s]\n[purposes.p]\nservice = \"s\"\nlegal_basis = \"maybe\"\nkinds = [\"status\"]\nidentity = \"vin\"\nretention = \"soon\"\n",
+        "id = \"x\"\nversion = \"1\"\n[services.s]\n[purposes.p]\nservice = \"s\"\nlegal_basis = \"maybe\"\nkinds = [\"status\"]\ncategories = [\"identification\", \"status\"]\nidentity = \"vin\"\nretention = \"soon\"\n",
     )
     .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_telegate"))
