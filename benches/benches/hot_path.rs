@@ -20,7 +20,12 @@ fn hot_path(c: &mut Criterion) {
     let keys = Keyring::ephemeral([7; 32]);
     let valid = validate(&topic, &proto, NOW, &cfg).expect("valid");
     // A vehicle with a settings history, as the gateway would hold it.
-    let mut subject = SubjectRecord::default();
+    let mut subject = SubjectRecord {
+        secret: Some(telegate_policy::SubjectSecret::from_random(
+            [1; 16], [2; 32],
+        )),
+        ..Default::default()
+    };
     subject.record_settings(
         NOW - 60_000,
         &telegate_frame::pb::PrivacySettings {
@@ -42,7 +47,15 @@ fn hot_path(c: &mut Criterion) {
             let mut out = Vec::with_capacity(3);
             for (purpose, decision) in decide_all(&pack, f, Some(&subject)) {
                 if let Verdict::Forward(consent) = decision.verdict {
-                    out.push(shape(&pack, &label, f, purpose, consent, &keys));
+                    out.push(shape(
+                        &pack,
+                        &label,
+                        f,
+                        purpose,
+                        consent,
+                        &keys,
+                        Some(&subject),
+                    ));
                 }
             }
             assert_eq!(out.len(), 3);
@@ -51,7 +64,7 @@ fn hot_path(c: &mut Criterion) {
     });
     c.bench_function("pseudonym/hmac-sha256", |b| {
         let purpose = telegate_policy::PurposeId::from("pseudonymous-status");
-        b.iter(|| keys.pseudonym(black_box(&purpose), valid.vin()))
+        b.iter(|| keys.pseudonym(black_box(&purpose), valid.vin(), subject.secret.as_ref()))
     });
 }
 

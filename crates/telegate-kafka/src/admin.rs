@@ -43,8 +43,11 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
                 cfg.partitions,
                 TopicReplication::Fixed(cfg.replication_factor),
             )
-            .set("retention.ms", r)
-            .set("cleanup.policy", "delete")
+            .set("retention.ms", if s.compact { "-1" } else { r })
+            .set(
+                "cleanup.policy",
+                if s.compact { "compact" } else { "delete" },
+            )
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -68,7 +71,11 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
     if !refused.is_empty() {
         return Err(TopicError::Refused(refused.join("; ")));
     }
-    for spec in specs.iter().filter(|s| existing.contains(&s.name)) {
+    // Compacted topics keep the latest record per key by design: no retention to reconcile.
+    for spec in specs
+        .iter()
+        .filter(|s| !s.compact && existing.contains(&s.name))
+    {
         reconcile_retention(&admin, cfg, spec, &opts).await?;
     }
     Ok(())

@@ -9,7 +9,9 @@
 mod admin;
 mod config;
 mod sink;
+mod statelog;
 
 pub use admin::{TopicError, ensure_topics, topic_retention_ms};
 pub use config::KafkaConfig;
 pub use sink::{KafkaSink, SinkError, SinkStats};
+pub use statelog::{Entry, LogWriter, follow};

@@ -19,6 +19,7 @@ fn spec(name: &str, d: Duration) -> Vec<TopicSpec> {
     vec![TopicSpec {
         name: name.to_owned(),
         retention: d,
+        compact: false,
     }]
 }
 

@@ -4,8 +4,8 @@
 //! on after capture still stops a frame that arrives late. Pure: the caller supplies the
 //! subject's state.
 
-use crate::pack::{ConsentRule, EventScope, LegalBasis, OffCondition, Pack, Purpose};
-use crate::state::{Settings, SubjectRecord};
+use crate::pack::{ConsentRule, EventScope, Identity, LegalBasis, OffCondition, Pack, Purpose};
+use crate::state::{Account, Settings, SubjectRecord};
 use std::fmt;
 use std::sync::LazyLock;
 use telegate_frame::Frame;
@@ -40,10 +40,14 @@ pub enum DropReason {
     ConsentWithdrawn,
     EventConsentMissing,
     ActivationMissing,
+    AccountBlocked,
+    Restricted,
+    Objected,
+    SubjectKeyMissing,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::OfflineMode,
         DropReason::PrivateMode,
         DropReason::LocationServicesOff,
@@ -54,6 +58,10 @@ impl DropReason {
         DropReason::ConsentWithdrawn,
         DropReason::EventConsentMissing,
         DropReason::ActivationMissing,
+        DropReason::AccountBlocked,
+        DropReason::Restricted,
+        DropReason::Objected,
+        DropReason::SubjectKeyMissing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +76,10 @@ impl DropReason {
             DropReason::ConsentWithdrawn => "consent-withdrawn",
             DropReason::EventConsentMissing => "event-consent-missing",
             DropReason::ActivationMissing => "activation-missing",
+            DropReason::AccountBlocked => "account-blocked",
+            DropReason::Restricted => "restricted",
+            DropReason::Objected => "objected",
+            DropReason::SubjectKeyMissing => "subject-key-missing",
         }
     }
 
@@ -125,6 +137,13 @@ pub enum Rule {
         active: bool,
         when: When,
     },
+    AccountBlocked,
+    Restricted(When),
+    Objected {
+        when: When,
+        direct_marketing: bool,
+    },
+    SubjectKeyMissing,
 }
 
 impl fmt::Display for Rule {
@@ -184,6 +203,22 @@ impl fmt::Display for Rule {
             } => {
                 write!(f, "feature {feature} not activated {}", when.phrase())
             }
+            Rule::AccountBlocked => write!(f, "the account is blocked: its data awaits deletion"),
+            Rule::Restricted(w) => write!(f, "processing is restricted {}", w.phrase()),
+            Rule::Objected {
+                when,
+                direct_marketing: true,
+            } => write!(
+                f,
+                "objection to direct marketing {}: absolute",
+                when.phrase()
+            ),
+            Rule::Objected { when, .. } => write!(
+                f,
+                "objection to this legitimate-interest purpose {}",
+                when.phrase()
+            ),
+            Rule::SubjectKeyMissing => write!(f, "no key material for this vehicle yet"),
         }
     }
 }
@@ -256,6 +291,40 @@ pub fn decide(
     if let Some(when) = offline(t, subject) {
         return Decision::drop(DropReason::OfflineMode, Rule::Offline(when));
     }
+    if matches!(s.account, Account::Blocked { .. }) {
+        return Decision::drop(DropReason::AccountBlocked, Rule::AccountBlocked);
+    }
+    let restricted_at = s.restricted.at(t).copied().unwrap_or(false);
+    if restricted_at || s.restricted.latest().copied().unwrap_or(false) {
+        let when = if restricted_at {
+            When::Capture
+        } else {
+            When::Now
+        };
+        return Decision::drop(DropReason::Restricted, Rule::Restricted(when));
+    }
+    // An objection binds legitimate-interest purposes (Art. 21(1)) and, absolutely, direct
+    // marketing on any basis (Art. 21(3)). Consent is withdrawn, not objected to.
+    let id = purpose.id.as_str();
+    if purpose.legal_basis == LegalBasis::LegitimateInterest || purpose.direct_marketing {
+        let when = if s.objected_at(id, t) {
+            Some(When::Capture)
+        } else if s.objected_now(id) {
+            Some(When::Now)
+        } else {
+            None
+        };
+        if let Some(when) = when {
+            let rule = Rule::Objected {
+                when,
+                direct_marketing: purpose.direct_marketing,
+            };
+            return Decision::drop(DropReason::Objected, rule);
+        }
+    }
+    if matches!(purpose.identity, Identity::Pseudonym | Identity::Sealed) && s.secret.is_none() {
+        return Decision::drop(DropReason::SubjectKeyMissing, Rule::SubjectKeyMissing);
+    }
     let service = pack.service_of(purpose).id.as_str();
     let states = [
         (When::Capture, s.settings_at(t)),
@@ -278,7 +347,6 @@ pub fn decide(
             return Decision::drop(DropReason::RequirementOff, rule);
         }
     }
-    let id = purpose.id.as_str();
     match &purpose.consent {
         ConsentRule::None => {
             Decision::forward(ConsentState::NotRequired, Rule::Basis(purpose.legal_basis))

@@ -6,6 +6,11 @@
 //! `telegate-key-id`.
 
 use crate::ids::{KeyId, PurposeId};
+use crate::state::SubjectSecret;
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -122,11 +127,20 @@ impl Keyring {
         &self.keys[self.active].0
     }
 
-    /// The purpose-specific pseudonym of a VIN under the active key: 32 hex digits.
-    pub fn pseudonym(&self, purpose: &PurposeId, vin: &Vin) -> String {
+    /// The purpose-specific pseudonym of a VIN under the active key: 32 hex digits. With the
+    /// vehicle's own secret mixed in, the pseudonym cannot be recomputed once that secret is
+    /// erased, and a vehicle that returns after erasure gets new, unlinkable pseudonyms.
+    pub fn pseudonym(
+        &self,
+        purpose: &PurposeId,
+        vin: &Vin,
+        subject: Option<&SubjectSecret>,
+    ) -> String {
+        let secret = subject.map(SubjectSecret::key_bytes).unwrap_or_default();
         self.hash(&[
             b"pseudonym",
             purpose.as_str().as_bytes(),
+            &secret,
             vin.expose().as_bytes(),
         ])
     }
@@ -139,16 +153,59 @@ impl Keyring {
     }
 
     fn hash(&self, parts: &[&[u8]]) -> String {
-        let mut mac = HmacSha256::new_from_slice(&self.keys[self.active].1.0)
-            .expect("HMAC accepts keys of any length");
-        mac.update(b"telegate/v1");
-        for p in parts {
-            // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
-            mac.update(&(p.len() as u32).to_be_bytes());
-            mac.update(p);
-        }
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        hex::encode(&mac(&self.keys[self.active].1.0, parts)[..16])
     }
+}
+
+fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(b"telegate/v1");
+    for p in parts {
+        // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
+        mac.update(&(p.len() as u32).to_be_bytes());
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// A VIN encrypted under the vehicle's own key: `tgs1.{subject id}.{nonce+ciphertext}`.
+/// The nonce derives from `context` (purpose, sequence, time), unique per record.
+pub fn seal(subject: &SubjectSecret, vin: &Vin, context: &[u8]) -> String {
+    let key = mac(&subject.key_bytes(), &[b"seal"]);
+    let nonce = mac(&subject.key_bytes(), &[b"nonce", context]);
+    let cipher = Aes256Gcm::new_from_slice(&key).expect("32-byte key");
+    let nonce = Nonce::from_slice(&nonce[..12]);
+    let sealed = cipher
+        .encrypt(nonce, vin.expose().as_bytes())
+        .expect("AES-GCM encryption of 17 bytes cannot fail");
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&sealed);
+    format!("tgs1.{}.{}", subject.id, URL_SAFE_NO_PAD.encode(blob))
+}
+
+/// The subject id a sealed value names, to look its secret up.
+pub fn sealed_subject(sealed: &str) -> Option<&str> {
+    let rest = sealed.strip_prefix("tgs1.")?;
+    rest.split_once('.').map(|(id, _)| id)
+}
+
+/// Opens a sealed VIN with the vehicle's secret; `None` if it does not open (wrong or
+/// erased key, tampered value).
+pub fn unseal(subject: &SubjectSecret, sealed: &str) -> Option<Vin> {
+    let rest = sealed.strip_prefix("tgs1.")?;
+    let (id, blob) = rest.split_once('.')?;
+    if id != subject.id {
+        return None;
+    }
+    let blob = URL_SAFE_NO_PAD.decode(blob).ok()?;
+    if blob.len() < 12 {
+        return None;
+    }
+    let (nonce, ct) = blob.split_at(12);
+    let cipher = Aes256Gcm::new_from_slice(&mac(&subject.key_bytes(), &[b"seal"])).ok()?;
+    let plain = cipher.decrypt(Nonce::from_slice(nonce), ct).ok()?;
+    Vin::parse(std::str::from_utf8(&plain).ok()?).ok()
 }
 
 #[cfg(test)]
@@ -164,11 +221,42 @@ mod tests {
         let vin = Vin::parse("WP0ZZZ99ZTS392124").expect("valid");
         let a = PurposeId::from("a");
         let b = PurposeId::from("b");
-        assert_eq!(ring(1).pseudonym(&a, &vin), ring(1).pseudonym(&a, &vin));
-        assert_ne!(ring(1).pseudonym(&a, &vin), ring(1).pseudonym(&b, &vin));
-        assert_ne!(ring(1).pseudonym(&a, &vin), ring(2).pseudonym(&a, &vin));
-        assert_eq!(ring(1).pseudonym(&a, &vin).len(), 32);
-        assert!(!ring(1).pseudonym(&a, &vin).contains("392124"));
+        assert_eq!(
+            ring(1).pseudonym(&a, &vin, None),
+            ring(1).pseudonym(&a, &vin, None)
+        );
+        assert_ne!(
+            ring(1).pseudonym(&a, &vin, None),
+            ring(1).pseudonym(&b, &vin, None)
+        );
+        assert_ne!(
+            ring(1).pseudonym(&a, &vin, None),
+            ring(2).pseudonym(&a, &vin, None)
+        );
+        assert_eq!(ring(1).pseudonym(&a, &vin, None).len(), 32);
+        assert!(!ring(1).pseudonym(&a, &vin, None).contains("392124"));
+    }
+
+    #[test]
+    fn seals_open_only_with_their_subject_key() {
+        let vin = Vin::parse("WP0ZZZ99ZTS392124").expect("valid");
+        let a = SubjectSecret::from_random([1; 16], [2; 32]);
+        let b = SubjectSecret::from_random([1; 16], [3; 32]);
+        let sealed = seal(&a, &vin, b"p/1/2");
+        assert!(!sealed.contains("392124"));
+        assert_eq!(sealed_subject(&sealed), Some(a.id.as_str()));
+        assert_eq!(unseal(&a, &sealed), Some(vin));
+        assert_eq!(unseal(&b, &sealed), None, "another key cannot open it");
+        assert_ne!(
+            seal(&a, &vin, b"p/1/2"),
+            seal(&a, &vin, b"p/1/3"),
+            "nonce per record"
+        );
+        let with = ring(1).pseudonym(&PurposeId::from("p"), &vin, Some(&a));
+        assert_ne!(
+            with,
+            ring(1).pseudonym(&PurposeId::from("p"), &vin, Some(&b))
+        );
     }
 
     #[test]

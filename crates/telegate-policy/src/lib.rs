@@ -18,10 +18,13 @@ pub use decide::{
 };
 pub use fields::FieldMask;
 pub use ids::{KeyId, PurposeId, ServiceId};
-pub use keys::{KeyError, Keyring};
+pub use keys::{KeyError, Keyring, seal, sealed_subject, unseal};
 pub use pack::{
     ConsentRule, EventScope, Identity, LegalBasis, LocationPrecision, OffCondition, Pack,
     PackError, PackErrors, Purpose, REJECTED_TOPIC, Service, TopicSpec, format_duration,
 };
 pub use shape::{OutRecord, header, rejected_record, shape};
-pub use state::{CallConsent, Settings, StateFile, SubjectRecord, Timeline, factory_settings};
+pub use state::{
+    Account, CallConsent, Settings, StateFile, SubjectRecord, SubjectSecret, Timeline,
+    factory_settings,
+};

@@ -44,16 +44,26 @@ pub enum Identity {
     Pseudonym,
     /// No identifier at all: no key, no VIN.
     Anonymous,
+    /// The pseudonym as key, and the VIN encrypted under the vehicle's own key in the
+    /// payload: readable through the admin API's unseal until the vehicle's data is erased,
+    /// unreadable forever after. For long-retention topics.
+    Sealed,
 }
 
 impl Identity {
-    pub(crate) const ALL: [Identity; 3] = [Identity::Vin, Identity::Pseudonym, Identity::Anonymous];
+    pub(crate) const ALL: [Identity; 4] = [
+        Identity::Vin,
+        Identity::Pseudonym,
+        Identity::Anonymous,
+        Identity::Sealed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Identity::Vin => "vin",
             Identity::Pseudonym => "pseudonym",
             Identity::Anonymous => "anonymous",
+            Identity::Sealed => "sealed",
         }
     }
 }
@@ -166,6 +176,8 @@ pub struct Purpose {
     /// Maximum retention.
     pub retention: Duration,
     pub recipients: Vec<String>,
+    /// Direct marketing: an objection stops it whatever its legal basis (GDPR Art. 21(3)).
+    pub direct_marketing: bool,
     /// Where the rules come from, e.g. `002 L5`.
     pub cite: Vec<String>,
     pub description: String,
@@ -231,11 +243,13 @@ impl Pack {
                         .min()
                         .unwrap_or(Duration::ZERO)
                 }),
+                compact: false,
             })
             .collect();
         specs.push(TopicSpec {
             name: self.rejected_topic.clone(),
             retention: self.rejected_retention,
+            compact: false,
         });
         specs
     }
@@ -272,6 +286,9 @@ pub fn format_duration(d: Duration) -> String {
 pub struct TopicSpec {
     pub name: String,
     pub retention: Duration,
+    /// A compacted topic (latest record per key, kept until a tombstone): `retention` is
+    /// then ignored.
+    pub compact: bool,
 }
 
 /// One problem in a pack.

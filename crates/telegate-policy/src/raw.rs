@@ -71,6 +71,8 @@ struct RawPurpose {
     #[serde(default)]
     recipients: Vec<String>,
     #[serde(default)]
+    direct_marketing: bool,
+    #[serde(default)]
     cite: Vec<String>,
     #[serde(default)]
     description: String,
@@ -307,6 +309,7 @@ impl RawPack {
                     requires: raw.requires.clone(),
                     retention,
                     recipients: raw.recipients.clone(),
+                    direct_marketing: raw.direct_marketing,
                     cite: raw.cite.clone(),
                     description: raw.description.clone(),
                 });
@@ -418,9 +421,9 @@ impl RawPurpose {
                 format!("{path}.categories"),
                 "an anonymous purpose cannot receive the identification category",
             ),
-            Some(Identity::Vin | Identity::Pseudonym) if !identifies => errs.push(
+            Some(Identity::Vin | Identity::Pseudonym | Identity::Sealed) if !identifies => errs.push(
                 format!("{path}.categories"),
-                "a purpose that sees a VIN or pseudonym must list the identification category",
+                "a purpose that sees a VIN, pseudonym or sealed VIN must list the identification category",
             ),
             _ => {}
         }

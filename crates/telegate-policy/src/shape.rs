@@ -3,8 +3,9 @@
 //! `telegate.rejected` record for a refused frame.
 
 use crate::decide::ConsentState;
-use crate::keys::Keyring;
+use crate::keys::{Keyring, seal};
 use crate::pack::{Identity, LocationPrecision, Pack, Purpose};
+use crate::state::SubjectRecord;
 use telegate_frame::pb::{self, RejectedFrame, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{Categories, DataCategory, Frame, PayloadFormat, Rejection, encode};
 
@@ -56,8 +57,10 @@ pub fn shape(
     purpose: &Purpose,
     consent: ConsentState,
     keys: &Keyring,
+    subject: Option<&SubjectRecord>,
 ) -> OutRecord {
     let service = pack.service_of(purpose);
+    let secret = subject.and_then(|s| s.secret.as_ref());
     let mut headers = Vec::with_capacity(10);
     headers.push((header::PURPOSE, purpose.id.to_string()));
     headers.push((header::LEGAL_BASIS, purpose.legal_basis.as_str().to_owned()));
@@ -71,8 +74,21 @@ pub fn shape(
         }
         Identity::Pseudonym => {
             headers.push((header::KEY_ID, keys.active_id().to_string()));
-            let p = keys.pseudonym(&purpose.id, frame.vin());
+            let p = keys.pseudonym(&purpose.id, frame.vin(), secret);
             (Some(p.into_bytes()), String::new())
+        }
+        Identity::Sealed => {
+            headers.push((header::KEY_ID, keys.active_id().to_string()));
+            let p = keys.pseudonym(&purpose.id, frame.vin(), secret);
+            // decide() drops sealed purposes for vehicles without key material.
+            let sealed = secret
+                .map(|s| {
+                    let context =
+                        format!("{}/{}/{}", purpose.id, frame.seq(), frame.captured_at_ms());
+                    seal(s, frame.vin(), context.as_bytes())
+                })
+                .unwrap_or_default();
+            (Some(p.into_bytes()), sealed)
         }
         Identity::Anonymous => (None, String::new()),
     };

@@ -44,6 +44,19 @@ impl<T> Timeline<T> {
         self.points.last().map(|(_, v)| v)
     }
 
+    /// Adds every point of `other` not already present: replicas that merge each other's
+    /// timelines converge whatever the order.
+    pub fn merge(&mut self, other: &Timeline<T>)
+    where
+        T: Clone + PartialEq,
+    {
+        for (t, v) in &other.points {
+            if !self.points.iter().any(|(u, w)| u == t && w == v) {
+                self.set(*t, v.clone());
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.points.len()
     }
@@ -88,6 +101,55 @@ pub struct SubjectRecord {
     /// Consent scopes given within a breakdown call, by call id (calls placed in the app,
     /// where the frame itself carries none).
     pub call_consents: BTreeMap<String, CallConsent>,
+    /// Objections per purpose id (true = objecting).
+    pub objections: BTreeMap<String, Timeline<bool>>,
+    /// Restriction of processing (GDPR Art. 18) for all purposes (true = restricted).
+    pub restricted: Timeline<bool>,
+    pub account: Account,
+    /// Per-vehicle key material. Pseudonyms and sealed VINs derive from it; erasing it makes
+    /// every earlier record unlinkable to the VIN.
+    pub secret: Option<SubjectSecret>,
+}
+
+/// Whether the vehicle's data may be processed at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum Account {
+    #[default]
+    Active,
+    /// Head-unit reset or account deactivation: processing stops now; the data is deleted
+    /// once the retention check has run.
+    Blocked { at_ms: i64, delete_after_ms: i64 },
+}
+
+/// Random per-vehicle key material, hex encoded. `id` names the subject inside sealed
+/// values without revealing the VIN.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SubjectSecret {
+    pub id: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for SubjectSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectSecret")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SubjectSecret {
+    /// From fresh random bytes (the caller's: this crate has no randomness source).
+    pub fn from_random(id: [u8; 16], key: [u8; 32]) -> Self {
+        Self {
+            id: hex::encode(id),
+            key: hex::encode(key),
+        }
+    }
+
+    pub(crate) fn key_bytes(&self) -> Vec<u8> {
+        hex::decode(&self.key).unwrap_or_default()
+    }
 }
 
 /// The settings part of a privacy frame, in a serialisable form.
@@ -170,6 +232,64 @@ impl SubjectRecord {
             .unwrap_or(false)
     }
 
+    pub fn objected_at(&self, purpose: &str, at_ms: i64) -> bool {
+        self.objections
+            .get(purpose)
+            .and_then(|t| t.at(at_ms))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    pub fn objected_now(&self, purpose: &str) -> bool {
+        self.objections
+            .get(purpose)
+            .and_then(Timeline::latest)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Merges another replica's view of the same vehicle. Timelines are unions; a block
+    /// wins over active; of two secrets the smaller is kept, so replicas agree.
+    pub fn merge(&mut self, other: &SubjectRecord) {
+        self.settings.merge(&other.settings);
+        for (map, theirs) in [
+            (&mut self.consents, &other.consents),
+            (&mut self.activations, &other.activations),
+            (&mut self.objections, &other.objections),
+        ] {
+            for (k, t) in theirs {
+                map.entry(k.clone()).or_default().merge(t);
+            }
+        }
+        for (call, c) in &other.call_consents {
+            let mine = self.call_consents.entry(call.clone()).or_default();
+            mine.assistance |= c.assistance;
+            mine.dealer |= c.dealer;
+        }
+        self.restricted.merge(&other.restricted);
+        self.account = match (self.account, other.account) {
+            (
+                Account::Blocked {
+                    at_ms: a,
+                    delete_after_ms: da,
+                },
+                Account::Blocked {
+                    at_ms: b,
+                    delete_after_ms: db,
+                },
+            ) => Account::Blocked {
+                at_ms: a.min(b),
+                delete_after_ms: da.min(db),
+            },
+            (b @ Account::Blocked { .. }, _) | (_, b @ Account::Blocked { .. }) => b,
+            _ => Account::Active,
+        };
+        self.secret = match (self.secret.take(), &other.secret) {
+            (Some(a), Some(b)) => Some(a.min(b.clone())),
+            (a, b) => a.or_else(|| b.clone()),
+        };
+    }
+
     /// Applies a privacy-settings frame captured at `at_ms`.
     pub fn record_settings(&mut self, at_ms: i64, settings: &pb::PrivacySettings) {
         self.settings.set(at_ms, Settings::from(settings));
@@ -184,6 +304,10 @@ impl SubjectRecord {
         self.activations
             .values_mut()
             .for_each(|t| t.compact(horizon_ms));
+        self.objections
+            .values_mut()
+            .for_each(|t| t.compact(horizon_ms));
+        self.restricted.compact(horizon_ms);
     }
 }
 

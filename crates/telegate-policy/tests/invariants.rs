@@ -159,7 +159,12 @@ fn arb_subject() -> impl Strategy<Value = SubjectRecord> {
     let flips = proptest::collection::vec((0i64..100_000, any::<bool>()), 0..3);
     (settings, flips.clone(), flips.clone(), flips).prop_map(
         |(settings, consents, activations, gis)| {
-            let mut r = SubjectRecord::default();
+            let mut r = SubjectRecord {
+                secret: Some(telegate_policy::SubjectSecret::from_random(
+                    [5; 16], [6; 32],
+                )),
+                ..Default::default()
+            };
             for (t, private, offline, loc, nonloc, svc) in settings {
                 let mut toggles = std::collections::HashMap::new();
                 toggles.insert("smart-service".to_owned(), svc);
@@ -231,7 +236,7 @@ proptest! {
                         prop_assert!(s.consent_at(purpose.id.as_str(), t) && s.consent_now(purpose.id.as_str()));
                     }
                 }
-                let rec = shape(pack, &pack.label(), &frame, purpose, consent, &keys());
+                let rec = shape(pack, &pack.label(), &frame, purpose, consent, &keys(), subject);
                 let (payload, _) = decode(&rec.payload).expect("shaped records decode");
                 let text = format!("{:?} {:?} {}", rec.key, rec.headers, String::from_utf8_lossy(&rec.payload));
                 // The raw VIN only where the identity is the VIN.
@@ -264,7 +269,10 @@ proptest! {
     fn a_withdrawal_after_capture_stops_late_frames(frame in arb_frame(), withdraw_after in 1i64..1_000_000) {
         for pack in PACKS.iter() {
             for purpose in pack.routes(frame.kind()).filter(|p| p.consent == ConsentRule::Standing) {
-                let mut s = SubjectRecord::default();
+                let mut s = SubjectRecord {
+                    secret: Some(telegate_policy::SubjectSecret::from_random([5; 16], [6; 32])),
+                    ..Default::default()
+                };
                 let mut gis = std::collections::HashMap::new();
                 gis.insert("gis".to_owned(), true);
                 s.record_settings(0, &pb::PrivacySettings { location_services: true, non_location_services: true, services: gis, ..Default::default() });

@@ -42,6 +42,15 @@ fn keys() -> Keyring {
     Keyring::ephemeral([7; 32])
 }
 
+/// A vehicle the gateway has seen: it has its own key material.
+static SUBJECT: std::sync::LazyLock<telegate_policy::SubjectRecord> =
+    std::sync::LazyLock::new(|| telegate_policy::SubjectRecord {
+        secret: Some(telegate_policy::SubjectSecret::from_random(
+            [3; 16], [4; 32],
+        )),
+        ..Default::default()
+    });
+
 #[test]
 fn every_error_is_reported_at_once_with_its_path() {
     let bad = r#"
@@ -164,7 +173,7 @@ fn status_goes_to_smart_service_with_vin_and_trip_log_with_pseudonym() {
         odometer_km: Some(1.0),
         ..Default::default()
     }));
-    let decisions: Vec<_> = decide_all(&pack, &f, None).collect();
+    let decisions: Vec<_> = decide_all(&pack, &f, Some(&*SUBJECT)).collect();
     let ids: Vec<&str> = decisions.iter().map(|(p, _)| p.id.as_str()).collect();
     assert_eq!(ids, ["component-status", "trip-log"]);
 
@@ -173,7 +182,15 @@ fn status_goes_to_smart_service_with_vin_and_trip_log_with_pseudonym() {
             panic!("contract purposes forward")
         };
         assert_eq!(consent, ConsentState::NotRequired);
-        let rec = shape(&pack, &pack.label(), &f, purpose, consent, &keys());
+        let rec = shape(
+            &pack,
+            &pack.label(),
+            &f,
+            purpose,
+            consent,
+            &keys(),
+            Some(&*SUBJECT),
+        );
         assert_eq!(rec.header(header::PURPOSE), Some(purpose.id.as_str()));
         assert_eq!(rec.header(header::LEGAL_BASIS), Some("contract"));
         assert_eq!(rec.header(header::CONSENT), Some("not-required"));
@@ -197,7 +214,10 @@ fn status_goes_to_smart_service_with_vin_and_trip_log_with_pseudonym() {
                 assert_eq!(rec.header(header::SUBJECT), Some("pseudonym"));
                 assert_eq!(rec.header(header::KEY_ID), Some("ephemeral"));
                 let key = String::from_utf8(rec.key.clone().expect("keyed")).expect("hex");
-                assert_eq!(key, keys().pseudonym(&purpose.id, f.vin()));
+                assert_eq!(
+                    key,
+                    keys().pseudonym(&purpose.id, f.vin(), SUBJECT.secret.as_ref())
+                );
                 assert!(payload.vin.is_empty(), "no VIN beside a pseudonym");
             }
             other => panic!("unexpected purpose {other}"),
@@ -215,13 +235,21 @@ fn anonymous_records_have_no_key_and_no_vin() {
         }],
         ..Default::default()
     }));
-    let (purpose, decision) = decide_all(&pack, &f, None)
+    let (purpose, decision) = decide_all(&pack, &f, Some(&*SUBJECT))
         .find(|(p, _)| p.id.as_str() == "product-improvement")
         .expect("routed");
     let Verdict::Forward(c) = decision.verdict else {
         panic!("forwards")
     };
-    let rec = shape(&pack, &pack.label(), &f, purpose, c, &keys());
+    let rec = shape(
+        &pack,
+        &pack.label(),
+        &f,
+        purpose,
+        c,
+        &keys(),
+        Some(&*SUBJECT),
+    );
     assert_eq!(rec.key, None);
     assert_eq!(rec.header(header::SUBJECT), Some("anonymous"));
     assert!(!String::from_utf8_lossy(&rec.payload).contains(VIN));
@@ -235,7 +263,7 @@ fn breakdown_purposes_drop_without_consent_in_the_call() {
         call_id: "c1".into(),
         ..Default::default()
     }));
-    let decisions: Vec<_> = decide_all(&pack, &f, None).collect();
+    let decisions: Vec<_> = decide_all(&pack, &f, Some(&*SUBJECT)).collect();
     assert_eq!(decisions.len(), 2, "assistance and dealer");
     for (_, d) in decisions {
         assert_eq!(d.verdict, Verdict::Drop(DropReason::EventConsentMissing));
@@ -246,7 +274,7 @@ fn breakdown_purposes_drop_without_consent_in_the_call() {
 fn privacy_frames_are_routed_nowhere_by_this_pack() {
     let pack = reference();
     let f = frame(Body::Privacy(pb::PrivacySettings::default()));
-    assert_eq!(decide_all(&pack, &f, None).count(), 0);
+    assert_eq!(decide_all(&pack, &f, Some(&*SUBJECT)).count(), 0);
 }
 
 #[test]

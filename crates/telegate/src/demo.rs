@@ -71,9 +71,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         // The mock has no CreateTopics; it takes topics through its own API.
         settings.kafka.manage_topics = false;
         let pack = crate::gateway::load_pack(&source_for(&args), &settings)?;
-        for t in pack.topics() {
-            mock.create_topic(&t.name, 1, 1)
-                .with_context(|| format!("creating {} in the MockCluster", t.name))?;
+        let own = crate::gateway::Topics::new("");
+        let names = pack
+            .topics()
+            .into_iter()
+            .map(|t| t.name)
+            .chain([own.state, own.ledger]);
+        for name in names {
+            mock.create_topic(&name, 1, 1)
+                .with_context(|| format!("creating {name} in the MockCluster"))?;
         }
     }
     settings.mqtt.listen = Some(args.mqtt_listen);

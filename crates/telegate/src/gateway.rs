@@ -2,6 +2,7 @@
 //! and sink, MQTT ingress, pipeline, endpoints) and shuts it down in order.
 
 use crate::http;
+use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
 use crate::settings::Settings;
 use crate::state::StateStore;
@@ -10,11 +11,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use telegate_kafka::{KafkaSink, SinkStats, ensure_topics};
+use telegate_kafka::{KafkaSink, LogWriter, SinkStats, ensure_topics};
 use telegate_mqtt::Ingress;
-use telegate_policy::{Keyring, Pack};
+use telegate_policy::{Keyring, Pack, TopicSpec};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// The topics telegate keeps besides the pack's, behind the namespace.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Compacted: every vehicle's settings, consents and key material.
+    pub state: String,
+    /// Append-only audit of every change.
+    pub ledger: String,
+}
+
+impl Topics {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            state: format!("{namespace}telegate.consent-state"),
+            ledger: format!("{namespace}telegate.consent-ledger"),
+        }
+    }
+}
 
 /// Where the policy pack comes from.
 #[derive(Debug, Clone)]
@@ -35,6 +54,8 @@ pub struct Gateway {
     ready: Arc<AtomicBool>,
     sink_stats: Arc<SinkStats>,
     state: Arc<StateStore>,
+    ledger: Arc<Ledger>,
+    topics: Topics,
     metrics_addr: Option<SocketAddr>,
     ephemeral_keys: bool,
 }
@@ -98,9 +119,36 @@ impl Gateway {
             );
         }
 
+        let topics = Topics::new(namespace);
+        let mut specs = pack.topics();
+        specs.push(TopicSpec {
+            name: topics.state.clone(),
+            retention: Duration::ZERO,
+            compact: true,
+        });
+        specs.push(TopicSpec {
+            name: topics.ledger.clone(),
+            retention: settings.ledger_retention,
+            compact: false,
+        });
         if settings.kafka.manage_topics {
-            create_topics(settings, &pack).await?;
+            create_topics(settings, &specs).await?;
         }
+        // Decisions need everyone's state: read it in full before taking a single frame.
+        let state = StateStore::replicated(
+            &settings.kafka,
+            &topics.state,
+            settings.kafka_startup_timeout,
+        )
+        .await?;
+        if let Some(path) = &settings.state_file {
+            state.load(path)?;
+        }
+        let ledger = Arc::new(Ledger::new(
+            LogWriter::new(&settings.kafka).context("ledger writer")?,
+            topics.ledger.clone(),
+            keys.clone(),
+        ));
         let sink = KafkaSink::new(&settings.kafka).context("Kafka producer")?;
         let sink_stats = sink.stats();
         let ingress_cfg = settings.mqtt.ingress();
@@ -108,15 +156,12 @@ impl Gateway {
             .await
             .context("ingress start-up")??;
 
-        let state = Arc::new(match &settings.state_file {
-            Some(path) => StateStore::load(path)?,
-            None => StateStore::default(),
-        });
         let pipeline = Pipeline::new(
             pack.clone(),
             keys,
             settings.validation.config(),
             state.clone(),
+            ledger.clone(),
             sink,
         );
         let (stop, stop_rx) = watch::channel(false);
@@ -132,6 +177,8 @@ impl Gateway {
             ready,
             sink_stats,
             state,
+            ledger,
+            topics,
             metrics_addr,
             ephemeral_keys,
         })
@@ -148,6 +195,14 @@ impl Gateway {
     /// The vehicles' settings and consents the decisions read.
     pub fn state(&self) -> &StateStore {
         &self.state
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
     }
 
     pub fn sink_stats(&self) -> &SinkStats {
@@ -178,12 +233,12 @@ impl Gateway {
     }
 }
 
-/// Creates the pack's topics, retrying while Kafka is not reachable yet.
-async fn create_topics(settings: &Settings, pack: &Pack) -> anyhow::Result<()> {
+/// Creates telegate's topics, retrying while Kafka is not reachable yet.
+async fn create_topics(settings: &Settings, specs: &[TopicSpec]) -> anyhow::Result<()> {
     let deadline = Instant::now() + settings.kafka_startup_timeout;
     let mut wait = Duration::from_millis(200);
     loop {
-        match ensure_topics(&settings.kafka, &pack.topics()).await {
+        match ensure_topics(&settings.kafka, specs).await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() + wait < deadline => {
                 tracing::warn!(error = %e, "Kafka not ready; retrying");

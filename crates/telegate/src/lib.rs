@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod gateway;
 pub mod http;
+pub mod ledger;
 pub mod pipeline;
 pub mod policy_cli;
 pub mod settings;

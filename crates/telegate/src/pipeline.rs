@@ -2,6 +2,7 @@
 //! hand to Kafka. Every outcome is counted with a bounded label; the counters are
 //! registered once, so the hot path never allocates a label.
 
+use crate::ledger::{Change, Channel, Ledger};
 use crate::state::StateStore;
 use metrics::Counter;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub struct Pipeline {
     keys: Keyring,
     validation: ValidationConfig,
     state: Arc<StateStore>,
+    ledger: Arc<Ledger>,
     sink: KafkaSink,
     counters: Counters,
 }
@@ -109,6 +111,7 @@ impl Pipeline {
         keys: Keyring,
         validation: ValidationConfig,
         state: Arc<StateStore>,
+        ledger: Arc<Ledger>,
         sink: KafkaSink,
     ) -> Self {
         let counters = Counters::register(&pack);
@@ -118,6 +121,7 @@ impl Pipeline {
             keys,
             validation,
             state,
+            ledger,
             sink,
             counters,
         }
@@ -158,6 +162,9 @@ impl Pipeline {
                 for rec in self.decide(&frame, now) {
                     self.send(&rec).await;
                 }
+                if let Body::Privacy(settings) = frame.body() {
+                    self.record_settings_change(&frame, settings).await;
+                }
             }
             Err(rej) => {
                 self.counters.rejected[index_of(&RejectReason::ALL, rej.reason)].increment(1);
@@ -191,6 +198,7 @@ impl Pipeline {
         }
         let kind = frame.kind().index();
         self.counters.valid[kind].increment(1);
+        self.state.ensure_secret(frame.vin());
         self.state.with(frame.vin(), |subject| {
             if offline(frame.captured_at_ms(), subject).is_some() {
                 self.counters.offline.increment(1);
@@ -210,6 +218,7 @@ impl Pipeline {
                             purpose,
                             consent,
                             &self.keys,
+                            subject,
                         ));
                     }
                     Verdict::Drop(reason) => {
@@ -222,6 +231,28 @@ impl Pipeline {
             }
             out
         })
+    }
+
+    /// Settings changes made in the vehicle go to the consent ledger like any other.
+    async fn record_settings_change(
+        &self,
+        frame: &Frame,
+        settings: &telegate_frame::pb::PrivacySettings,
+    ) {
+        let change = Change {
+            action: "settings",
+            target: "",
+            value: serde_json::to_value(telegate_policy::Settings::from(settings))
+                .unwrap_or_default(),
+            effective_at_ms: frame.captured_at_ms(),
+            channel: Channel::HeadUnit,
+            text_version: "",
+            actor: "vehicle",
+        };
+        if let Err(e) = self.ledger.append(frame.vin(), change).await {
+            self.counters.sink_errors.increment(1);
+            tracing::error!(error = %e, "settings change not written to the consent ledger");
+        }
     }
 
     async fn send(&self, rec: &OutRecord) {

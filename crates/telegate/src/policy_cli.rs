@@ -143,8 +143,16 @@ pub fn explain(
             return Ok(s);
         }
     };
-    let subject: Option<&SubjectRecord> =
+    let recorded: Option<&SubjectRecord> =
         state.and_then(|st| st.subjects.get(frame.vin().expose()));
+    // The gateway gives every vehicle key material on first sight; so does the explanation
+    // (a throwaway one, like the pseudonym key below).
+    let mut subject = recorded.cloned().unwrap_or_default();
+    if subject.secret.is_none() {
+        subject.secret = Some(telegate_policy::SubjectSecret::from_random(
+            [0x11; 16], [0x22; 32],
+        ));
+    }
     let cats: Vec<_> = classify(&frame).iter().map(|c| c.as_str()).collect();
     let _ = writeln!(
         s,
@@ -158,13 +166,13 @@ pub fn explain(
     let _ = writeln!(
         s,
         "state: {}",
-        if subject.is_some() {
+        if recorded.is_some() {
             "recorded for this VIN"
         } else {
             "nothing recorded for this VIN (factory settings, no consents)"
         }
     );
-    if let Some(when) = telegate_policy::offline(frame.captured_at_ms(), subject) {
+    if let Some(when) = telegate_policy::offline(frame.captured_at_ms(), Some(&subject)) {
         let _ = writeln!(
             s,
             "\nOFFLINE MODE ({when:?}): no service receives anything and nothing of the frame is kept, not even in telegate.rejected"
@@ -172,12 +180,20 @@ pub fn explain(
     }
     let keys = Keyring::ephemeral([0x42; 32]);
     let mut any = false;
-    for (purpose, decision) in decide_all(pack, &frame, subject) {
+    for (purpose, decision) in decide_all(pack, &frame, Some(&subject)) {
         any = true;
         let topic = &pack.service_of(purpose).topic;
         match decision.verdict {
             Verdict::Forward(c) => {
-                let rec = shape(pack, &pack.label(), &frame, purpose, c, &keys);
+                let rec = shape(
+                    pack,
+                    &pack.label(),
+                    &frame,
+                    purpose,
+                    c,
+                    &keys,
+                    Some(&subject),
+                );
                 let _ = writeln!(
                     s,
                     "\n{topic}: FORWARD through purpose {} ({})",

@@ -31,6 +31,10 @@ pub struct Settings {
     /// How long start-up waits for Kafka before giving up.
     #[serde(with = "humantime_serde")]
     pub kafka_startup_timeout: Duration,
+    /// How long `telegate.consent-ledger` keeps its records (records of consent are kept
+    /// for the limitation period; 10 years by default).
+    #[serde(with = "humantime_serde")]
+    pub ledger_retention: Duration,
 }
 
 impl Default for Settings {
@@ -45,6 +49,7 @@ impl Default for Settings {
             validation: ValidationSettings::default(),
             shutdown_timeout: Duration::from_secs(15),
             kafka_startup_timeout: Duration::from_secs(60),
+            ledger_retention: Duration::from_secs(3653 * 86_400),
         }
     }
 }

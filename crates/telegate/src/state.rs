@@ -1,37 +1,156 @@
-//! The gateway's view of every vehicle's settings and consents. In memory for the hot path;
-//! filled from a state file at start and from privacy-settings frames as they arrive. The
-//! replicated consent store will sit behind the same methods.
+//! Every vehicle's settings, consents, activations, objections, restrictions, account status
+//! and key material: in memory for the hot path, replicated through the compacted topic
+//! `telegate.consent-state` (key = VIN, value = the vehicle's whole record as JSON) so every
+//! gateway instance and every restart sees the same state.
+//!
+//! Replicas converge: a record read from the topic is merged into the local one (timelines
+//! are unions), and a local record that knows more than what it merged is written back. A
+//! tombstone erases the vehicle everywhere.
 
 use anyhow::Context;
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 use telegate_frame::{Vin, pb};
-use telegate_policy::{StateFile, SubjectRecord};
+use telegate_kafka::{Entry, KafkaConfig, LogWriter, follow};
+use telegate_policy::{StateFile, SubjectRecord, SubjectSecret};
+use tokio::sync::Notify;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct StateStore {
     subjects: DashMap<Vin, SubjectRecord>,
+    /// Subject id (from the key material) → VIN, to open sealed values.
+    by_subject_id: DashMap<String, Vin>,
+    replication: Option<Replication>,
+}
+
+struct Replication {
+    writer: LogWriter,
+    topic: String,
+    /// Vehicles changed locally and not yet written; coalesced, bounded by the fleet.
+    dirty: DashSet<Vin>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("subjects", &self.subjects.len())
+            .field("replicated", &self.replication.is_some())
+            .finish()
+    }
+}
+
+fn fresh_secret() -> SubjectSecret {
+    SubjectSecret::from_random(rand::random(), rand::random())
 }
 
 impl StateStore {
-    /// Loads a state file (`{"subjects": {VIN: {...}}}`). Every VIN must be valid.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    /// A store replicated through `topic`: reads it in full before returning (so a new or
+    /// restarted instance starts with everyone's state), then follows it.
+    pub async fn replicated(
+        cfg: &KafkaConfig,
+        topic: &str,
+        catch_up: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let writer = LogWriter::new(cfg).context("state writer")?;
+        let store = Arc::new(Self {
+            replication: Some(Replication {
+                writer,
+                topic: topic.to_owned(),
+                dirty: DashSet::new(),
+                wake: Notify::new(),
+            }),
+            ..Self::default()
+        });
+        let (mut entries, mut caught_up) =
+            follow(cfg, topic, 4096).with_context(|| format!("following {topic}"))?;
+        let applier = store.clone();
+        tokio::spawn(async move {
+            while let Some(e) = entries.recv().await {
+                applier.apply_remote(e);
+            }
+        });
+        tokio::time::timeout(catch_up, caught_up.wait_for(|c| *c))
+            .await
+            .with_context(|| format!("{topic} was not read to its end within {catch_up:?}"))?
+            .context("state follower stopped")?;
+        tokio::spawn(write_dirty(store.clone()));
+        tracing::info!(vehicles = store.len(), %topic, "consent state caught up");
+        Ok(store)
+    }
+
+    /// Loads a state file (`{"subjects": {VIN: {...}}}`); every VIN must be valid. Its
+    /// records are merged in and, in a replicated store, written out.
+    pub fn load(&self, path: &Path) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read state file {}", path.display()))?;
         let file: StateFile = serde_json::from_str(&text)
             .with_context(|| format!("state file {} is not valid", path.display()))?;
-        Self::from_file(file)
-    }
-
-    pub fn from_file(file: StateFile) -> anyhow::Result<Self> {
-        let store = Self::default();
         for (i, (vin, record)) in file.subjects.into_iter().enumerate() {
             // The error names the entry's position, never the VIN.
             let vin =
                 Vin::parse(&vin).with_context(|| format!("state file subject #{i}: not a VIN"))?;
-            store.subjects.insert(vin, record);
+            self.merge_local(vin, &record);
         }
-        Ok(store)
+        Ok(())
+    }
+
+    fn apply_remote(&self, e: Entry) {
+        let Some(vin) = std::str::from_utf8(&e.key)
+            .ok()
+            .and_then(|k| Vin::parse(k).ok())
+        else {
+            tracing::warn!("consent-state record with a key that is not a VIN; ignored");
+            return;
+        };
+        match e.value {
+            None => self.forget(&vin),
+            Some(v) => match serde_json::from_slice::<SubjectRecord>(&v) {
+                Ok(remote) => {
+                    let knows_more = {
+                        let mut mine = self.subjects.entry(vin).or_default();
+                        mine.merge(&remote);
+                        self.index(&vin, &mine);
+                        *mine != remote
+                    };
+                    if knows_more {
+                        self.mark(vin);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable consent-state record; ignored"),
+            },
+        }
+    }
+
+    fn index(&self, vin: &Vin, record: &SubjectRecord) {
+        if let Some(s) = &record.secret {
+            self.by_subject_id.insert(s.id.clone(), *vin);
+        }
+    }
+
+    fn forget(&self, vin: &Vin) {
+        if let Some((_, r)) = self.subjects.remove(vin) {
+            if let Some(s) = r.secret {
+                self.by_subject_id.remove(&s.id);
+            }
+        }
+    }
+
+    fn mark(&self, vin: Vin) {
+        if let Some(r) = &self.replication {
+            r.dirty.insert(vin);
+            r.wake.notify_one();
+        }
+    }
+
+    fn merge_local(&self, vin: Vin, record: &SubjectRecord) {
+        let mut mine = self.subjects.entry(vin).or_default();
+        mine.merge(record);
+        self.index(&vin, &mine);
+        drop(mine);
+        self.mark(vin);
     }
 
     /// Records a settings frame captured at `at_ms`; history older than `horizon_ms` (which
@@ -46,6 +165,22 @@ impl StateStore {
         let mut subject = self.subjects.entry(vin).or_default();
         subject.record_settings(at_ms, settings);
         subject.compact(horizon_ms);
+        drop(subject);
+        self.mark(vin);
+    }
+
+    /// Gives a vehicle key material the first time it is seen.
+    pub fn ensure_secret(&self, vin: &Vin) {
+        if self.subjects.get(vin).is_some_and(|r| r.secret.is_some()) {
+            return;
+        }
+        let mut r = self.subjects.entry(*vin).or_default();
+        if r.secret.is_none() {
+            r.secret = Some(fresh_secret());
+            self.index(vin, &r);
+            drop(r);
+            self.mark(*vin);
+        }
     }
 
     /// Runs `f` on the vehicle's record (None for a vehicle nothing is known about). Keep `f`
@@ -57,9 +192,71 @@ impl StateStore {
         }
     }
 
-    /// Replaces what is known about one vehicle.
+    pub fn get(&self, vin: &Vin) -> Option<SubjectRecord> {
+        self.subjects.get(vin).map(|r| r.clone())
+    }
+
+    /// The VIN whose key material has this subject id.
+    pub fn vin_of_subject(&self, subject_id: &str) -> Option<Vin> {
+        self.by_subject_id.get(subject_id).map(|v| *v)
+    }
+
+    /// Changes a vehicle's record and, when replicated, returns only once Kafka has the new
+    /// record: an admin call that returned is in force on every instance that follows.
+    pub async fn update(
+        &self,
+        vin: Vin,
+        change: impl FnOnce(&mut SubjectRecord),
+    ) -> anyhow::Result<SubjectRecord> {
+        let record = {
+            let mut r = self.subjects.entry(vin).or_default();
+            if r.secret.is_none() {
+                r.secret = Some(fresh_secret());
+            }
+            change(&mut r);
+            self.index(&vin, &r);
+            r.clone()
+        };
+        if let Some(rep) = &self.replication {
+            let value = serde_json::to_vec(&record)?;
+            rep.writer
+                .put(&rep.topic, vin.expose().as_bytes(), Some(&value))
+                .await
+                .context("writing consent state")?;
+        }
+        Ok(record)
+    }
+
+    /// Deletes everything about a vehicle, here and (by tombstone) on every instance. With
+    /// the record goes its key material: earlier pseudonyms and sealed VINs can no longer be
+    /// linked to the VIN.
+    pub async fn erase(&self, vin: &Vin) -> anyhow::Result<bool> {
+        let existed = self.subjects.contains_key(vin);
+        self.forget(vin);
+        if let Some(rep) = &self.replication {
+            rep.dirty.remove(vin);
+            rep.writer
+                .put(&rep.topic, vin.expose().as_bytes(), None)
+                .await
+                .context("writing the erasure tombstone")?;
+        }
+        Ok(existed)
+    }
+
+    /// Vehicles whose records match `pred`.
+    pub fn vins_where(&self, pred: impl Fn(&SubjectRecord) -> bool) -> Vec<Vin> {
+        self.subjects
+            .iter()
+            .filter(|r| pred(r.value()))
+            .map(|r| *r.key())
+            .collect()
+    }
+
+    /// Replaces what is known about one vehicle (tests, demo).
     pub fn put(&self, vin: Vin, record: SubjectRecord) {
+        self.index(&vin, &record);
         self.subjects.insert(vin, record);
+        self.mark(vin);
     }
 
     pub fn len(&self) -> usize {
@@ -68,5 +265,37 @@ impl StateStore {
 
     pub fn is_empty(&self) -> bool {
         self.subjects.is_empty()
+    }
+}
+
+/// Writes locally changed records to the state topic, coalescing bursts.
+async fn write_dirty(store: Arc<StateStore>) {
+    let Some(rep) = &store.replication else {
+        return;
+    };
+    let failed = metrics::counter!("telegate_state_write_errors_total");
+    loop {
+        rep.wake.notified().await;
+        let batch: Vec<Vin> = rep.dirty.iter().map(|v| *v).collect();
+        for vin in batch {
+            rep.dirty.remove(&vin);
+            let Some(record) = store.get(&vin) else {
+                continue;
+            };
+            let Ok(value) = serde_json::to_vec(&record) else {
+                continue;
+            };
+            if let Err(e) = rep
+                .writer
+                .put(&rep.topic, vin.expose().as_bytes(), Some(&value))
+                .await
+            {
+                failed.increment(1);
+                tracing::error!(error = %e, "consent state not replicated; retrying");
+                rep.dirty.insert(vin);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                rep.wake.notify_one();
+            }
+        }
     }
 }

@@ -38,6 +38,8 @@ async fn serve_takes_mosquitto_pub_json_and_rejects_bad_vins_without_logging_the
     let child = Command::new(env!("CARGO_BIN_EXE_telegate"))
         .arg("serve")
         .args(["--mqtt-listen", &mqtt.to_string()])
+        .arg("--key-file")
+        .arg(key_file(dir.path()))
         .args(["--metrics-listen", &metrics.to_string()])
         .args([
             "--policy",
@@ -91,8 +93,16 @@ async fn serve_takes_mosquitto_pub_json_and_rejects_bad_vins_without_logging_the
         &status.replace(&vin, &other),
     );
 
+    // This run's rejections are the ones filed under its VINs' keyed hashes.
+    let keys = telegate_policy::Keyring::from_toml(
+        &std::fs::read_to_string(key_file(dir.path())).expect("key file"),
+    )
+    .expect("keys");
+    let hashes = [keys.subject_hash(&vin), keys.subject_hash(&bad)];
     let got = collect(&c, 3, Duration::from_secs(30), |g| {
-        g.topic == "telegate.rejected" || g.key.as_deref() == Some(vin.as_bytes())
+        let key = g.key.as_deref().unwrap_or_default();
+        key == vin.as_bytes()
+            || (g.topic == "telegate.rejected" && hashes.iter().any(|h| h.as_bytes() == key))
     })
     .await;
     let record = got

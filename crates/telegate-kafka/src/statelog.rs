@@ -1,0 +1,133 @@
+//! Replicated keyed state over Kafka: every instance reads a (compacted) topic in full at
+//! start, is told when it has caught up, and then follows new records; writes wait for the
+//! broker's acknowledgement. Also used for append-only topics (the consent ledger). Knows
+//! nothing of what the records mean.
+
+use crate::config::KafkaConfig;
+use crate::sink::SinkError;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// One record of a followed topic; `value: None` is a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    /// Broker timestamp (ms), when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Writes records and waits for each to be acknowledged (acks=all, idempotent).
+#[derive(Clone)]
+pub struct LogWriter {
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter").finish_non_exhaustive()
+    }
+}
+
+impl LogWriter {
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, SinkError> {
+        let mut c = cfg.producer_config();
+        // State writes are rare and someone waits for each: no batching delay.
+        c.set("linger.ms", "0");
+        Ok(Self {
+            producer: c.create().map_err(SinkError::Create)?,
+        })
+    }
+
+    /// Writes `value` (or a tombstone) under `key` and returns once Kafka has it.
+    pub async fn put(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), SinkError> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| SinkError::Produce {
+                topic: topic.to_owned(),
+                error,
+            })
+    }
+}
+
+/// Reads `topic` from its beginning and keeps following it. `caught_up` turns true once
+/// every partition has been read to the end it had when following began.
+pub fn follow(
+    cfg: &KafkaConfig,
+    topic: &str,
+    capacity: usize,
+) -> Result<(mpsc::Receiver<Entry>, watch::Receiver<bool>), KafkaError> {
+    let consumer: StreamConsumer = cfg
+        .client_config()
+        // Each instance reads everything itself: no group assignment, nothing committed.
+        .set("group.id", format!("telegate-follow-{:016x}", rand_id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    for p in &partitions {
+        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let (tx, rx) = mpsc::channel(capacity);
+    let (caught_up_tx, caught_up) = watch::channel(partitions.is_empty());
+    let topic = topic.to_owned();
+    tokio::spawn(async move {
+        let mut pending: BTreeSet<i32> = partitions.into_iter().collect();
+        loop {
+            match consumer.recv().await {
+                Ok(m) => {
+                    let entry = Entry {
+                        key: m.key().unwrap_or_default().to_vec(),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    };
+                    if tx.send(entry).await.is_err() {
+                        return;
+                    }
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    if pending.remove(&p) && pending.is_empty() {
+                        let _ = caught_up_tx.send(true);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "following a state topic");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    Ok((rx, caught_up))
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}

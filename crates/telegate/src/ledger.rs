@@ -1,0 +1,104 @@
+//! The consent ledger: every grant, withdrawal, objection, restriction, activation, call
+//! consent, settings change, block and erasure, appended to `telegate.consent-ledger` with
+//! who, what, when, through which channel and under which text version. The subject is a
+//! keyed hash of the VIN (auditors find a vehicle's entries by hashing its VIN with the same
+//! key); the ledger outlives erasure, as records of consent must.
+
+use serde::{Deserialize, Serialize};
+use telegate_frame::Vin;
+use telegate_kafka::LogWriter;
+use telegate_policy::Keyring;
+
+/// Through which channel a change was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Channel {
+    App,
+    HeadUnit,
+    CallCentre,
+    Api,
+}
+
+/// One ledger record, as JSON on the topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub subject_hash: String,
+    pub key_id: String,
+    /// `consent`, `objection`, `restriction`, `activation`, `call-consent`, `settings`,
+    /// `block`, `erase`.
+    pub action: String,
+    /// The purpose, feature or call id the change concerns, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// The new value (e.g. `true` for granted), as the action defines it.
+    pub value: serde_json::Value,
+    /// From when the change applies (capture-time axis), UTC ms.
+    pub effective_at_ms: i64,
+    pub recorded_at_ms: i64,
+    pub channel: Channel,
+    /// The version of the text the person agreed to or was shown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text_version: String,
+    /// Who made the change (an operator id, "vehicle", "data-subject").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
+}
+
+/// A change to record, before the ledger adds the subject hash and times.
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    pub action: &'a str,
+    pub target: &'a str,
+    pub value: serde_json::Value,
+    pub effective_at_ms: i64,
+    pub channel: Channel,
+    pub text_version: &'a str,
+    pub actor: &'a str,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    writer: LogWriter,
+    topic: String,
+    keys: Keyring,
+}
+
+impl Ledger {
+    pub fn new(writer: LogWriter, topic: String, keys: Keyring) -> Self {
+        Self {
+            writer,
+            topic,
+            keys,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The keyed hash the ledger files a vehicle under.
+    pub fn subject_hash(&self, vin: &Vin) -> String {
+        self.keys.subject_hash(vin.expose())
+    }
+
+    /// Appends one entry and returns once Kafka has it.
+    pub async fn append(&self, vin: &Vin, change: Change<'_>) -> anyhow::Result<LedgerEntry> {
+        let entry = LedgerEntry {
+            subject_hash: self.subject_hash(vin),
+            key_id: self.keys.active_id().to_string(),
+            action: change.action.to_owned(),
+            target: change.target.to_owned(),
+            value: change.value,
+            effective_at_ms: change.effective_at_ms,
+            recorded_at_ms: crate::pipeline::now_ms(),
+            channel: change.channel,
+            text_version: change.text_version.to_owned(),
+            actor: change.actor.to_owned(),
+        };
+        let value = serde_json::to_vec(&entry)?;
+        self.writer
+            .put(&self.topic, entry.subject_hash.as_bytes(), Some(&value))
+            .await?;
+        Ok(entry)
+    }
+}
