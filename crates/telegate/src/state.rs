@@ -131,10 +131,8 @@ impl StateStore {
     }
 
     fn forget(&self, vin: &Vin) {
-        if let Some((_, r)) = self.subjects.remove(vin) {
-            if let Some(s) = r.secret {
-                self.by_subject_id.remove(&s.id);
-            }
+        if let Some(s) = self.subjects.remove(vin).and_then(|(_, r)| r.secret) {
+            self.by_subject_id.remove(&s.id);
         }
     }
 
