@@ -23,6 +23,10 @@ pub enum TopicError {
     Refused(String),
 }
 
+/// The longest an erased vehicle's earlier state record may stay in a compacted topic on a
+/// broker that honours `max.compaction.lag.ms`: one hour.
+pub(crate) const COMPACTION_BOUND_MS: &str = "3600000";
+
 /// Creates each topic that does not exist yet, with `retention.ms` from its spec, and sets
 /// `retention.ms` on those that exist, so no topic keeps records longer than its policy
 /// allows. A broker that refuses either is an error: telegate does not start on topics whose
@@ -38,16 +42,25 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
         .iter()
         .zip(&retention)
         .map(|(s, r)| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 &s.name,
                 cfg.partitions,
                 TopicReplication::Fixed(cfg.replication_factor),
-            )
-            .set("retention.ms", if s.compact { "-1" } else { r })
-            .set(
-                "cleanup.policy",
-                if s.compact { "compact" } else { "delete" },
-            )
+            );
+            if s.compact {
+                // Erasure writes a tombstone; these bound how long the erased record (and its
+                // key material) may stay in the log: compaction may run at once and must run
+                // within COMPACTION_BOUND_MS (Kafka >= 2.3); tombstones stay a day so every
+                // follower sees them.
+                topic
+                    .set("cleanup.policy", "compact")
+                    .set("min.compaction.lag.ms", "0")
+                    .set("max.compaction.lag.ms", COMPACTION_BOUND_MS)
+                    .set("segment.ms", COMPACTION_BOUND_MS)
+                    .set("delete.retention.ms", "86400000")
+            } else {
+                topic.set("retention.ms", r).set("cleanup.policy", "delete")
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

@@ -74,27 +74,8 @@ pub fn follow(
     topic: &str,
     capacity: usize,
 ) -> Result<(mpsc::Receiver<Entry>, watch::Receiver<bool>), KafkaError> {
-    let consumer: StreamConsumer = cfg
-        .client_config()
-        // Each instance reads everything itself: no group assignment, nothing committed.
-        .set("group.id", format!("telegate-follow-{:016x}", rand_id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut assignment = TopicPartitionList::new();
-    for p in &partitions {
-        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
+    // Each instance reads everything itself: no group assignment, nothing committed.
+    let (consumer, partitions) = assigned_consumer(cfg, topic)?;
     let (tx, rx) = mpsc::channel(capacity);
     let (caught_up_tx, caught_up) = watch::channel(partitions.is_empty());
     let topic = topic.to_owned();
@@ -125,6 +106,86 @@ pub fn follow(
         }
     });
     Ok((rx, caught_up))
+}
+
+/// A record found by [`scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    pub key: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Reads `topic` from its beginning to the end it has now and returns the records whose key
+/// `keep` accepts. For exports and audits: it reads everything, so it is not for hot paths.
+pub async fn scan(
+    cfg: &KafkaConfig,
+    topic: &str,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<Scanned>, KafkaError> {
+    use rdkafka::message::Headers;
+    let (consumer, partitions) = assigned_consumer(cfg, topic)?;
+    let mut pending: BTreeSet<i32> = partitions.into_iter().collect();
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Err(_) => break,
+            Ok(Ok(m)) => {
+                let key = m.key().unwrap_or_default();
+                if keep(key) {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| {
+                                    let v =
+                                        x.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                    (x.key.to_owned(), v.into_owned())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(Scanned {
+                        key: key.to_vec(),
+                        headers,
+                        value: m.payload().map(<[u8]>::to_vec),
+                    });
+                }
+            }
+            Ok(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn assigned_consumer(
+    cfg: &KafkaConfig,
+    topic: &str,
+) -> Result<(StreamConsumer, Vec<i32>), KafkaError> {
+    let consumer: StreamConsumer = cfg
+        .client_config()
+        .set("group.id", format!("telegate-scan-{:016x}", rand_id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    for p in &partitions {
+        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok((consumer, partitions))
 }
 
 fn rand_id() -> u64 {

@@ -65,8 +65,8 @@ pub enum IngressError {
 
 /// The running ingress. The broker has no shutdown API: it lives as long as the process.
 pub struct Ingress {
-    /// Kept for publishing to vehicles (receipts, requests) and to hold the subscription.
-    _link_tx: LinkTx,
+    /// Publishes to vehicles (receipts, requests) and holds the subscription.
+    link_tx: std::sync::Mutex<LinkTx>,
     stats: Arc<IngressStats>,
     listeners: Vec<SocketAddr>,
 }
@@ -119,12 +119,23 @@ impl Ingress {
         tracing::info!(?listeners, "MQTT ingress listening");
         Ok((
             Self {
-                _link_tx: link_tx,
+                link_tx: std::sync::Mutex::new(link_tx),
                 stats,
                 listeners,
             },
             rx,
         ))
+    }
+
+    /// Publishes to the vehicles subscribed to `topic` (e.g. `/tenants/{VIN}/v1/request`).
+    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), IngressError> {
+        let mut link = self
+            .link_tx
+            .lock()
+            .map_err(|_| IngressError::Link("link lock poisoned".into()))?;
+        link.publish(topic, payload)
+            .map(|_| ())
+            .map_err(|e| IngressError::Link(e.to_string()))
     }
 
     pub fn stats(&self) -> &IngressStats {

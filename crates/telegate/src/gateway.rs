@@ -1,6 +1,7 @@
 //! The wiring point: builds the running gateway from settings (policy, keys, Kafka topics
 //! and sink, MQTT ingress, pipeline, endpoints) and shuts it down in order.
 
+use crate::admin::{self, AdminContext};
 use crate::http;
 use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
@@ -47,7 +48,8 @@ pub enum PackSource {
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    ingress: Ingress,
+    ingress: Arc<Ingress>,
+    admin_addr: Option<SocketAddr>,
     pack: Arc<Pack>,
     stop: watch::Sender<bool>,
     pipeline: JoinHandle<()>,
@@ -156,6 +158,37 @@ impl Gateway {
             .await
             .context("ingress start-up")??;
 
+        let ingress = Arc::new(ingress);
+        let admin_addr = match settings.admin.listen {
+            None => None,
+            Some(listen) => {
+                let Some(token) = settings.admin.resolve_token()?.filter(|t| t.len() >= 16) else {
+                    bail!(
+                        "admin.listen is set but no admin token of at least 16 characters is: \
+                         set admin.token, admin.token_file or TELEGATE_ADMIN_TOKEN"
+                    )
+                };
+                let ctx = Arc::new(AdminContext {
+                    pack: pack.clone(),
+                    state: state.clone(),
+                    ledger: ledger.clone(),
+                    ingress: ingress.clone(),
+                    kafka: settings.kafka.clone(),
+                    keys: keys.clone(),
+                    topics: topics.clone(),
+                    block_grace: settings.admin.block_grace,
+                });
+                tokio::spawn(admin::sweep_blocked(
+                    ctx.clone(),
+                    settings.admin.sweep_interval,
+                ));
+                let addr = admin::serve(listen, token, ctx)
+                    .await
+                    .with_context(|| format!("cannot serve the admin API on {listen}"))?;
+                tracing::info!(%addr, "admin API listening");
+                Some(addr)
+            }
+        };
         let pipeline = Pipeline::new(
             pack.clone(),
             keys,
@@ -171,6 +204,7 @@ impl Gateway {
         tracing::info!(policy = %pack.label(), "telegate ready");
         Ok(Self {
             ingress,
+            admin_addr,
             pack,
             stop,
             pipeline,
@@ -207,6 +241,11 @@ impl Gateway {
 
     pub fn sink_stats(&self) -> &SinkStats {
         &self.sink_stats
+    }
+
+    /// Where the admin API listens, if it does.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

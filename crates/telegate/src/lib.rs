@@ -2,6 +2,8 @@
 //! the gateway wiring, and the demo. `main.rs` is the command line over it; integration
 //! tests start the same gateway in process.
 
+pub mod admin;
+pub mod admin_cli;
 pub mod demo;
 pub mod gateway;
 pub mod http;

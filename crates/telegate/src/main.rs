@@ -30,6 +30,8 @@ enum Command {
     Demo(DemoCli),
     /// Run a simulated fleet against an MQTT broker.
     Simulate(SimulateArgs),
+    /// The admin API: consents, objections, activations, erasure, export.
+    Admin(telegate::admin_cli::AdminArgs),
     /// Policy pack tools.
     Policy {
         #[command(subcommand)]
@@ -63,6 +65,9 @@ struct ServeArgs {
     /// Consents, activations and settings to start from (JSON).
     #[arg(long, env = "TELEGATE_STATE_FILE")]
     state_file: Option<PathBuf>,
+    /// Admin API (gRPC); needs a token (admin.token, admin.token_file or TELEGATE_ADMIN_TOKEN).
+    #[arg(long, env = "TELEGATE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -150,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics_listen: a.metrics_listen,
                 key_file: a.key_file,
                 state_file: a.state_file,
+                admin_listen: a.admin_listen,
             };
             let settings = Settings::load(a.config.as_deref(), &flags)?;
             let gateway = Gateway::start(&settings, PackSource::Settings).await?;
@@ -216,6 +222,10 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Policy { command } => return policy(command),
+        Command::Admin(a) => {
+            let out = telegate::admin_cli::run(a).await?;
+            print_all(&format!("{out}\n"));
+        }
     }
     Ok(())
 }

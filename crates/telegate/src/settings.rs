@@ -35,6 +35,62 @@ pub struct Settings {
     /// for the limitation period; 10 years by default).
     #[serde(with = "humantime_serde")]
     pub ledger_retention: Duration,
+    pub admin: AdminSettings,
+}
+
+/// The admin API. Off unless `listen` is set; never served without a token.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    pub listen: Option<SocketAddr>,
+    /// The bearer token callers must present; or `token_file`, or `TELEGATE_ADMIN_TOKEN`.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// How long a blocked account's data waits for the retention check before erasure.
+    #[serde(with = "humantime_serde")]
+    pub block_grace: Duration,
+    /// How often blocked accounts are checked for erasure.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token: None,
+            token_file: None,
+            block_grace: Duration::from_secs(86_400),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("block_grace", &self.block_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminSettings {
+    /// The token from settings, its file, or `TELEGATE_ADMIN_TOKEN`.
+    pub fn resolve_token(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context;
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        if let Some(path) = &self.token_file {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read admin token file {}", path.display()))?;
+            return Ok(Some(t.trim().to_owned()));
+        }
+        Ok(std::env::var("TELEGATE_ADMIN_TOKEN").ok())
+    }
 }
 
 impl Default for Settings {
@@ -50,6 +106,7 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(15),
             kafka_startup_timeout: Duration::from_secs(60),
             ledger_retention: Duration::from_secs(3653 * 86_400),
+            admin: AdminSettings::default(),
         }
     }
 }
@@ -142,6 +199,7 @@ pub struct Overrides {
     pub metrics_listen: Option<SocketAddr>,
     pub key_file: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -184,6 +242,12 @@ impl Settings {
         }
         if let Some(p) = &flags.state_file {
             set.insert("state_file".into(), p.display().to_string().into());
+        }
+        if let Some(a) = flags.admin_listen {
+            set.insert(
+                "admin".into(),
+                serde_json::json!({ "listen": a.to_string() }),
+            );
         }
         fig.merge(Serialized::defaults(serde_json::Value::Object(set)))
             .extract()

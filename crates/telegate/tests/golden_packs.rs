@@ -204,8 +204,13 @@ async fn porsche_smart_service_respects_private_mode_and_never_sees_location() {
         "private-mode frame 3 must not arrive"
     );
     for g in got.iter().filter(|g| g.topic == smart) {
-        assert_eq!(g.key.as_deref(), Some(vin.as_bytes()));
+        // 30-year topic: pseudonym key, VIN sealed under the vehicle's own key.
+        assert_eq!(g.header("telegate-subject"), Some("sealed"));
+        assert_eq!(g.key.as_ref().map(Vec::len), Some(32));
         assert_eq!(g.header("telegate-legal-basis"), Some("contract"));
+        let (f, _) = body_of(g);
+        assert!(f.vin.starts_with("tgs1.") && !f.vin.contains(&vin));
+        assert!(!String::from_utf8_lossy(&g.payload).contains(&vin));
     }
     let insights: Vec<_> = got
         .iter()

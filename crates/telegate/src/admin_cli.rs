@@ -1,0 +1,215 @@
+//! `telegate admin …`: the admin API for people, one subcommand per call.
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use telegate_admin::AdminClient;
+use telegate_admin::pb::{self, Origin};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel as Transport;
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// Admin API address.
+    #[arg(
+        long,
+        env = "TELEGATE_ADMIN_ENDPOINT",
+        default_value = "http://127.0.0.1:9899"
+    )]
+    pub endpoint: String,
+    /// Bearer token.
+    #[arg(long, env = "TELEGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Channel through which the person made the change.
+    #[arg(long, value_enum, default_value_t = ChannelArg::Api)]
+    pub channel: ChannelArg,
+    /// Version of the text the person agreed to or was shown.
+    #[arg(long, default_value = "")]
+    pub text_version: String,
+    /// Who makes the change (operator id).
+    #[arg(long, default_value = "")]
+    pub actor: String,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ChannelArg {
+    App,
+    HeadUnit,
+    CallCentre,
+    Api,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Grant standing consent for a purpose.
+    Grant { vin: String, purpose: String },
+    /// Withdraw standing consent for a purpose.
+    Withdraw { vin: String, purpose: String },
+    /// Object to a purpose (`--lift` to lift the objection).
+    Object {
+        vin: String,
+        purpose: String,
+        #[arg(long)]
+        lift: bool,
+    },
+    /// Restrict all processing (`--lift` to lift it).
+    Restrict {
+        vin: String,
+        #[arg(long)]
+        lift: bool,
+    },
+    /// Activate a feature (`--off` to deactivate).
+    Activate {
+        vin: String,
+        feature: String,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Record a breakdown call's consent scopes; `--request-snapshot` for calls placed in the app.
+    CallConsent {
+        vin: String,
+        call_id: String,
+        #[arg(long)]
+        assistance: bool,
+        #[arg(long)]
+        dealer: bool,
+        #[arg(long)]
+        request_snapshot: bool,
+    },
+    /// Show the vehicle's state.
+    State { vin: String },
+    /// Explain what happens to a frame (a VehicleFrame in proto3-JSON, from a file).
+    Explain { frame: std::path::PathBuf },
+    /// Block the account; its data is erased after the retention check.
+    Block { vin: String },
+    /// Erase the vehicle's state and key material.
+    Erase { vin: String },
+    /// Export everything about the vehicle (JSON).
+    Export { vin: String },
+    /// Open a sealed VIN.
+    Unseal { sealed: String },
+}
+
+pub async fn run(a: AdminArgs) -> anyhow::Result<String> {
+    let transport = Transport::from_shared(a.endpoint.clone())
+        .context("--endpoint is not a URL such as http://host:9899")?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {}", a.endpoint))?;
+    let bearer: MetadataValue<_> = format!("Bearer {}", a.token)
+        .parse()
+        .context("the token has characters a header cannot carry")?;
+    let mut client = AdminClient::with_interceptor(transport, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    });
+    let origin = Some(Origin {
+        channel: match a.channel {
+            ChannelArg::App => pb::Channel::App,
+            ChannelArg::HeadUnit => pb::Channel::HeadUnit,
+            ChannelArg::CallCentre => pb::Channel::CallCentre,
+            ChannelArg::Api => pb::Channel::Api,
+        } as i32,
+        text_version: a.text_version,
+        actor: a.actor,
+        at_ms: 0,
+    });
+    let state = |r: tonic::Response<pb::StateReply>| r.into_inner().state_json;
+    Ok(match a.command {
+        AdminCommand::Grant { vin, purpose } => state(
+            client
+                .set_consent(pb::ConsentChange {
+                    vin,
+                    purpose,
+                    granted: true,
+                    origin,
+                })
+                .await?,
+        ),
+        AdminCommand::Withdraw { vin, purpose } => state(
+            client
+                .set_consent(pb::ConsentChange {
+                    vin,
+                    purpose,
+                    granted: false,
+                    origin,
+                })
+                .await?,
+        ),
+        AdminCommand::Object { vin, purpose, lift } => state(
+            client
+                .set_objection(pb::PurposeFlag {
+                    vin,
+                    purpose,
+                    on: !lift,
+                    origin,
+                })
+                .await?,
+        ),
+        AdminCommand::Restrict { vin, lift } => state(
+            client
+                .set_restriction(pb::Flag {
+                    vin,
+                    on: !lift,
+                    origin,
+                })
+                .await?,
+        ),
+        AdminCommand::Activate { vin, feature, off } => state(
+            client
+                .set_activation(pb::ActivationChange {
+                    vin,
+                    feature,
+                    active: !off,
+                    origin,
+                })
+                .await?,
+        ),
+        AdminCommand::CallConsent {
+            vin,
+            call_id,
+            assistance,
+            dealer,
+            request_snapshot,
+        } => state(
+            client
+                .record_call_consent(pb::CallConsent {
+                    vin,
+                    call_id,
+                    assistance,
+                    dealer,
+                    request_snapshot,
+                    origin,
+                })
+                .await?,
+        ),
+        AdminCommand::State { vin } => state(client.get_state(pb::Subject { vin }).await?),
+        AdminCommand::Explain { frame } => {
+            let frame_json = std::fs::read_to_string(&frame)
+                .with_context(|| format!("cannot read {}", frame.display()))?;
+            client
+                .explain(pb::ExplainRequest { frame_json })
+                .await?
+                .into_inner()
+                .text
+        }
+        AdminCommand::Block { vin } => state(client.block_account(pb::Subject { vin }).await?),
+        AdminCommand::Erase { vin } => {
+            let existed = client
+                .erase(pb::Subject { vin })
+                .await?
+                .into_inner()
+                .existed;
+            format!("{{\"erased\": true, \"existed\": {existed}}}")
+        }
+        AdminCommand::Export { vin } => client.export(pb::Subject { vin }).await?.into_inner().json,
+        AdminCommand::Unseal { sealed } => {
+            client
+                .unseal(pb::UnsealRequest { sealed })
+                .await?
+                .into_inner()
+                .vin
+        }
+    })
+}
