@@ -303,3 +303,52 @@ fn rejected_records_hash_the_subject_and_carry_no_payload() {
     assert_eq!(body["payloadBytes"], payload.len().to_string());
     assert_eq!(rec.header(header::REASON), Some("vin-mismatch"));
 }
+
+#[test]
+fn objections_bind_legitimate_interest_and_direct_marketing_absolutely() {
+    let text = r#"
+        id = "x"
+        version = "1"
+        [services.ads]
+        [services.stats]
+        [services.care]
+        [purposes.offers]
+        service = "ads"
+        legal_basis = "consent"
+        consent = "standing"
+        direct_marketing = true
+        kinds = ["status"]
+        categories = ["identification", "status"]
+        identity = "vin"
+        retention = "30days"
+        [purposes.stats]
+        service = "stats"
+        legal_basis = "legitimate-interest"
+        kinds = ["status"]
+        categories = ["identification", "status"]
+        identity = "vin"
+        retention = "30days"
+        [purposes.care]
+        service = "care"
+        legal_basis = "contract"
+        kinds = ["status"]
+        categories = ["identification", "status"]
+        identity = "vin"
+        retention = "30days"
+    "#;
+    let pack = Pack::from_toml(text).expect("valid");
+    let f = frame(Body::Status(pb::Status::default()));
+    let mut s = SUBJECT.clone();
+    s.consents.entry("offers".into()).or_default().set(0, true);
+    for p in ["offers", "stats", "care"] {
+        s.objections.entry(p.into()).or_default().set(0, true);
+    }
+    let verdicts: std::collections::BTreeMap<String, Verdict> = decide_all(&pack, &f, Some(&s))
+        .map(|(p, d)| (p.id.to_string(), d.verdict))
+        .collect();
+    // Direct marketing stops on objection even with consent in force (Art. 21(3)).
+    assert_eq!(verdicts["offers"], Verdict::Drop(DropReason::Objected));
+    assert_eq!(verdicts["stats"], Verdict::Drop(DropReason::Objected));
+    // An objection does not reach a contract purpose.
+    assert!(matches!(verdicts["care"], Verdict::Forward(_)));
+}

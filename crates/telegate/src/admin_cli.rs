@@ -91,6 +91,15 @@ pub enum AdminCommand {
     Unseal { sealed: String },
 }
 
+/// A refusal in a person's words: the code and what the API said.
+fn refused(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the admin API refused the call: {:?}: {}",
+        status.code(),
+        status.message()
+    )
+}
+
 pub async fn run(a: AdminArgs) -> anyhow::Result<String> {
     let transport = Transport::from_shared(a.endpoint.clone())
         .context("--endpoint is not a URL such as http://host:9899")?
@@ -125,7 +134,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<String> {
                     granted: true,
                     origin,
                 })
-                .await?,
+                .await
+                .map_err(refused)?,
         ),
         AdminCommand::Withdraw { vin, purpose } => state(
             client
@@ -135,7 +145,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<String> {
                     granted: false,
                     origin,
                 })
-                .await?,
+                .await
+                .map_err(refused)?,
         ),
         AdminCommand::Object { vin, purpose, lift } => state(
             client
@@ -145,7 +156,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<String> {
                     on: !lift,
                     origin,
                 })
-                .await?,
+                .await
+                .map_err(refused)?,
         ),
         AdminCommand::Restrict { vin, lift } => state(
             client
@@ -154,7 +166,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<String> {
                     on: !lift,
                     origin,
                 })
-                .await?,
+                .await
+                .map_err(refused)?,
         ),
         AdminCommand::Activate { vin, feature, off } => state(
             client
@@ -164,7 +177,8 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<String> {
                     active: !off,
                     origin,
                 })
-                .await?,
+                .await
+                .map_err(refused)?,
         ),
         AdminCommand::CallConsent {
             vin,
@@ -182,32 +196,53 @@ pub async fn run(a: AdminArgs) -> anyhow::Result<String> {
                     request_snapshot,
                     origin,
                 })
-                .await?,
+                .await
+                .map_err(refused)?,
         ),
-        AdminCommand::State { vin } => state(client.get_state(pb::Subject { vin }).await?),
+        AdminCommand::State { vin } => state(
+            client
+                .get_state(pb::Subject { vin })
+                .await
+                .map_err(refused)?,
+        ),
         AdminCommand::Explain { frame } => {
             let frame_json = std::fs::read_to_string(&frame)
                 .with_context(|| format!("cannot read {}", frame.display()))?;
             client
                 .explain(pb::ExplainRequest { frame_json })
-                .await?
+                .await
+                .map_err(refused)?
                 .into_inner()
                 .text
         }
-        AdminCommand::Block { vin } => state(client.block_account(pb::Subject { vin }).await?),
+        AdminCommand::Block { vin } => state(
+            client
+                .block_account(pb::Subject { vin })
+                .await
+                .map_err(refused)?,
+        ),
         AdminCommand::Erase { vin } => {
             let existed = client
                 .erase(pb::Subject { vin })
-                .await?
+                .await
+                .map_err(refused)?
                 .into_inner()
                 .existed;
             format!("{{\"erased\": true, \"existed\": {existed}}}")
         }
-        AdminCommand::Export { vin } => client.export(pb::Subject { vin }).await?.into_inner().json,
+        AdminCommand::Export { vin } => {
+            client
+                .export(pb::Subject { vin })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .json
+        }
         AdminCommand::Unseal { sealed } => {
             client
                 .unseal(pb::UnsealRequest { sealed })
-                .await?
+                .await
+                .map_err(refused)?
                 .into_inner()
                 .vin
         }

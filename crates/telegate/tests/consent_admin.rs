@@ -588,3 +588,52 @@ async fn an_app_breakdown_call_asks_the_vehicle_and_uses_the_recorded_consent() 
     assert_eq!(got[0].header("telegate-consent"), Some("granted"));
     a.gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_drives_the_api() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = start(&settings("ev-charging", &namespace(), dir.path())).await;
+    let vin_s = unique_vin();
+    let endpoint = format!("http://{}", a.admin);
+    let cli = |token: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_telegate"))
+            .args([
+                "admin",
+                "--endpoint",
+                &endpoint,
+                "--channel",
+                "call-centre",
+                "--text-version",
+                "v7",
+            ])
+            .args(args)
+            .env("TELEGATE_ADMIN_TOKEN", token)
+            .output()
+            .expect("telegate admin runs")
+    };
+    let grant = tokio::task::block_in_place(|| cli(TOKEN, &["grant", &vin_s, "charging-location"]));
+    assert!(
+        grant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grant.stderr)
+    );
+    let state: serde_json::Value = serde_json::from_slice(&grant.stdout).expect("state JSON");
+    assert!(
+        state["consents"]["charging-location"][0][1] == true,
+        "{state}"
+    );
+    let refused =
+        tokio::task::block_in_place(|| cli("not-the-token-not-the-token", &["state", &vin_s]));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"));
+    let unknown = tokio::task::block_in_place(|| cli(TOKEN, &["grant", &vin_s, "no-such-purpose"]));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no purpose"));
+    let export = tokio::task::block_in_place(|| cli(TOKEN, &["export", &vin_s]));
+    let v: serde_json::Value = serde_json::from_slice(&export.stdout).expect("export JSON");
+    let entry = &v["ledger"][0];
+    assert_eq!(
+        (entry["channel"].as_str(), entry["text_version"].as_str()),
+        (Some("call-centre"), Some("v7"))
+    );
+    a.gw.shutdown().await;
+}
