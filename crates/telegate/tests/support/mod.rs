@@ -74,6 +74,8 @@ impl Got {
     }
 }
 
+/// Reads every partition of `topics` from the beginning. Partitions are assigned directly,
+/// not through a consumer group: no join or rebalance to wait for.
 pub fn consumer(topics: &[&str]) -> StreamConsumer {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka())
@@ -83,9 +85,27 @@ pub fn consumer(topics: &[&str]) -> StreamConsumer {
         )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
         .create()
         .expect("consumer");
-    c.subscribe(topics).expect("subscribe");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        let metadata = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        for t in metadata.topics().iter().filter(|t| t.name() == *topic) {
+            assert!(
+                !t.partitions().is_empty(),
+                "topic {topic} has no partitions"
+            );
+            for p in t.partitions() {
+                assignment
+                    .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                    .expect("partition");
+            }
+        }
+    }
+    c.assign(&assignment).expect("assign");
     c
 }
 
