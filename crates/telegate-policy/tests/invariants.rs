@@ -242,6 +242,15 @@ proptest! {
                 // The raw VIN only where the identity is the VIN.
                 if purpose.identity != Identity::Vin {
                     prop_assert!(!text.contains(VIN), "{}: VIN leaked", purpose.id);
+                }
+                // Sealed: a value only the vehicle's own key opens, to exactly its VIN.
+                if purpose.identity == Identity::Sealed {
+                    let secret = subject.and_then(|s| s.secret.as_ref()).expect("sealed needs key material");
+                    let opened = telegate_policy::unseal(secret, &payload.vin);
+                    prop_assert_eq!(opened.as_ref().map(|v| v.expose()), Some(VIN));
+                    let other = telegate_policy::SubjectSecret::from_random([9; 16], [9; 32]);
+                    prop_assert!(telegate_policy::unseal(&other, &payload.vin).is_none());
+                } else if purpose.identity != Identity::Vin {
                     prop_assert!(payload.vin.is_empty());
                 }
                 // Anonymous: no key, no sequence, no call, session or charge-point id.

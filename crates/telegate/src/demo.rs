@@ -215,10 +215,25 @@ fn spawn_viewer(
         .set("enable.auto.commit", "false")
         .create()
         .context("demo viewer consumer")?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // This run's records only: every partition from where it ends now, resolved before the
+    // fleet starts (a real cluster may hold earlier runs' records).
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("metadata for {topic}"))?;
+        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .with_context(|| format!("end of {topic}"))?;
+                assignment.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(high))?;
+            }
+        }
+    }
     consumer
-        .subscribe(&names)
-        .context("demo viewer subscription")?;
+        .assign(&assignment)
+        .context("demo viewer assignment")?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok(msg) = consumer.recv().await else {
