@@ -2,7 +2,6 @@
 //! data-subject rights. Every call needs the bearer token; every change is written to the
 //! replicated state and to the consent ledger before the call returns.
 
-use crate::gateway::Topics;
 use crate::ledger::{Change, Channel, Ledger, LedgerEntry};
 use crate::pipeline::now_ms;
 use crate::state::StateStore;
@@ -30,7 +29,6 @@ pub struct AdminContext {
     pub ingress: Arc<Ingress>,
     pub kafka: KafkaConfig,
     pub keys: Keyring,
-    pub topics: Topics,
     /// How long a blocked account's data waits for the retention check before erasure.
     pub block_grace: Duration,
 }

@@ -162,31 +162,16 @@ impl Gateway {
         let admin_addr = match settings.admin.listen {
             None => None,
             Some(listen) => {
-                let Some(token) = settings.admin.resolve_token()?.filter(|t| t.len() >= 16) else {
-                    bail!(
-                        "admin.listen is set but no admin token of at least 16 characters is: \
-                         set admin.token, admin.token_file or TELEGATE_ADMIN_TOKEN"
-                    )
-                };
-                let ctx = Arc::new(AdminContext {
+                let ctx = AdminContext {
                     pack: pack.clone(),
                     state: state.clone(),
                     ledger: ledger.clone(),
                     ingress: ingress.clone(),
                     kafka: settings.kafka.clone(),
                     keys: keys.clone(),
-                    topics: topics.clone(),
                     block_grace: settings.admin.block_grace,
-                });
-                tokio::spawn(admin::sweep_blocked(
-                    ctx.clone(),
-                    settings.admin.sweep_interval,
-                ));
-                let addr = admin::serve(listen, token, ctx)
-                    .await
-                    .with_context(|| format!("cannot serve the admin API on {listen}"))?;
-                tracing::info!(%addr, "admin API listening");
-                Some(addr)
+                };
+                Some(start_admin(settings, listen, ctx).await?)
             }
         };
         let pipeline = Pipeline::new(
@@ -270,6 +255,31 @@ impl Gateway {
             "telegate stopped"
         );
     }
+}
+
+/// Serves the admin API and starts the sweeper that erases blocked accounts. Never without
+/// a token: an open admin API would let anyone change consents.
+async fn start_admin(
+    settings: &Settings,
+    listen: SocketAddr,
+    ctx: AdminContext,
+) -> anyhow::Result<SocketAddr> {
+    let Some(token) = settings.admin.resolve_token()?.filter(|t| t.len() >= 16) else {
+        bail!(
+            "admin.listen is set, but there is no admin token of at least 16 characters: \
+             set admin.token, admin.token_file or TELEGATE_ADMIN_TOKEN"
+        )
+    };
+    let ctx = Arc::new(ctx);
+    tokio::spawn(admin::sweep_blocked(
+        ctx.clone(),
+        settings.admin.sweep_interval,
+    ));
+    let addr = admin::serve(listen, token, ctx)
+        .await
+        .with_context(|| format!("cannot serve the admin API on {listen}"))?;
+    tracing::info!(%addr, "admin API listening");
+    Ok(addr)
 }
 
 /// Creates telegate's topics, retrying while Kafka is not reachable yet.

@@ -198,12 +198,15 @@ impl Pipeline {
         }
         let kind = frame.kind().index();
         self.counters.valid[kind].increment(1);
+        // Offline mode first: a frame captured then must not even create key material.
+        if self.state.with(frame.vin(), |s| {
+            offline(frame.captured_at_ms(), s).is_some()
+        }) {
+            self.counters.offline.increment(1);
+            return Vec::new();
+        }
         self.state.ensure_secret(frame.vin());
         self.state.with(frame.vin(), |subject| {
-            if offline(frame.captured_at_ms(), subject).is_some() {
-                self.counters.offline.increment(1);
-                return Vec::new();
-            }
             let mut out = Vec::new();
             let mut routed = false;
             for (purpose, decision) in decide_all(&self.pack, frame, subject) {
