@@ -6,6 +6,7 @@
 
 mod classify;
 mod decode;
+pub mod geo;
 mod kind;
 mod ranges;
 mod validate;

@@ -10,4 +10,4 @@ mod vehicle;
 pub mod vin;
 
 pub use fleet::{Fleet, FleetConfig, FleetStats, FormatMix};
-pub use vehicle::{Behaviour, Truth, Vehicle, haversine_km};
+pub use vehicle::{Behaviour, TripTruth, Truth, Vehicle};

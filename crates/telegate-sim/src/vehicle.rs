@@ -2,6 +2,7 @@
 //! frames a real modem would. No IO: time and randomness come in, frames go out.
 
 use rand::Rng;
+use telegate_frame::geo::{bearing, destination, haversine_km};
 use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
 
 /// What the fleet's vehicles do and how often. Times are milliseconds.
@@ -48,8 +49,20 @@ enum Phase {
 pub struct Truth {
     pub trips: u32,
     pub distance_km: f64,
+    /// Trips that ended with ignition off (a breakdown ends a trip without one).
+    pub closed_trips: Vec<TripTruth>,
     pub breakdown_calls: Vec<(String, pb::BreakdownConsent)>,
     pub dtcs_raised: Vec<String>,
+    /// DTCs raised at an ignition-on and reported in that ignition scan, with severity.
+    pub dtcs_scanned: Vec<(String, pb::DtcSeverity)>,
+}
+
+/// One trip as driven.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TripTruth {
+    pub started_at_ms: i64,
+    pub ended_at_ms: i64,
+    pub distance_km: f64,
 }
 
 /// A simulated vehicle.
@@ -72,6 +85,8 @@ pub struct Vehicle {
     next_location_ms: i64,
     next_status_ms: i64,
     trips: u32,
+    trip_started_at_ms: i64,
+    trip_distance_km: f64,
     /// Frames captured while offline mode was on, sent when it goes off (store-and-forward).
     outbox: Vec<VehicleFrame>,
     truth: Truth,
@@ -110,6 +125,8 @@ impl Vehicle {
             next_location_ms: 0,
             next_status_ms: 0,
             trips: 0,
+            trip_started_at_ms: 0,
+            trip_distance_km: 0.0,
             outbox: Vec::new(),
             truth: Truth::default(),
         }
@@ -186,11 +203,14 @@ impl Vehicle {
         };
         self.trips += 1;
         self.truth.trips += 1;
+        self.trip_started_at_ms = now_ms;
+        self.trip_distance_km = 0.0;
         self.speed_kmh = 20.0;
         let s = self.status(pb::StatusTrigger::IgnitionOn);
         self.emit(now_ms, Body::Status(s), out);
         if rng.random_bool(b.dtc_per_trip) {
-            self.raise_dtc(rng);
+            let raised = self.raise_dtc(rng);
+            self.truth.dtcs_scanned.push(raised);
         }
         // Every ignition-on runs a DTC scan and reports its result.
         let scan = pb::Diagnostics {
@@ -227,6 +247,7 @@ impl Vehicle {
         let moved = haversine_km(before, self.pos);
         self.odometer_km += moved;
         self.truth.distance_km += moved;
+        self.trip_distance_km += moved;
         let per_km = if self.ev { 0.18 } else { 0.12 };
         self.energy_pct = (self.energy_pct - (moved * per_km) as f32).max(0.0);
         self.lv_voltage = (self.lv_voltage + rng.random_range(-0.01..0.012)).clamp(11.4, 14.4);
@@ -248,6 +269,11 @@ impl Vehicle {
         self.emit(now_ms, Body::Location(l), out);
         let s = self.status(pb::StatusTrigger::IgnitionOff);
         self.emit(now_ms, Body::Status(s), out);
+        self.truth.closed_trips.push(TripTruth {
+            started_at_ms: self.trip_started_at_ms,
+            ended_at_ms: now_ms,
+            distance_km: self.trip_distance_km,
+        });
         if self.threshold_crossed() {
             let s = self.status(pb::StatusTrigger::Threshold);
             self.emit(now_ms, Body::Status(s), out);
@@ -353,7 +379,7 @@ impl Vehicle {
         self.emit(now_ms, Body::Privacy(p), out);
     }
 
-    fn raise_dtc(&mut self, rng: &mut impl Rng) {
+    fn raise_dtc(&mut self, rng: &mut impl Rng) -> (String, pb::DtcSeverity) {
         const CODES: [(&str, &str, pb::DtcSeverity); 6] = [
             ("P0301", "engine", pb::DtcSeverity::Warning),
             ("P0420", "engine", pb::DtcSeverity::Info),
@@ -371,6 +397,7 @@ impl Vehicle {
             occurrences: Some(1),
             severity: severity as i32,
         });
+        (code.to_owned(), severity)
     }
 
     fn threshold_crossed(&self) -> bool {
@@ -482,40 +509,6 @@ fn per_step(per_trip: f64, dt_ms: i64, trip_ms: (i64, i64)) -> f64 {
     (per_trip * dt_ms as f64 / avg).clamp(0.0, 1.0)
 }
 
-const EARTH_KM: f64 = 6_371.0;
-
-/// Great-circle distance.
-pub fn haversine_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (la1, lo1, la2, lo2) = (
-        a.0.to_radians(),
-        a.1.to_radians(),
-        b.0.to_radians(),
-        b.1.to_radians(),
-    );
-    let h = ((la2 - la1) / 2.0).sin().powi(2)
-        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
-    2.0 * EARTH_KM * h.sqrt().asin()
-}
-
-fn bearing(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (la1, la2, dlo) = (a.0.to_radians(), b.0.to_radians(), (b.1 - a.1).to_radians());
-    let y = dlo.sin() * la2.cos();
-    let x = la1.cos() * la2.sin() - la1.sin() * la2.cos() * dlo.cos();
-    y.atan2(x).to_degrees().rem_euclid(360.0)
-}
-
-fn destination(a: (f64, f64), heading_deg: f64, km: f64) -> (f64, f64) {
-    let (la1, lo1, th, d) = (
-        a.0.to_radians(),
-        a.1.to_radians(),
-        heading_deg.to_radians(),
-        km / EARTH_KM,
-    );
-    let la2 = (la1.sin() * d.cos() + la1.cos() * d.sin() * th.cos()).asin();
-    let lo2 = lo1 + (th.sin() * d.sin() * la1.cos()).atan2(d.cos() - la1.sin() * la2.sin());
-    (la2.to_degrees(), (lo2.to_degrees() + 540.0) % 360.0 - 180.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,13 +554,5 @@ mod tests {
         ] {
             assert!(kinds.contains(&k), "{k} never sent");
         }
-    }
-
-    #[test]
-    fn geodesy_is_consistent() {
-        let a = (48.7758, 9.1829);
-        let b = destination(a, 90.0, 10.0);
-        assert!((haversine_km(a, b) - 10.0).abs() < 0.01);
-        assert!((bearing(a, b) - 90.0).abs() < 0.5);
     }
 }

@@ -1,0 +1,213 @@
+//! The consumer loop every reference service shares: group consumption, purpose check,
+//! de-duplication on (subject, seq), outputs produced before the offset is committed, and a
+//! JSON view written for people.
+
+use crate::record::Record;
+use anyhow::Context;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use telegate_kafka::{KafkaConfig, LogWriter, ensure_topics};
+use telegate_policy::TopicSpec;
+use tokio::sync::watch;
+
+/// One result a service emits: keyed by subject (or not), JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub key: Option<String>,
+    pub value: serde_json::Value,
+}
+
+/// A reference service's logic; the runner does the Kafka part.
+pub trait Service: Send {
+    /// The `telegate-purpose` values this service may process; anything else is refused.
+    fn purposes(&self) -> &[String];
+    /// Works one record.
+    fn handle(&mut self, record: &Record, now_ms: i64) -> Vec<Output>;
+    /// Time-driven work (closing trips, expiring cases).
+    fn tick(&mut self, now_ms: i64) -> Vec<Output>;
+    /// What a person looks at: the service's current results.
+    fn view(&self) -> serde_json::Value;
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub kafka: KafkaConfig,
+    pub group: String,
+    pub inputs: Vec<String>,
+    pub output: String,
+    /// Where the view is written (atomically, every tick), if anywhere.
+    pub view_file: Option<PathBuf>,
+    pub tick: Duration,
+    /// How long the output topic keeps results.
+    pub output_retention: Duration,
+}
+
+/// What the runner did, live.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub processed: AtomicU64,
+    /// Records whose purpose is not this service's.
+    pub refused: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub malformed: AtomicU64,
+    pub outputs: AtomicU64,
+}
+
+/// Sequence numbers seen per subject; bounded per subject.
+#[derive(Debug, Default)]
+struct Seen(HashMap<String, BTreeSet<u64>>);
+
+const SEEN_PER_SUBJECT: usize = 4096;
+
+impl Seen {
+    /// True if (subject, seq) was seen before; records it otherwise.
+    fn repeat(&mut self, subject: &str, seq: u64) -> bool {
+        let set = self.0.entry(subject.to_owned()).or_default();
+        if !set.insert(seq) {
+            return true;
+        }
+        if set.len() > SEEN_PER_SUBJECT {
+            set.pop_first();
+        }
+        false
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Runs `service` until `stop` fires; returns it with its final state.
+pub async fn run<S: Service>(
+    cfg: RunnerConfig,
+    mut service: S,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<ConsumerStats>,
+) -> anyhow::Result<S> {
+    ensure_topics(
+        &cfg.kafka,
+        &[TopicSpec {
+            name: cfg.output.clone(),
+            retention: cfg.output_retention,
+            compact: false,
+        }],
+    )
+    .await
+    .context("output topic")?;
+    let writer = LogWriter::new(&cfg.kafka).context("output producer")?;
+    let consumer: StreamConsumer = {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &cfg.kafka.bootstrap)
+            .set("group.id", &cfg.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50");
+        c.create().context("consumer")?
+    };
+    let inputs: Vec<&str> = cfg.inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&inputs).context("subscribing")?;
+    let refused_c =
+        metrics::counter!("telegate_consumer_refused_total", "output" => cfg.output.clone());
+    let mut seen = Seen::default();
+    let mut tick = tokio::time::interval(cfg.tick);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {
+                for out in service.tick(now_ms()) {
+                    emit(&writer, &cfg.output, &out, &stats).await?;
+                }
+                if let Some(path) = &cfg.view_file {
+                    write_view(path, &service.view())?;
+                }
+            }
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                };
+                let headers: Vec<(String, String)> = msg
+                    .headers()
+                    .map(|h| h.iter().map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
+                    .unwrap_or_default();
+                match Record::parse(msg.topic(), msg.key(), &headers, msg.payload().unwrap_or_default()) {
+                    Err(e) => {
+                        stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "record refused");
+                    }
+                    Ok(rec) if !service.purposes().contains(&rec.purpose) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        refused_c.increment(1);
+                    }
+                    Ok(rec) => {
+                        let repeat = match (&rec.subject, rec.seq) {
+                            (Some(s), Some(q)) => seen.repeat(s, q),
+                            _ => false,
+                        };
+                        if repeat {
+                            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            stats.processed.fetch_add(1, Ordering::Relaxed);
+                            for out in service.handle(&rec, now_ms()) {
+                                emit(&writer, &cfg.output, &out, &stats).await?;
+                            }
+                        }
+                    }
+                }
+                // Only now is the record's work done: its results are in Kafka.
+                consumer.commit_message(&msg, CommitMode::Async).context("commit")?;
+            }
+        }
+    }
+    for out in service.tick(now_ms()) {
+        emit(&writer, &cfg.output, &out, &stats).await?;
+    }
+    if let Some(path) = &cfg.view_file {
+        write_view(path, &service.view())?;
+    }
+    Ok(service)
+}
+
+async fn emit(
+    writer: &LogWriter,
+    topic: &str,
+    out: &Output,
+    stats: &ConsumerStats,
+) -> anyhow::Result<()> {
+    let value = serde_json::to_vec(&out.value)?;
+    let key = out.key.as_deref().unwrap_or_default().as_bytes();
+    writer.put(topic, key, Some(&value)).await?;
+    stats.outputs.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn write_view(path: &std::path::Path, view: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(view)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn duplicates_are_per_subject() {
+        let mut seen = super::Seen::default();
+        assert!(!seen.repeat("a", 1));
+        assert!(seen.repeat("a", 1));
+        assert!(!seen.repeat("b", 1));
+        assert!(!seen.repeat("a", 2));
+    }
+}
