@@ -186,8 +186,9 @@ async fn emit(
     stats: &ConsumerStats,
 ) -> anyhow::Result<()> {
     let value = serde_json::to_vec(&out.value)?;
-    let key = out.key.as_deref().unwrap_or_default().as_bytes();
-    writer.put(topic, key, Some(&value)).await?;
+    writer
+        .put(topic, out.key.as_deref().map(str::as_bytes), Some(&value))
+        .await?;
     stats.outputs.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

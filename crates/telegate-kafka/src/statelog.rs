@@ -45,14 +45,17 @@ impl LogWriter {
         })
     }
 
-    /// Writes `value` (or a tombstone) under `key` and returns once Kafka has it.
+    /// Writes `value` (or a tombstone) under `key` (or none) and returns once Kafka has it.
     pub async fn put(
         &self,
         topic: &str,
-        key: &[u8],
+        key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<(), SinkError> {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key);
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
         if let Some(v) = value {
             record = record.payload(v);
         }

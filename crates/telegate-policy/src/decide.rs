@@ -44,10 +44,11 @@ pub enum DropReason {
     Restricted,
     Objected,
     SubjectKeyMissing,
+    AlreadyContributed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::OfflineMode,
         DropReason::PrivateMode,
         DropReason::LocationServicesOff,
@@ -62,6 +63,7 @@ impl DropReason {
         DropReason::Restricted,
         DropReason::Objected,
         DropReason::SubjectKeyMissing,
+        DropReason::AlreadyContributed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +82,7 @@ impl DropReason {
             DropReason::Restricted => "restricted",
             DropReason::Objected => "objected",
             DropReason::SubjectKeyMissing => "subject-key-missing",
+            DropReason::AlreadyContributed => "already-contributed",
         }
     }
 
@@ -144,6 +147,9 @@ pub enum Rule {
         direct_marketing: bool,
     },
     SubjectKeyMissing,
+    AlreadyContributed {
+        period_start_ms: i64,
+    },
 }
 
 impl fmt::Display for Rule {
@@ -219,6 +225,10 @@ impl fmt::Display for Rule {
                 when.phrase()
             ),
             Rule::SubjectKeyMissing => write!(f, "no key material for this vehicle yet"),
+            Rule::AlreadyContributed { period_start_ms } => write!(
+                f,
+                "this vehicle already contributed a record for the period from {period_start_ms} ms"
+            ),
         }
     }
 }
@@ -325,6 +335,16 @@ pub fn decide(
     if matches!(purpose.identity, Identity::Pseudonym | Identity::Sealed) && s.secret.is_none() {
         return Decision::drop(DropReason::SubjectKeyMissing, Rule::SubjectKeyMissing);
     }
+    if let Some((key, start)) = contribution_period(purpose, frame) {
+        // A late frame from an earlier period cannot be checked any more: dropping it keeps
+        // a count of records a count of vehicles.
+        if s.contributions.get(&key).is_some_and(|last| start <= *last) {
+            let rule = Rule::AlreadyContributed {
+                period_start_ms: start,
+            };
+            return Decision::drop(DropReason::AlreadyContributed, rule);
+        }
+    }
     let service = pack.service_of(purpose).id.as_str();
     let states = [
         (When::Capture, s.settings_at(t)),
@@ -394,6 +414,14 @@ pub fn decide(
             }
         }
     }
+}
+
+/// For `once_per_vehicle` purposes: the contribution key ("purpose/kind") and the start of
+/// the period the frame's capture time falls in. The caller records a forwarded contribution.
+pub fn contribution_period(purpose: &Purpose, frame: &Frame) -> Option<(String, i64)> {
+    let period = (purpose.once_per_vehicle?.as_millis() as i64).max(1);
+    let start = frame.captured_at_ms().div_euclid(period) * period;
+    Some((format!("{}/{}", purpose.id, frame.kind()), start))
 }
 
 /// The scope given within the call: carried by the frame (a call placed in the vehicle) or

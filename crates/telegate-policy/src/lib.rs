@@ -14,7 +14,8 @@ mod shape;
 mod state;
 
 pub use decide::{
-    ConsentState, Decision, DropReason, Rule, Verdict, When, decide, decide_all, offline,
+    ConsentState, Decision, DropReason, Rule, Verdict, When, contribution_period, decide,
+    decide_all, offline,
 };
 pub use fields::FieldMask;
 pub use ids::{KeyId, PurposeId, ServiceId};

@@ -178,6 +178,9 @@ pub struct Purpose {
     pub recipients: Vec<String>,
     /// Direct marketing: an objection stops it whatever its legal basis (GDPR Art. 21(3)).
     pub direct_marketing: bool,
+    /// At most one record per vehicle, frame kind and period: for anonymous statistics, a
+    /// count of records is then a count of vehicles, so a minimum group size can hold.
+    pub once_per_vehicle: Option<Duration>,
     /// Where the rules come from, e.g. `002 L5`.
     pub cite: Vec<String>,
     pub description: String,

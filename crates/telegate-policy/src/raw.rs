@@ -72,6 +72,7 @@ struct RawPurpose {
     recipients: Vec<String>,
     #[serde(default)]
     direct_marketing: bool,
+    once_per_vehicle: Option<String>,
     #[serde(default)]
     cite: Vec<String>,
     #[serde(default)]
@@ -310,6 +311,7 @@ impl RawPack {
                     retention,
                     recipients: raw.recipients.clone(),
                     direct_marketing: raw.direct_marketing,
+                    once_per_vehicle: r.once_per_vehicle,
                     cite: raw.cite.clone(),
                     description: raw.description.clone(),
                 });
@@ -348,6 +350,7 @@ impl RawPack {
 
 /// The parts of a purpose beyond routing, parsed and cross-checked together.
 struct Rules {
+    once_per_vehicle: Option<Duration>,
     categories: Categories,
     fields: FieldMask,
     location: LocationPrecision,
@@ -540,7 +543,12 @@ impl RawPurpose {
                 );
             }
         }
+        let once_per_vehicle = self
+            .once_per_vehicle
+            .as_deref()
+            .and_then(|p| errs.retention(format!("{path}.once_per_vehicle"), p));
         (errs.0.len() == before).then_some(Rules {
+            once_per_vehicle,
             categories,
             fields,
             location,

@@ -109,6 +109,9 @@ pub struct SubjectRecord {
     /// Per-vehicle key material. Pseudonyms and sealed VINs derive from it; erasing it makes
     /// every earlier record unlinkable to the VIN.
     pub secret: Option<SubjectSecret>,
+    /// For `once_per_vehicle` purposes: "purpose/kind" → start of the last period the vehicle
+    /// contributed a record in.
+    pub contributions: BTreeMap<String, i64>,
 }
 
 /// Whether the vehicle's data may be processed at all.
@@ -284,6 +287,10 @@ impl SubjectRecord {
             (b @ Account::Blocked { .. }, _) | (_, b @ Account::Blocked { .. }) => b,
             _ => Account::Active,
         };
+        for (k, t) in &other.contributions {
+            let mine = self.contributions.entry(k.clone()).or_insert(*t);
+            *mine = (*mine).max(*t);
+        }
         self.secret = match (self.secret.take(), &other.secret) {
             (Some(a), Some(b)) => Some(a.min(b.clone())),
             (a, b) => a.or_else(|| b.clone()),

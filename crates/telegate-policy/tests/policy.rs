@@ -352,3 +352,39 @@ fn objections_bind_legitimate_interest_and_direct_marketing_absolutely() {
     // An objection does not reach a contract purpose.
     assert!(matches!(verdicts["care"], Verdict::Forward(_)));
 }
+
+#[test]
+fn once_per_vehicle_forwards_one_record_per_vehicle_kind_and_period() {
+    let pack = reference();
+    let day = 86_400_000;
+    let at = |t: i64| {
+        let raw = VehicleFrame {
+            vin: VIN.into(),
+            seq: 1,
+            captured_at_ms: t,
+            body: Some(Body::Diagnostics(pb::Diagnostics::default())),
+        };
+        validate(
+            &vehicle_topic(VIN, FrameKind::Diagnostics),
+            &encode(&raw, PayloadFormat::Protobuf),
+            NOW,
+            &ValidationConfig::default(),
+        )
+        .expect("valid")
+    };
+    let purpose = pack.purpose("product-improvement").expect("purpose");
+    let mut s = SUBJECT.clone();
+    let today = at(NOW - 10);
+    assert!(matches!(
+        telegate_policy::decide(&pack, &today, purpose, Some(&s)).verdict,
+        Verdict::Forward(_)
+    ));
+    let (key, start) =
+        telegate_policy::contribution_period(purpose, &today).expect("limited purpose");
+    s.contributions.insert(key, start);
+    for again in [at(NOW - 5), at(start - day + 1)] {
+        // The same day again, or a late frame from an earlier day: not counted twice.
+        let d = telegate_policy::decide(&pack, &again, purpose, Some(&s));
+        assert_eq!(d.verdict, Verdict::Drop(DropReason::AlreadyContributed));
+    }
+}

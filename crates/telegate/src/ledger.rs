@@ -97,7 +97,11 @@ impl Ledger {
         };
         let value = serde_json::to_vec(&entry)?;
         self.writer
-            .put(&self.topic, entry.subject_hash.as_bytes(), Some(&value))
+            .put(
+                &self.topic,
+                Some(entry.subject_hash.as_bytes()),
+                Some(&value),
+            )
             .await?;
         Ok(entry)
     }

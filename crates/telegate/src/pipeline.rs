@@ -12,7 +12,8 @@ use telegate_frame::{Frame, FrameKind, RejectReason, ValidationConfig, Vin, vali
 use telegate_kafka::KafkaSink;
 use telegate_mqtt::Incoming;
 use telegate_policy::{
-    DropReason, Keyring, OutRecord, Pack, Verdict, decide_all, offline, rejected_record, shape,
+    DropReason, Keyring, OutRecord, Pack, Verdict, contribution_period, decide_all, offline,
+    rejected_record, shape,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -206,7 +207,8 @@ impl Pipeline {
             return Vec::new();
         }
         self.state.ensure_secret(frame.vin());
-        self.state.with(frame.vin(), |subject| {
+        let mut contributed = Vec::new();
+        let out = self.state.with(frame.vin(), |subject| {
             let mut out = Vec::new();
             let mut routed = false;
             for (purpose, decision) in decide_all(&self.pack, frame, subject) {
@@ -214,6 +216,7 @@ impl Pipeline {
                 match decision.verdict {
                     Verdict::Forward(consent) => {
                         self.counters.forwarded[purpose.index].increment(1);
+                        contributed.extend(contribution_period(purpose, frame));
                         out.push(shape(
                             &self.pack,
                             &self.label,
@@ -233,7 +236,11 @@ impl Pipeline {
                 self.counters.unrouted[kind].increment(1);
             }
             out
-        })
+        });
+        for (key, start) in contributed {
+            self.state.record_contribution(*frame.vin(), key, start);
+        }
+        out
     }
 
     /// Settings changes made in the vehicle go to the consent ledger like any other.

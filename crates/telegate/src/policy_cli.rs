@@ -55,6 +55,13 @@ pub fn check(pack: &Pack) -> String {
                 list(&p.requires)
             );
         }
+        if let Some(period) = p.once_per_vehicle {
+            let _ = writeln!(
+                s,
+                "    at most one record per vehicle and kind every {}",
+                format_duration(period)
+            );
+        }
         if !p.recipients.is_empty() {
             let _ = writeln!(s, "    recipients {}", p.recipients.join("; "));
         }

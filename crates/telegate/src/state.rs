@@ -167,6 +167,15 @@ impl StateStore {
         self.mark(vin);
     }
 
+    /// Records that the vehicle contributed a record for `key` in the period from `start`.
+    pub fn record_contribution(&self, vin: Vin, key: String, start: i64) {
+        let mut subject = self.subjects.entry(vin).or_default();
+        let last = subject.contributions.entry(key).or_insert(start);
+        *last = (*last).max(start);
+        drop(subject);
+        self.mark(vin);
+    }
+
     /// Gives a vehicle key material the first time it is seen.
     pub fn ensure_secret(&self, vin: &Vin) {
         if self.subjects.get(vin).is_some_and(|r| r.secret.is_some()) {
@@ -218,7 +227,7 @@ impl StateStore {
         if let Some(rep) = &self.replication {
             let value = serde_json::to_vec(&record)?;
             rep.writer
-                .put(&rep.topic, vin.expose().as_bytes(), Some(&value))
+                .put(&rep.topic, Some(vin.expose().as_bytes()), Some(&value))
                 .await
                 .context("writing consent state")?;
         }
@@ -234,7 +243,7 @@ impl StateStore {
         if let Some(rep) = &self.replication {
             rep.dirty.remove(vin);
             rep.writer
-                .put(&rep.topic, vin.expose().as_bytes(), None)
+                .put(&rep.topic, Some(vin.expose().as_bytes()), None)
                 .await
                 .context("writing the erasure tombstone")?;
         }
@@ -285,7 +294,7 @@ async fn write_dirty(store: Arc<StateStore>) {
             };
             if let Err(e) = rep
                 .writer
-                .put(&rep.topic, vin.expose().as_bytes(), Some(&value))
+                .put(&rep.topic, Some(vin.expose().as_bytes()), Some(&value))
                 .await
             {
                 failed.increment(1);
