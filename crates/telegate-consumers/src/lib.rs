@@ -9,12 +9,15 @@ mod cases;
 mod insights;
 mod maintenance;
 mod record;
+mod reference;
 mod runner;
 mod trips;
 
 pub use cases::Cases;
 pub use insights::Insights;
 pub use maintenance::Maintenance;
+pub use maintenance::Thresholds;
 pub use record::{Record, RecordError};
+pub use reference::Reference;
 pub use runner::{ConsumerStats, Output, RunnerConfig, Service, run};
 pub use trips::Trips;

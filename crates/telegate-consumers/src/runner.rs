@@ -56,9 +56,11 @@ pub struct ConsumerStats {
     pub duplicates: AtomicU64,
     pub malformed: AtomicU64,
     pub outputs: AtomicU64,
+    /// The service's view as of the last tick.
+    pub view: std::sync::Mutex<serde_json::Value>,
 }
 
-/// Sequence numbers seen per subject; bounded per subject.
+/// Sequence numbers seen per (purpose, subject); bounded per key.
 #[derive(Debug, Default)]
 struct Seen(HashMap<String, BTreeSet<u64>>);
 
@@ -125,8 +127,12 @@ pub async fn run<S: Service>(
                 for out in service.tick(now_ms()) {
                     emit(&writer, &cfg.output, &out, &stats).await?;
                 }
+                let view = service.view();
                 if let Some(path) = &cfg.view_file {
-                    write_view(path, &service.view())?;
+                    write_view(path, &view)?;
+                }
+                if let Ok(mut v) = stats.view.lock() {
+                    *v = view;
                 }
             }
             msg = consumer.recv() => {
@@ -151,8 +157,10 @@ pub async fn run<S: Service>(
                         refused_c.increment(1);
                     }
                     Ok(rec) => {
+                        // Per purpose: one frame reaches several purposes (a breakdown call's
+                        // assistance and dealer copies) with the same subject and seq.
                         let repeat = match (&rec.subject, rec.seq) {
-                            (Some(s), Some(q)) => seen.repeat(s, q),
+                            (Some(s), Some(q)) => seen.repeat(&format!("{}/{s}", rec.purpose), q),
                             _ => false,
                         };
                         if repeat {
@@ -173,8 +181,12 @@ pub async fn run<S: Service>(
     for out in service.tick(now_ms()) {
         emit(&writer, &cfg.output, &out, &stats).await?;
     }
+    let view = service.view();
     if let Some(path) = &cfg.view_file {
-        write_view(path, &service.view())?;
+        write_view(path, &view)?;
+    }
+    if let Ok(mut v) = stats.view.lock() {
+        *v = view;
     }
     Ok(service)
 }
