@@ -45,6 +45,8 @@ pub struct RunnerConfig {
     pub tick: Duration,
     /// How long the output topic keeps results.
     pub output_retention: Duration,
+    /// Where a new consumer group starts: the beginning of its topics, or their end.
+    pub from_beginning: bool,
 }
 
 /// What the runner did, live.
@@ -94,23 +96,32 @@ pub async fn run<S: Service>(
     mut stop: watch::Receiver<bool>,
     stats: Arc<ConsumerStats>,
 ) -> anyhow::Result<S> {
-    ensure_topics(
-        &cfg.kafka,
-        &[TopicSpec {
-            name: cfg.output.clone(),
-            retention: cfg.output_retention,
-            compact: false,
-        }],
-    )
-    .await
-    .context("output topic")?;
+    if cfg.kafka.manage_topics {
+        ensure_topics(
+            &cfg.kafka,
+            &[TopicSpec {
+                name: cfg.output.clone(),
+                retention: cfg.output_retention,
+                compact: false,
+            }],
+        )
+        .await
+        .context("output topic")?;
+    }
     let writer = LogWriter::new(&cfg.kafka).context("output producer")?;
     let consumer: StreamConsumer = {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &cfg.kafka.bootstrap)
             .set("group.id", &cfg.group)
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
+            .set(
+                "auto.offset.reset",
+                if cfg.from_beginning {
+                    "earliest"
+                } else {
+                    "latest"
+                },
+            )
             .set("fetch.wait.max.ms", "50");
         c.create().context("consumer")?
     };

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
 use telegate_sim::{Behaviour, Fleet, FleetConfig};
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct DemoArgs {
     pub metrics_listen: Option<SocketAddr>,
     pub policy: Option<PathBuf>,
     pub bad_frame_ratio: f64,
+    /// product-insights: minimum vehicles per released group.
+    pub k: u64,
 }
 
 /// What one topic has received, as the view shows it.
@@ -50,6 +53,8 @@ pub struct DemoSummary {
     pub lost_in_broker: u64,
     pub topics: BTreeMap<String, TopicView>,
     pub metrics: String,
+    /// Each reference consumer's results (its view) at the end.
+    pub consumers: BTreeMap<String, serde_json::Value>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
@@ -76,7 +81,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
             .topics()
             .into_iter()
             .map(|t| t.name)
-            .chain([own.state, own.ledger]);
+            .chain([own.state, own.ledger])
+            .chain(Reference::ALL.map(|r| r.output("")));
         for name in names {
             mock.create_topic(&name, 1, 1)
                 .with_context(|| format!("creating {name} in the MockCluster"))?;
@@ -94,6 +100,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         .collect();
     let view = Arc::new(Mutex::new(BTreeMap::<String, TopicView>::new()));
     let viewer = spawn_viewer(&bootstrap, &topics, view.clone())?;
+    let (stop_consumers, stop_rx) = tokio::sync::watch::channel(false);
+    let mut consumers = Vec::new();
+    for service in Reference::ALL {
+        let cfg = RunnerConfig {
+            kafka: settings.kafka.clone(),
+            group: format!(
+                "telegate-demo-{}-{:08x}",
+                service.name(),
+                rand::random::<u32>()
+            ),
+            inputs: service.inputs(""),
+            output: service.output(""),
+            view_file: None,
+            tick: Duration::from_secs(1),
+            output_retention: service.output_retention(),
+            // A real cluster may hold earlier runs' records: this run's only.
+            from_beginning: mock.is_some(),
+        };
+        let stats = Arc::new(ConsumerStats::default());
+        let service_impl = service.build(service.purposes(), args.k, Duration::from_secs(3));
+        let handle = tokio::spawn(telegate_consumers::run(
+            cfg,
+            service_impl,
+            stop_rx.clone(),
+            stats.clone(),
+        ));
+        consumers.push((service, stats, handle));
+    }
 
     let fleet = Fleet::start(FleetConfig {
         host: args.mqtt_listen.ip().to_string(),
@@ -102,8 +136,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         behaviour: Behaviour {
             location_every_ms: 1_000,
             status_every_ms: 10_000,
-            trip_ms: (20_000, 90_000),
-            park_ms: (5_000, 30_000),
+            trip_ms: (15_000, 45_000),
+            park_ms: (3_000, 15_000),
             ..Behaviour::default()
         },
         bad_frame_ratio: args.bad_frame_ratio,
@@ -140,19 +174,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        let screen = render(
-            &header,
-            started.elapsed(),
-            fleet_stats
+        let consumer_views: Vec<(Reference, serde_json::Value)> = consumers
+            .iter()
+            .map(|(svc, stats, _)| {
+                (
+                    *svc,
+                    stats.view.lock().map(|v| v.clone()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let metrics = metrics_handle().render();
+        let topic_view = view.lock().map(|v| v.clone()).unwrap_or_default();
+        let screen = render(&Screen {
+            header: &header,
+            uptime: started.elapsed(),
+            published: fleet_stats
                 .published
                 .load(std::sync::atomic::Ordering::Relaxed),
-            fleet_stats
+            broken: fleet_stats
                 .broken_published
                 .load(std::sync::atomic::Ordering::Relaxed),
-            &gateway,
-            &view.lock().map(|v| v.clone()).unwrap_or_default(),
-            &metrics_handle().render(),
-        );
+            gateway: &gateway,
+            topics: &topic_view,
+            metrics: &metrics,
+            consumers: &consumer_views,
+        });
         if tty {
             print!("\x1b[2J\x1b[H{screen}");
         } else {
@@ -175,7 +221,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     let failed = gateway.sink_stats().failed();
     let lost = gateway.ingress().stats().lost();
     gateway.shutdown().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = stop_consumers.send(true);
+    let mut results = BTreeMap::new();
+    for (service, stats, handle) in consumers {
+        if let Ok(Err(e)) = handle.await {
+            tracing::warn!(service = service.name(), error = %e, "demo consumer stopped");
+        }
+        let view = stats.view.lock().map(|v| v.clone()).unwrap_or_default();
+        results.insert(service.name().to_owned(), view);
+    }
     viewer.abort();
     let summary = DemoSummary {
         published,
@@ -185,6 +240,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         lost_in_broker: lost,
         topics: view.lock().map(|v| v.clone()).unwrap_or_default(),
         metrics: metrics_handle().render(),
+        consumers: results,
     };
     drop(mock);
     Ok(summary)
@@ -291,38 +347,52 @@ pub fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
         .collect()
 }
 
-fn render(
-    header: &str,
+/// Everything one screen of the live view shows.
+struct Screen<'a> {
+    header: &'a str,
     uptime: Duration,
     published: u64,
     broken: u64,
-    gateway: &Gateway,
-    topics: &BTreeMap<String, TopicView>,
-    metrics: &str,
-) -> String {
+    gateway: &'a Gateway,
+    topics: &'a BTreeMap<String, TopicView>,
+    metrics: &'a str,
+    consumers: &'a [(Reference, serde_json::Value)],
+}
+
+fn render(v: &Screen<'_>) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{header}");
+    let _ = writeln!(s, "{}", v.header);
     let _ = writeln!(
         s,
-        "uptime {}s | vehicles published {published} frames (+{broken} deliberately broken) | Kafka delivered {} failed {} | lost in MQTT broker {}\n",
-        uptime.as_secs(),
-        gateway.sink_stats().delivered(),
-        gateway.sink_stats().failed(),
-        gateway.ingress().stats().lost(),
+        "uptime {}s | vehicles published {} frames (+{} deliberately broken) | Kafka delivered {} failed {} | lost in MQTT broker {}\n",
+        v.uptime.as_secs(),
+        v.published,
+        v.broken,
+        v.gateway.sink_stats().delivered(),
+        v.gateway.sink_stats().failed(),
+        v.gateway.ingress().stats().lost(),
     );
     let _ = writeln!(
         s,
         "{:<30} {:>8}  {:<22} {:<10} KEY",
         "TOPIC", "RECORDS", "LAST PURPOSE", "SUBJECT"
     );
-    for t in gateway.pack().topics() {
-        let v = topics.get(&t.name).cloned().unwrap_or_default();
+    for t in v.gateway.pack().topics() {
+        let tv = v.topics.get(&t.name).cloned().unwrap_or_default();
         let _ = writeln!(
             s,
             "{:<30} {:>8}  {:<22} {:<10} {}",
-            t.name, v.records, v.last_purpose, v.last_subject, v.last_key
+            t.name, tv.records, tv.last_purpose, tv.last_subject, tv.last_key
         );
     }
+    let offline: f64 = samples(v.metrics, "telegate_frames_offline_total")
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    let _ = writeln!(
+        s,
+        "\nCAPTURED IN OFFLINE MODE (sent nowhere, nothing kept): {offline}"
+    );
     for (title, name) in [
         (
             "DROPPED BY POLICY (service, purpose, reason)",
@@ -338,9 +408,9 @@ fn render(
         ),
     ] {
         let _ = writeln!(s, "\n{title}");
-        let rows: Vec<_> = samples(metrics, name)
+        let rows: Vec<_> = samples(v.metrics, name)
             .into_iter()
-            .filter(|(_, v)| *v > 0.0)
+            .filter(|(_, n)| *n > 0.0)
             .collect();
         if rows.is_empty() {
             let _ = writeln!(s, "  (none yet)");
@@ -349,7 +419,67 @@ fn render(
             let _ = writeln!(s, "  {value:>8}  {labels}");
         }
     }
+    let _ = writeln!(
+        s,
+        "\nREFERENCE CONSUMERS (telegate consume …, results on telegate.<service>.out)"
+    );
+    for (service, view) in v.consumers {
+        let _ = writeln!(
+            s,
+            "  {:<17} {}",
+            service.name(),
+            consumer_line(*service, view)
+        );
+    }
     s
+}
+
+/// One line a person can read about a consumer's results.
+fn consumer_line(service: Reference, v: &serde_json::Value) -> String {
+    let len = |x: &serde_json::Value| x.as_array().map_or(0, Vec::len);
+    match service {
+        Reference::SmartService => {
+            let vehicles = v["vehicles"].as_object();
+            let needs: usize = vehicles.map_or(0, |m| {
+                m.values()
+                    .map(|x| x["needs"].as_object().map_or(0, |n| n.len()))
+                    .sum()
+            });
+            format!(
+                "{} vehicles tracked, {needs} open maintenance needs",
+                vehicles.map_or(0, |m| m.len())
+            )
+        }
+        Reference::BreakdownCall => {
+            let cases = v["cases"].as_array().cloned().unwrap_or_default();
+            let dealer = cases.iter().filter(|c| c["audience"] == "dealer").count();
+            format!(
+                "{} assistance cases, {dealer} dealer copies (consented only)",
+                cases.len() - dealer
+            )
+        }
+        Reference::TripLog => {
+            let trips = v["trips"].as_array().cloned().unwrap_or_default();
+            let km: f64 = trips.iter().filter_map(|t| t["distance_km"].as_f64()).sum();
+            let last = trips.last().map_or(String::new(), |t| {
+                format!(
+                    "; last {:.1} km in {:.0} s, max {} km/h",
+                    t["distance_km"].as_f64().unwrap_or_default(),
+                    t["duration_s"].as_f64().unwrap_or_default(),
+                    t["max_speed_kmh"]
+                        .as_f64()
+                        .map_or("-".into(), |m| format!("{m:.0}"))
+                )
+            });
+            format!("{} trips closed, {km:.1} km{last}", trips.len())
+        }
+        Reference::ProductInsights => format!(
+            "{} aggregates released (k = {}), {} groups withheld below k",
+            len(&v["aggregates"]),
+            v["k"],
+            v["groups_below_k"]
+        ),
+    }
 }
 
 #[cfg(test)]

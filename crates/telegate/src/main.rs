@@ -92,6 +92,9 @@ struct DemoCli {
     /// Share of frames followed by a deliberately broken one.
     #[arg(long, default_value_t = 0.02)]
     bad_frame_ratio: f64,
+    /// product-insights: minimum vehicles per released aggregate (small for a small fleet).
+    #[arg(long, default_value_t = 3)]
+    k: u64,
 }
 
 #[derive(clap::Args)]
@@ -204,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics_listen: Some(a.metrics_listen),
                 policy: a.policy,
                 bad_frame_ratio: a.bad_frame_ratio,
+                k: a.k,
             })
             .await?;
             println!(
@@ -290,6 +294,7 @@ async fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
         view_file: a.view_file,
         tick: Duration::from_secs(1),
         output_retention: service.output_retention(),
+        from_beginning: true,
     };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stats = std::sync::Arc::new(ConsumerStats::default());

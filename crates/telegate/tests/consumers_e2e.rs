@@ -46,6 +46,7 @@ async fn consumers_agree_with_what_the_fleet_did() {
             view_file: None,
             tick: Duration::from_millis(500),
             output_retention: service.output_retention(),
+            from_beginning: true,
         };
         let stats = Arc::new(ConsumerStats::default());
         let run = telegate_consumers::run(

@@ -17,6 +17,7 @@ async fn the_demo_moves_frames_to_every_contract_topic() {
         metrics_listen: Some(free_addr()),
         policy: None,
         bad_frame_ratio: 0.1,
+        k: 3,
     })
     .await
     .expect("demo runs");
@@ -32,6 +33,13 @@ async fn the_demo_moves_frames_to_every_contract_topic() {
         let v = summary.topics.get(topic).cloned().unwrap_or_default();
         assert!(v.records > 0, "{topic} received nothing: {summary:?}");
     }
+    // The reference consumers ran on the same in-process Kafka and saw the fleet.
+    let smart = &summary.consumers["smart-service"];
+    assert!(
+        smart["vehicles"].as_object().is_some_and(|v| !v.is_empty()),
+        "{smart}"
+    );
+    assert!(summary.consumers["product-insights"]["aggregates"].is_array());
     let trip = &summary.topics["telegate.trip-log"];
     assert_eq!(trip.last_subject, "pseudonym");
     assert!(summary.topics["telegate.product-insights"].last_key == "(none)");
