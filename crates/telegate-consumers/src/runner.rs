@@ -138,13 +138,7 @@ pub async fn run<S: Service>(
                 for out in service.tick(now_ms()) {
                     emit(&writer, &cfg.output, &out, &stats).await?;
                 }
-                let view = service.view();
-                if let Some(path) = &cfg.view_file {
-                    write_view(path, &view)?;
-                }
-                if let Ok(mut v) = stats.view.lock() {
-                    *v = view;
-                }
+                publish_view(&cfg, &stats, service.view())?;
             }
             msg = consumer.recv() => {
                 let msg = match msg {
@@ -192,13 +186,7 @@ pub async fn run<S: Service>(
     for out in service.tick(now_ms()) {
         emit(&writer, &cfg.output, &out, &stats).await?;
     }
-    let view = service.view();
-    if let Some(path) = &cfg.view_file {
-        write_view(path, &view)?;
-    }
-    if let Ok(mut v) = stats.view.lock() {
-        *v = view;
-    }
+    publish_view(&cfg, &stats, service.view())?;
     Ok(service)
 }
 
@@ -213,6 +201,21 @@ async fn emit(
         .put(topic, out.key.as_deref().map(str::as_bytes), Some(&value))
         .await?;
     stats.outputs.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Makes the view visible: in the stats, and in the view file if there is one.
+fn publish_view(
+    cfg: &RunnerConfig,
+    stats: &ConsumerStats,
+    view: serde_json::Value,
+) -> anyhow::Result<()> {
+    if let Some(path) = &cfg.view_file {
+        write_view(path, &view)?;
+    }
+    if let Ok(mut v) = stats.view.lock() {
+        *v = view;
+    }
     Ok(())
 }
 

@@ -23,16 +23,7 @@ struct Instance {
 }
 
 fn settings(pack: &str, ns: &str, dir: &std::path::Path) -> Settings {
-    let mut s = Settings::default();
-    s.mqtt.listen = Some(free_addr());
-    s.mqtt.listen_v5 = None;
-    s.metrics_listen = None;
-    s.kafka.bootstrap = kafka();
-    s.kafka.linger_ms = 1;
-    s.kafka.partitions = 1;
-    s.kafka.topic_namespace = ns.to_owned();
-    s.policy = Some(format!("{}/../../packs/{pack}.toml", env!("CARGO_MANIFEST_DIR")).into());
-    s.key_file = Some(key_file(dir));
+    let mut s = gateway_settings(pack, ns, dir);
     s.admin.listen = Some(free_addr());
     s.admin.token = Some(TOKEN.to_owned());
     s.admin.sweep_interval = Duration::from_millis(200);

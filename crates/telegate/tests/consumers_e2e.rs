@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-use telegate::{Gateway, PackSource, Settings};
+use telegate::{Gateway, PackSource};
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
 use telegate_frame::Vin;
 use telegate_frame::pb::DtcSeverity;
@@ -21,16 +21,8 @@ const K: u64 = 3;
 async fn consumers_agree_with_what_the_fleet_did() {
     let dir = tempfile::tempdir().expect("tmp");
     let ns = format!("c{:08x}.", rand::random::<u32>());
-    let mut s = Settings::default();
-    s.mqtt.listen = Some(free_addr());
-    s.mqtt.listen_v5 = None;
-    s.metrics_listen = None;
-    s.kafka.bootstrap = kafka();
-    s.kafka.linger_ms = 2;
+    let mut s = gateway_settings("reference", &ns, dir.path());
     s.kafka.partitions = 2;
-    s.kafka.topic_namespace = ns.clone();
-    s.policy = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packs/reference.toml").into());
-    s.key_file = Some(key_file(dir.path()));
     let gw = Gateway::start(&s, PackSource::Settings)
         .await
         .expect("gateway");

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 use support::*;
-use telegate::{Gateway, PackSource, Settings};
+use telegate::{Gateway, PackSource};
 use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, decode, encode, vehicle_topic};
 use telegate_policy::{StateFile, SubjectRecord};
@@ -21,16 +21,9 @@ struct Run {
 
 async fn start(pack: &str, state: Option<StateFile>) -> Run {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut s = Settings::default();
-    s.mqtt.listen = Some(free_addr());
-    s.mqtt.listen_v5 = None;
+    let ns = format!("g{:08x}.", rand::random::<u32>());
+    let mut s = gateway_settings(pack, &ns, dir.path());
     s.metrics_listen = Some(free_addr());
-    s.kafka.bootstrap = kafka();
-    s.kafka.linger_ms = 1;
-    s.kafka.partitions = 1;
-    s.kafka.topic_namespace = format!("g{:08x}.", rand::random::<u32>());
-    s.policy = Some(format!("{}/../../packs/{pack}.toml", env!("CARGO_MANIFEST_DIR")).into());
-    s.key_file = Some(key_file(dir.path()));
     if let Some(state) = state {
         let path = dir.path().join("state.json");
         std::fs::write(&path, serde_json::to_string(&state).expect("json")).expect("write state");

@@ -201,3 +201,19 @@ pub async fn publish_v4(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
     }
     drop(sender.await);
 }
+
+/// Settings for a gateway under test: loopback ports, the broker under test, one partition,
+/// a shipped pack, the test key file, and its own topic namespace.
+pub fn gateway_settings(pack: &str, namespace: &str, dir: &std::path::Path) -> telegate::Settings {
+    let mut s = telegate::Settings::default();
+    s.mqtt.listen = Some(free_addr());
+    s.mqtt.listen_v5 = None;
+    s.metrics_listen = None;
+    s.kafka.bootstrap = kafka();
+    s.kafka.linger_ms = 1;
+    s.kafka.partitions = 1;
+    s.kafka.topic_namespace = namespace.to_owned();
+    s.policy = Some(format!("{}/../../packs/{pack}.toml", env!("CARGO_MANIFEST_DIR")).into());
+    s.key_file = Some(key_file(dir));
+    s
+}
