@@ -62,6 +62,25 @@ fn hot_path(c: &mut Criterion) {
             (cats, out)
         })
     });
+    let shaped = {
+        let purpose = pack.purpose("vin-status").expect("purpose");
+        shape(
+            &pack,
+            &label,
+            &valid,
+            purpose,
+            telegate_policy::ConsentState::NotRequired,
+            &keys,
+            Some(&subject),
+        )
+    };
+    let (record, _) = decode(&shaped.payload).expect("shaped record decodes");
+    c.bench_function("encode/protobuf (shaped record)", |b| {
+        b.iter(|| encode(black_box(&record), PayloadFormat::Protobuf))
+    });
+    c.bench_function("encode/json (shaped record)", |b| {
+        b.iter(|| encode(black_box(&record), PayloadFormat::Json))
+    });
     c.bench_function("pseudonym/hmac-sha256", |b| {
         let purpose = telegate_policy::PurposeId::from("pseudonymous-status");
         b.iter(|| keys.pseudonym(black_box(&purpose), valid.vin(), subject.secret.as_ref()))

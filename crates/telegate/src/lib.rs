@@ -4,10 +4,12 @@
 
 pub mod admin;
 pub mod admin_cli;
+pub mod connections;
 pub mod demo;
 pub mod gateway;
 pub mod http;
 pub mod ledger;
+pub mod loadgen_cli;
 pub mod pipeline;
 pub mod policy_cli;
 pub mod settings;

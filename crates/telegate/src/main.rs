@@ -30,6 +30,16 @@ enum Command {
     Demo(DemoCli),
     /// Run a simulated fleet against an MQTT broker.
     Simulate(SimulateArgs),
+    /// Load-test a gateway, or compare telegate with bare rumqttd, Mosquitto and Kafka.
+    Loadgen(LoadgenCli),
+    /// Idle vehicle connections, to measure memory per connection.
+    Connections(ConnectionsCli),
+    /// The bare embedded MQTT broker, no pipeline: the MQTT ceiling for comparisons.
+    #[command(hide = true)]
+    Broker {
+        #[arg(long)]
+        mqtt_listen: SocketAddr,
+    },
     /// Run a reference consumer: smart-service, breakdown-call, trip-log or product-insights.
     Consume(ConsumeArgs),
     /// The admin API: consents, objections, activations, erasure, export.
@@ -95,6 +105,66 @@ struct DemoCli {
     /// product-insights: minimum vehicles per released aggregate (small for a small fleet).
     #[arg(long, default_value_t = 3)]
     k: u64,
+}
+
+#[derive(clap::Args)]
+struct LoadgenCli {
+    /// telegate, rumqttd, mosquitto, kafka, or compare (all four, one table).
+    #[arg(long, default_value = "telegate")]
+    target: String,
+    #[arg(
+        long,
+        env = "TELEGATE_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    kafka_bootstrap: String,
+    #[arg(long, default_value_t = 100)]
+    vehicles: usize,
+    /// Frames per second per vehicle.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Frame mix as weights: status,diagnostics,location.
+    #[arg(long, default_value = "2,1,7")]
+    mix: String,
+    /// protobuf or json.
+    #[arg(long, default_value = "protobuf")]
+    format: String,
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    ramp_up: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    warm_up: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    duration: Duration,
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    #[arg(long)]
+    report_html: Option<PathBuf>,
+    /// Load an already running gateway (it must use packs/loadgen.toml): its MQTT address.
+    #[arg(long, requires = "observe_topic")]
+    mqtt: Option<SocketAddr>,
+    /// With --mqtt: the gateway's pid, for CPU and memory.
+    #[arg(long)]
+    pid: Option<i32>,
+    /// With --mqtt: the topic its load pack writes (telegate.loadgen behind its namespace).
+    #[arg(long)]
+    observe_topic: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ConnectionsCli {
+    /// MQTT address of the gateway to connect to.
+    #[arg(long)]
+    mqtt: SocketAddr,
+    /// Its pid, to read its resident memory.
+    #[arg(long)]
+    pid: i32,
+    #[arg(long, default_value_t = 50_000)]
+    connections: usize,
+    /// Source addresses to spread connections over (each gives about 28,000 ports).
+    #[arg(long, default_value = "127.0.0.2,127.0.0.3,127.0.0.4")]
+    source_ips: String,
 }
 
 #[derive(clap::Args)]
@@ -190,6 +260,9 @@ async fn main() -> anyhow::Result<()> {
                 admin_listen: a.admin_listen,
             };
             let settings = Settings::load(a.config.as_deref(), &flags)?;
+            // Each vehicle is a connection: hold as many as the system allows.
+            let fds = telegate::loadgen_cli::raise_fd_limit(1 << 20);
+            tracing::info!(fds, "open-file limit");
             let gateway = Gateway::start(&settings, PackSource::Settings).await?;
             shutdown_signal().await;
             tracing::info!("shutting down: draining and flushing");
@@ -255,6 +328,73 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Policy { command } => return policy(command),
+        Command::Loadgen(a) => {
+            let mix: Vec<u32> = a
+                .mix
+                .split(',')
+                .map(|w| w.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("--mix is three weights: status,diagnostics,location")?;
+            let [status, diagnostics, location] = mix[..] else {
+                anyhow::bail!("--mix is three weights: status,diagnostics,location")
+            };
+            let format = match a.format.as_str() {
+                "protobuf" => telegate_frame::PayloadFormat::Protobuf,
+                "json" => telegate_frame::PayloadFormat::Json,
+                other => anyhow::bail!("--format {other:?}: protobuf or json"),
+            };
+            telegate::loadgen_cli::raise_fd_limit(1 << 20);
+            let reports = telegate::loadgen_cli::run(telegate::loadgen_cli::LoadArgs {
+                target: a.target,
+                kafka_bootstrap: a.kafka_bootstrap,
+                vehicles: a.vehicles,
+                rate: a.rate,
+                mix: telegate_loadgen::Mix {
+                    status,
+                    diagnostics,
+                    location,
+                },
+                format,
+                qos: a.qos,
+                ramp_up: a.ramp_up,
+                warm_up: a.warm_up,
+                duration: a.duration,
+                report_json: a.report_json,
+                report_html: a.report_html,
+                external: a
+                    .mqtt
+                    .map(|m| (m, a.pid, a.observe_topic.unwrap_or_default())),
+                quiet: false,
+                exe: std::env::current_exe().context("locating the telegate binary")?,
+            })
+            .await?;
+            print_all(&telegate_loadgen::table(&reports));
+        }
+        Command::Connections(a) => {
+            let ips: Vec<std::net::IpAddr> = a
+                .source_ips
+                .split(',')
+                .map(|s| s.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("--source-ips")?;
+            let limit =
+                telegate::loadgen_cli::raise_fd_limit((a.connections as u64 + 1024).max(1 << 16));
+            let r = telegate::connections::hold(a.mqtt, a.pid, a.connections, &ips, limit).await?;
+            print_all(&format!("{}\n", serde_json::to_string_pretty(&r)?));
+        }
+        Command::Broker { mqtt_listen } => {
+            init_tracing();
+            telegate::loadgen_cli::raise_fd_limit(1 << 20);
+            let cfg = telegate_mqtt::IngressConfig {
+                v4_listen: Some(mqtt_listen),
+                ..Default::default()
+            };
+            let (_ingress, mut rx) =
+                tokio::task::spawn_blocking(move || telegate_mqtt::Ingress::start(&cfg)).await??;
+            // Drain the link like the gateway does, without a pipeline behind it.
+            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            shutdown_signal().await;
+        }
         Command::Consume(a) => {
             init_tracing();
             consume(a).await?;

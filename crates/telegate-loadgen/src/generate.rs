@@ -1,0 +1,226 @@
+//! The vehicles: each publishes its own frames at a fixed rate, on its own MQTT connection
+//! (or, for the Kafka ceiling, straight to Kafka), with ramp-up and warm-up.
+
+use crate::tracker::Tracker;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
+use telegate_frame::{FrameKind, PayloadFormat, encode, vehicle_topic};
+
+/// Relative weights of the frame kinds each vehicle sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    pub status: u32,
+    pub diagnostics: u32,
+    pub location: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Self {
+            status: 2,
+            diagnostics: 1,
+            location: 7,
+        }
+    }
+}
+
+/// Where vehicles send.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    Mqtt {
+        addr: SocketAddr,
+    },
+    /// Straight to Kafka, as telegate would produce: the Kafka ceiling.
+    Kafka {
+        bootstrap: String,
+        topic: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub vehicles: usize,
+    /// Frames per second per vehicle.
+    pub rate: f64,
+    pub mix: Mix,
+    pub format: PayloadFormat,
+    pub qos: u8,
+    pub ramp_up: Duration,
+    pub warm_up: Duration,
+    pub duration: Duration,
+    pub sink: Sink,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn frame(vin: &str, seq: u64, mix: Mix) -> VehicleFrame {
+    let total = (mix.status + mix.diagnostics + mix.location).max(1) as u64;
+    let slot = (seq % total) as u32;
+    let body = if slot < mix.status {
+        Body::Status(pb::Status {
+            odometer_km: Some(12_000.0 + seq as f64 * 0.01),
+            fuel_level_pct: Some(55.0),
+            ignition: pb::Ignition::On as i32,
+            lv_battery: Some(pb::LowVoltageBattery {
+                voltage_v: Some(12.6),
+                soc_pct: Some(90.0),
+            }),
+            tyres: Some(pb::TyrePressures {
+                front_left_kpa: Some(250.0),
+                front_right_kpa: Some(250.0),
+                rear_left_kpa: Some(248.0),
+                rear_right_kpa: Some(248.0),
+            }),
+            trigger: pb::StatusTrigger::Periodic as i32,
+            ..Default::default()
+        })
+    } else if slot < mix.status + mix.diagnostics {
+        Body::Diagnostics(pb::Diagnostics {
+            dtcs: vec![pb::Dtc {
+                code: "P0301".into(),
+                ecu: "engine".into(),
+                ..Default::default()
+            }],
+            trigger: pb::DiagnosticsTrigger::Event as i32,
+        })
+    } else {
+        Body::Location(pb::Location {
+            lat_deg: 48.77 + (seq % 1000) as f64 * 1e-4,
+            lon_deg: 9.18,
+            speed_kmh: Some(50.0),
+            heading_deg: Some(90.0),
+            accuracy_m: Some(3.0),
+            altitude_m: None,
+        })
+    };
+    VehicleFrame {
+        vin: vin.to_owned(),
+        seq,
+        captured_at_ms: now_ms(),
+        body: Some(body),
+    }
+}
+
+/// Runs every vehicle to the end of warm-up plus duration; returns frames published.
+pub async fn run(cfg: &LoadConfig, vins: &[String], tracker: Arc<Tracker>) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    let producer: Option<FutureProducer> = match &cfg.sink {
+        Sink::Kafka { bootstrap, .. } => Some(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("compression.type", "lz4")
+                .set("linger.ms", "5")
+                .create()?,
+        ),
+        Sink::Mqtt { .. } => None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, vin) in vins.iter().enumerate() {
+        let cfg = cfg.clone();
+        let vin = vin.clone();
+        let tracker = tracker.clone();
+        let producer = producer.clone();
+        let delay = cfg.ramp_up.mul_f64(i as f64 / vins.len().max(1) as f64);
+        tasks.spawn(async move { vehicle(i, vin, cfg, tracker, producer, start, delay).await });
+    }
+    let mut published = 0;
+    while let Some(r) = tasks.join_next().await {
+        published += r??;
+    }
+    Ok(published)
+}
+
+async fn vehicle(
+    i: usize,
+    vin: String,
+    cfg: LoadConfig,
+    tracker: Arc<Tracker>,
+    producer: Option<FutureProducer>,
+    start: Instant,
+    delay: Duration,
+) -> anyhow::Result<u64> {
+    tokio::time::sleep(delay).await;
+    let qos = if cfg.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let client = match &cfg.sink {
+        Sink::Mqtt { addr } => {
+            let mut opts = MqttOptions::new(format!("lg-{i}"), addr.ip().to_string(), addr.port());
+            opts.set_keep_alive(Duration::from_secs(60));
+            opts.set_max_packet_size(64 * 1024, 64 * 1024);
+            opts.set_inflight(1000);
+            let (client, mut events) = AsyncClient::new(opts, 1024);
+            tokio::spawn(async move {
+                loop {
+                    if events.poll().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            });
+            Some(client)
+        }
+        Sink::Kafka { .. } => None,
+    };
+    let end = cfg.warm_up + cfg.duration;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate.max(0.001)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    while start.elapsed() < end {
+        tick.tick().await;
+        seq += 1;
+        let f = frame(&vin, seq, cfg.mix);
+        let kind = FrameKind::of_body(f.body.as_ref().expect("built with a body"));
+        let payload = encode(&f, cfg.format);
+        let measured = start.elapsed() >= cfg.warm_up;
+        tracker.published(i, seq, measured);
+        match (&client, &producer, &cfg.sink) {
+            (Some(c), _, _) => {
+                c.publish(vehicle_topic(&vin, kind), qos, false, payload)
+                    .await?
+            }
+            (None, Some(p), Sink::Kafka { topic, .. }) => {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "telegate-seq",
+                    value: Some(seq.to_string().as_bytes()),
+                });
+                let mut record = FutureRecord::to(topic)
+                    .key(vin.as_bytes())
+                    .payload(&payload)
+                    .headers(headers);
+                loop {
+                    match p.send_result(record) {
+                        Ok(delivery) => {
+                            drop(delivery);
+                            break;
+                        }
+                        Err((_, r)) => {
+                            record = r;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            }
+            _ => anyhow::bail!("no sink"),
+        }
+    }
+    if let Some(c) = client {
+        // Let queued publishes leave before the connection goes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = c.disconnect().await;
+    }
+    Ok(seq)
+}

@@ -1,0 +1,18 @@
+//! The load generator ops teams run before trusting an ingestion tier: N simulated vehicles,
+//! each with its own MQTT connection, publishing at a set rate; an observer on the far side
+//! (the Kafka topic, or an MQTT subscriber for bare brokers) matching every frame back by
+//! (VIN, seq). It reports publish and delivery rates, end-to-end latency (HDR histogram),
+//! lost and duplicated frames, and the target process's CPU time and resident memory, as a
+//! table, JSON and a self-contained HTML page.
+
+mod generate;
+mod observe;
+mod procstat;
+mod report;
+mod tracker;
+
+pub use generate::{LoadConfig, Mix, Sink, run};
+pub use observe::Observer;
+pub use procstat::ProcSample;
+pub use report::{Latency, Report, Second, html, table};
+pub use tracker::Tracker;

@@ -1,0 +1,113 @@
+//! The far side: reads what arrived and matches it back by (VIN, seq).
+
+use crate::tracker::Tracker;
+use anyhow::Context;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use telegate_frame::{VehicleTopic, decode};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub enum Observer {
+    /// Records on a Kafka topic, keyed by VIN with a `telegate-seq` header.
+    Kafka { bootstrap: String, topic: String },
+    /// An MQTT subscriber to every vehicle topic (bare brokers).
+    Mqtt { addr: SocketAddr, qos: u8 },
+}
+
+impl Observer {
+    /// Starts observing and returns once it is in place (nothing published after this is
+    /// missed).
+    pub async fn start(
+        &self,
+        tracker: Arc<Tracker>,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        match self.clone() {
+            Observer::Kafka { bootstrap, topic } => {
+                let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set(
+                        "group.id",
+                        format!("telegate-loadgen-{:08x}", rand::random::<u32>()),
+                    )
+                    .set("enable.auto.commit", "false")
+                    .set("fetch.wait.max.ms", "5")
+                    .create()?;
+                let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                for t in md.topics().iter().filter(|t| t.name() == topic) {
+                    for p in t.partitions() {
+                        let (_, high) =
+                            consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10))?;
+                        tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(high))?;
+                    }
+                }
+                anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
+                consumer.assign(&tpl)?;
+                Ok(tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            m = consumer.recv() => {
+                                let Ok(m) = m else { continue };
+                                let seq = m.headers().and_then(|h| h.iter().find(|x| x.key == "telegate-seq"))
+                                    .and_then(|x| x.value).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+                                if let (Some(vin), Some(seq)) = (m.key().and_then(|k| std::str::from_utf8(k).ok()), seq) {
+                                    tracker.observed(vin, seq);
+                                }
+                            }
+                        }
+                    }
+                }))
+            }
+            Observer::Mqtt { addr, qos } => {
+                let mut opts = MqttOptions::new(
+                    format!("lg-observer-{:x}", rand::random::<u32>()),
+                    addr.ip().to_string(),
+                    addr.port(),
+                );
+                opts.set_max_packet_size(1 << 20, 1 << 20);
+                opts.set_keep_alive(Duration::from_secs(60));
+                let (client, mut events) = AsyncClient::new(opts, 64);
+                let q = if qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                };
+                client
+                    .subscribe("/tenants/+/v1/+", q)
+                    .await
+                    .context("subscribing")?;
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                        Ok(Ok(_)) => {}
+                        other => anyhow::bail!("observer could not subscribe at {addr}: {other:?}"),
+                    }
+                }
+                Ok(tokio::spawn(async move {
+                    let _client = client;
+                    loop {
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            e = events.poll() => match e {
+                                Ok(Event::Incoming(Packet::Publish(p))) => {
+                                    if let (Some(t), Ok((f, _))) = (VehicleTopic::parse(&p.topic), decode(&p.payload)) {
+                                        tracker.observed(t.vin, f.seq);
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                            },
+                        }
+                    }
+                }))
+            }
+        }
+    }
+}

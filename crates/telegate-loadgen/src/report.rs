@@ -1,0 +1,244 @@
+//! What a run measured: a table for the terminal, JSON, and a self-contained HTML page.
+
+use crate::procstat::ProcSample;
+use crate::tracker::Tracker;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub t: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub vehicles: usize,
+    pub rate_per_vehicle: f64,
+    pub qos: u8,
+    pub format: String,
+    pub measured_s: f64,
+    pub published: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub publish_rate: f64,
+    pub delivered_rate: f64,
+    pub latency: Latency,
+    /// Target process CPU seconds during the measured window (None when not sampled).
+    pub cpu_s: Option<f64>,
+    pub cpu_us_per_frame: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub series: Vec<Second>,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        target: &str,
+        vehicles: usize,
+        rate: f64,
+        qos: u8,
+        format: &str,
+        measured_s: f64,
+        tracker: &Tracker,
+        cpu: Option<(ProcSample, ProcSample)>,
+    ) -> Self {
+        let (delivered, lost, duplicates, _) = tracker.totals();
+        let series: Vec<Second> = tracker
+            .series()
+            .into_iter()
+            .map(|(t, published, delivered, p50_us, p99_us)| Second {
+                t,
+                published,
+                delivered,
+                p50_us,
+                p99_us,
+            })
+            .collect();
+        let measured_published: u64 = series.iter().map(|s| s.published).sum();
+        let measured_delivered: u64 = series.iter().map(|s| s.delivered).sum();
+        let h = tracker.latency();
+        let cpu_s = cpu.map(|(a, b)| b.cpu_s - a.cpu_s);
+        Self {
+            target: target.to_owned(),
+            vehicles,
+            rate_per_vehicle: rate,
+            qos,
+            format: format.to_owned(),
+            measured_s,
+            published: measured_published,
+            delivered,
+            lost,
+            duplicates,
+            publish_rate: measured_published as f64 / measured_s.max(1e-9),
+            delivered_rate: measured_delivered as f64 / measured_s.max(1e-9),
+            latency: Latency {
+                p50_us: h.value_at_quantile(0.5),
+                p90_us: h.value_at_quantile(0.9),
+                p99_us: h.value_at_quantile(0.99),
+                p999_us: h.value_at_quantile(0.999),
+                max_us: h.max(),
+            },
+            cpu_us_per_frame: cpu_s.map(|c| c * 1e6 / measured_delivered.max(1) as f64),
+            cpu_s,
+            rss_bytes: cpu.map(|(a, b)| a.rss_bytes.max(b.rss_bytes)),
+            series,
+        }
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+/// The comparison table; ratios are against the first report (the system under test).
+pub fn table(reports: &[Report]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<24} {:>10} {:>10} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  telegate/this",
+        "target",
+        "publish/s",
+        "deliver/s",
+        "lost",
+        "dups",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "CPU µs/f",
+        "RSS MiB",
+    );
+    let base = reports
+        .first()
+        .map(|r| r.delivered_rate)
+        .unwrap_or_default();
+    for r in reports {
+        let _ = writeln!(
+            s,
+            "{:<24} {:>10.0} {:>10.0} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  {:.2}",
+            r.target,
+            r.publish_rate,
+            r.delivered_rate,
+            r.lost,
+            r.duplicates,
+            ms(r.latency.p50_us),
+            ms(r.latency.p99_us),
+            ms(r.latency.p999_us),
+            ms(r.latency.max_us),
+            r.cpu_us_per_frame.map_or("-".into(), |c| format!("{c:.1}")),
+            r.rss_bytes
+                .map_or("-".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
+            base / r.delivered_rate.max(1e-9),
+        );
+    }
+    s
+}
+
+fn polyline(points: &[(f64, f64)], max_x: f64, max_y: f64, color: &str) -> String {
+    let pts: Vec<String> = points
+        .iter()
+        .map(|(x, y)| {
+            format!(
+                "{:.1},{:.1}",
+                40.0 + x / max_x.max(1e-9) * 540.0,
+                190.0 - y / max_y.max(1e-9) * 170.0
+            )
+        })
+        .collect();
+    format!(
+        "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+        pts.join(" ")
+    )
+}
+
+/// A named, coloured line of (x, y) points.
+type Line<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+fn chart(title: &str, lines: &[Line<'_>], unit: &str) -> String {
+    let max_x = lines
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|(x, _)| *x))
+        .fold(1.0, f64::max);
+    let max_y = lines
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y))
+        .fold(1.0, f64::max);
+    let mut svg = format!(
+        "<figure><figcaption>{title}</figcaption><svg viewBox=\"0 0 600 210\" width=\"600\" height=\"210\">\
+         <line x1=\"40\" y1=\"190\" x2=\"580\" y2=\"190\" stroke=\"#888\"/><line x1=\"40\" y1=\"20\" x2=\"40\" y2=\"190\" stroke=\"#888\"/>\
+         <text x=\"2\" y=\"24\" font-size=\"10\">{max_y:.0}</text><text x=\"2\" y=\"190\" font-size=\"10\">0</text>\
+         <text x=\"560\" y=\"205\" font-size=\"10\">{max_x:.0} s</text><text x=\"44\" y=\"14\" font-size=\"10\">{unit}</text>"
+    );
+    for (i, (name, color, points)) in lines.iter().enumerate() {
+        svg.push_str(&polyline(points, max_x, max_y, color));
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"14\" font-size=\"10\" fill=\"{color}\">{name}</text>",
+            200 + i * 120
+        );
+    }
+    svg.push_str("</svg></figure>");
+    svg
+}
+
+/// A self-contained HTML page: the table, then throughput and latency over time per target.
+pub fn html(reports: &[Report]) -> String {
+    let mut s = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>telegate load report</title>\
+         <style>body{font-family:sans-serif;margin:2em}pre{background:#f4f4f4;padding:1em}figure{display:inline-block;margin:1em}</style>\
+         </head><body><h1>telegate load report</h1>",
+    );
+    let _ = write!(s, "<pre>{}</pre>", table(reports).replace('<', "&lt;"));
+    for r in reports {
+        let pts = |f: &dyn Fn(&Second) -> f64| {
+            r.series
+                .iter()
+                .map(|x| (x.t as f64, f(x)))
+                .collect::<Vec<_>>()
+        };
+        let _ = write!(
+            s,
+            "<h2>{}</h2><p>{} vehicles × {} frames/s, QoS {}, {}</p>",
+            r.target, r.vehicles, r.rate_per_vehicle, r.qos, r.format
+        );
+        s.push_str(&chart(
+            "throughput",
+            &[
+                ("published", "#1f77b4", pts(&|x| x.published as f64)),
+                ("delivered", "#2ca02c", pts(&|x| x.delivered as f64)),
+            ],
+            "frames/s",
+        ));
+        s.push_str(&chart(
+            "end-to-end latency",
+            &[
+                ("p50", "#ff7f0e", pts(&|x| x.p50_us as f64 / 1000.0)),
+                ("p99", "#d62728", pts(&|x| x.p99_us as f64 / 1000.0)),
+            ],
+            "ms",
+        ));
+    }
+    let _ = write!(
+        s,
+        "<h2>data</h2><pre>{}</pre></body></html>",
+        serde_json::to_string_pretty(reports)
+            .unwrap_or_default()
+            .replace('<', "&lt;")
+    );
+    s
+}

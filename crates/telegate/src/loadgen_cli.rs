@@ -1,0 +1,413 @@
+//! `telegate loadgen`: the same load against telegate, bare embedded rumqttd, Mosquitto and
+//! Kafka directly, one table. Targets run one after another on this machine; each is started
+//! fresh on loopback and stopped afterwards.
+
+use anyhow::{Context, bail};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use telegate_frame::PayloadFormat;
+use telegate_loadgen::{LoadConfig, Mix, Observer, ProcSample, Report, Sink, Tracker};
+use tokio::sync::watch;
+
+/// The load and where to put it.
+#[derive(Debug, Clone)]
+pub struct LoadArgs {
+    pub target: String,
+    pub kafka_bootstrap: String,
+    pub vehicles: usize,
+    pub rate: f64,
+    pub mix: Mix,
+    pub format: PayloadFormat,
+    pub qos: u8,
+    pub ramp_up: Duration,
+    pub warm_up: Duration,
+    pub duration: Duration,
+    pub report_json: Option<PathBuf>,
+    pub report_html: Option<PathBuf>,
+    /// An already running gateway instead of one started here: its MQTT address, its pid
+    /// (for CPU and memory) and the topic its load pack writes.
+    pub external: Option<(SocketAddr, Option<i32>, String)>,
+    pub quiet: bool,
+    /// The telegate binary to start targets with.
+    pub exe: PathBuf,
+}
+
+pub const LOAD_PACK: &str = include_str!("../../../packs/loadgen.toml");
+
+/// A process under test, killed when dropped.
+struct Target {
+    child: Option<Child>,
+    pid: Option<i32>,
+    mqtt: Option<SocketAddr>,
+    observer: Observer,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_tcp(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited at start-up: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200")
+}
+
+fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
+    let exe = &a.exe;
+    let dir = tempfile::tempdir()?;
+    // The target's own log: shown only if it fails to start.
+    let log = || std::fs::File::create(dir.path().join("target.log"));
+    let log_tail = || std::fs::read_to_string(dir.path().join("target.log")).unwrap_or_default();
+    match name {
+        "telegate" => {
+            let (mqtt, metrics) = (free_addr()?, free_addr()?);
+            let pack = dir.path().join("loadgen.toml");
+            std::fs::write(&pack, LOAD_PACK)?;
+            let ns = format!("lg{:08x}.", rand::random::<u32>());
+            let mut child = Command::new(exe)
+                .arg("serve")
+                .args([
+                    "--mqtt-listen",
+                    &mqtt.to_string(),
+                    "--mqtt5-listen",
+                    &free_addr()?.to_string(),
+                ])
+                .args([
+                    "--metrics-listen",
+                    &metrics.to_string(),
+                    "--kafka-bootstrap",
+                    &a.kafka_bootstrap,
+                ])
+                .arg("--policy")
+                .arg(&pack)
+                .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", &ns)
+                .env("TELEGATE_LOG", "warn,rumqttd=off,librdkafka=error")
+                .stdout(Stdio::null())
+                .stderr(log()?)
+                .spawn()
+                .context("starting telegate serve")?;
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !http_ok(metrics, "/readyz") {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "telegate serve exited at start-up: {status}\n{}",
+                        log_tail()
+                    );
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "telegate serve did not become ready"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let pid = child.id() as i32;
+            Ok(Target {
+                child: Some(child),
+                pid: Some(pid),
+                mqtt: Some(mqtt),
+                observer: Observer::Kafka {
+                    bootstrap: a.kafka_bootstrap.clone(),
+                    topic: format!("{ns}telegate.loadgen"),
+                },
+                _dir: Some(dir),
+            })
+        }
+        "rumqttd" => {
+            let mqtt = free_addr()?;
+            let mut child = Command::new(exe)
+                .args(["broker", "--mqtt-listen", &mqtt.to_string()])
+                .env("TELEGATE_LOG", "warn,rumqttd=off")
+                .stdout(Stdio::null())
+                .stderr(log()?)
+                .spawn()
+                .context("starting the bare broker")?;
+            wait_tcp(mqtt, &mut child, "the bare rumqttd broker")?;
+            let pid = child.id() as i32;
+            Ok(Target {
+                child: Some(child),
+                pid: Some(pid),
+                mqtt: Some(mqtt),
+                observer: Observer::Mqtt {
+                    addr: mqtt,
+                    qos: a.qos,
+                },
+                _dir: Some(dir),
+            })
+        }
+        "mosquitto" => {
+            let mqtt = free_addr()?;
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\nmax_connections -1\npersistence false\n",
+                    mqtt.port()
+                ),
+            )?;
+            let mut child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting mosquitto (apt-get install mosquitto)")?;
+            wait_tcp(mqtt, &mut child, "mosquitto")?;
+            let pid = child.id() as i32;
+            Ok(Target {
+                child: Some(child),
+                pid: Some(pid),
+                mqtt: Some(mqtt),
+                observer: Observer::Mqtt {
+                    addr: mqtt,
+                    qos: a.qos,
+                },
+                _dir: Some(dir),
+            })
+        }
+        "kafka" => Ok(Target {
+            child: None,
+            pid: None,
+            mqtt: None,
+            observer: Observer::Kafka {
+                bootstrap: a.kafka_bootstrap.clone(),
+                topic: format!("telegate.loadgen-direct-{:08x}", rand::random::<u32>()),
+            },
+            _dir: Some(dir),
+        }),
+        other => bail!("unknown target {other:?}: telegate, rumqttd, mosquitto, kafka or compare"),
+    }
+}
+
+/// Runs the load against each target in turn; returns the reports.
+pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
+    let targets: Vec<&str> = match a.target.as_str() {
+        "compare" => vec!["telegate", "rumqttd", "mosquitto", "kafka"],
+        t => vec![t],
+    };
+    let vins: Vec<String> = {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        (0..a.vehicles)
+            .map(|_| telegate_sim::vin::generate(&mut rng, "WP0"))
+            .collect()
+    };
+    let mut reports = Vec::new();
+    for name in targets {
+        let target = match &a.external {
+            Some((mqtt, pid, topic)) => Target {
+                child: None,
+                pid: *pid,
+                mqtt: Some(*mqtt),
+                observer: Observer::Kafka {
+                    bootstrap: a.kafka_bootstrap.clone(),
+                    topic: topic.clone(),
+                },
+                _dir: None,
+            },
+            None => start_target(name, &a)?,
+        };
+        // The Kafka ceiling writes to a topic of its own, made here.
+        if let (Observer::Kafka { topic, .. }, "kafka") = (&target.observer, name) {
+            let cfg = telegate_kafka::KafkaConfig {
+                bootstrap: a.kafka_bootstrap.clone(),
+                ..Default::default()
+            };
+            let spec = telegate_policy::TopicSpec {
+                name: topic.clone(),
+                retention: Duration::from_secs(3600),
+                compact: false,
+            };
+            telegate_kafka::ensure_topics(&cfg, &[spec])
+                .await
+                .context("load topic")?;
+        }
+        let label = if a.external.is_some() {
+            "telegate (external)".to_owned()
+        } else {
+            label(name)
+        };
+        reports.push(measure(&a, &label, &target, &vins).await?);
+        drop(target);
+    }
+    if let Some(path) = &a.report_json {
+        std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.report_html {
+        std::fs::write(path, telegate_loadgen::html(&reports))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(reports)
+}
+
+fn label(name: &str) -> String {
+    match name {
+        "telegate" => "telegate (loadgen pack)",
+        "rumqttd" => "bare embedded rumqttd",
+        "mosquitto" => "mosquitto",
+        "kafka" => "rdkafka -> Kafka direct",
+        other => other,
+    }
+    .to_owned()
+}
+
+async fn measure(
+    a: &LoadArgs,
+    label: &str,
+    target: &Target,
+    vins: &[String],
+) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let tracker = Arc::new(Tracker::new(vins, start));
+    let (stop, stop_rx) = watch::channel(false);
+    let observer = target.observer.start(tracker.clone(), stop_rx).await?;
+    let sink = match (&target.mqtt, &target.observer) {
+        (Some(addr), _) => Sink::Mqtt { addr: *addr },
+        (None, Observer::Kafka { topic, .. }) => Sink::Kafka {
+            bootstrap: a.kafka_bootstrap.clone(),
+            topic: topic.clone(),
+        },
+        (None, Observer::Mqtt { .. }) => bail!("an MQTT observer needs an MQTT target"),
+    };
+    let cfg = LoadConfig {
+        vehicles: a.vehicles,
+        rate: a.rate,
+        mix: a.mix,
+        format: a.format,
+        qos: a.qos,
+        ramp_up: a.ramp_up,
+        warm_up: a.warm_up,
+        duration: a.duration,
+        sink,
+    };
+    // CPU over the measured window, resident memory at its largest.
+    let pid = target.pid;
+    let window = (a.warm_up, a.duration);
+    let sampler = tokio::spawn(async move {
+        let pid = pid?;
+        tokio::time::sleep(window.0).await;
+        let first = ProcSample::read(pid)?;
+        let mut max_rss = first.rss_bytes;
+        let end = Instant::now() + window.1;
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            max_rss = max_rss.max(ProcSample::read(pid).map_or(0, |s| s.rss_bytes));
+        }
+        let last = ProcSample::read(pid)?;
+        Some((
+            first,
+            ProcSample {
+                rss_bytes: max_rss.max(last.rss_bytes),
+                ..last
+            },
+        ))
+    });
+    let progress = progress_bar(a, label);
+    let ticker = {
+        let tracker = tracker.clone();
+        let pb = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let (delivered, pending, dups, _) = tracker.totals();
+                pb.set_position(start.elapsed().as_secs());
+                pb.set_message(format!(
+                    "delivered {delivered}, in flight {pending}, duplicates {dups}"
+                ));
+            }
+        })
+    };
+    telegate_loadgen::run(&cfg, vins, tracker.clone()).await?;
+    let cpu = sampler.await.ok().flatten();
+    // Let what is in flight arrive: until nothing moves for 2 s, at most 20 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = tracker.totals().0;
+    let mut still = Instant::now();
+    while Instant::now() < deadline && tracker.totals().1 > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = tracker.totals().0;
+        if now != last {
+            last = now;
+            still = Instant::now();
+        } else if still.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    ticker.abort();
+    progress.finish_and_clear();
+    let _ = stop.send(true);
+    let _ = observer.await;
+    let fmt = a.format.as_str();
+    Ok(Report::build(
+        label,
+        a.vehicles,
+        a.rate,
+        a.qos,
+        fmt,
+        a.duration.as_secs_f64(),
+        &tracker,
+        cpu,
+    ))
+}
+
+fn progress_bar(a: &LoadArgs, label: &str) -> indicatif::ProgressBar {
+    if a.quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let total = (a.warm_up + a.duration).as_secs();
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>26} [{bar:30}] {pos}/{len}s {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_owned());
+    pb
+}
+
+/// Lets this process hold as many connections as the hard limit allows (raising the hard
+/// limit first where the process may).
+pub fn raise_fd_limit(want: u64) -> u64 {
+    use rlimit::Resource;
+    let (_, hard) = Resource::NOFILE.get().unwrap_or((1024, 1024));
+    let hard = if hard < want && Resource::NOFILE.set(want, want).is_ok() {
+        want
+    } else {
+        hard
+    };
+    let _ = Resource::NOFILE.set(hard, hard);
+    Resource::NOFILE.get().map(|(soft, _)| soft).unwrap_or(1024)
+}

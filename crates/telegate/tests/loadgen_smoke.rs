@@ -1,0 +1,82 @@
+//! A short load run in the suite: correctness only (every frame accounted for, reports
+//! written), never timing.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use telegate::loadgen_cli::{LoadArgs, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_comparison_accounts_for_every_frame_on_every_target() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
+    let reports = run(LoadArgs {
+        target: "compare".into(),
+        kafka_bootstrap: kafka(),
+        vehicles: 5,
+        rate: 5.0,
+        mix: telegate_loadgen::Mix::default(),
+        format: telegate_frame::PayloadFormat::Protobuf,
+        qos: 1,
+        ramp_up: Duration::from_millis(500),
+        warm_up: Duration::from_secs(1),
+        duration: Duration::from_secs(3),
+        report_json: Some(json.clone()),
+        report_html: Some(html.clone()),
+        external: None,
+        quiet: true,
+        exe: env!("CARGO_BIN_EXE_telegate").into(),
+    })
+    .await
+    .expect("load run (needs mosquitto: scripts/test installs it)");
+    assert_eq!(reports.len(), 4);
+    for r in &reports {
+        assert!(
+            r.published > 0 && r.delivered >= r.published,
+            "{}: {r:?}",
+            r.target
+        );
+        assert_eq!((r.lost, r.duplicates), (0, 0), "{}", r.target);
+        assert!(r.latency.p50_us > 0);
+    }
+    assert!(
+        reports[0].cpu_s.is_some() && reports[0].rss_bytes.is_some(),
+        "gateway CPU and memory sampled"
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json report")).expect("json");
+    assert_eq!(written.as_array().map(Vec::len), Some(4));
+    let page = std::fs::read_to_string(&html).expect("html report");
+    assert!(page.contains("<svg") && page.contains("bare embedded rumqttd"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_held_and_measured() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = gateway_settings(
+        "reference",
+        &format!("n{:08x}.", rand::random::<u32>()),
+        dir.path(),
+    );
+    let gw = telegate::Gateway::start(&s, telegate::PackSource::Settings)
+        .await
+        .expect("gateway");
+    let sources = [
+        "127.0.0.2".parse().expect("ip"),
+        "127.0.0.3".parse().expect("ip"),
+    ];
+    let r = telegate::connections::hold(
+        s.mqtt.listen.expect("mqtt"),
+        std::process::id() as i32,
+        300,
+        &sources,
+        0,
+    )
+    .await
+    .expect("connections");
+    assert_eq!((r.held, r.failed), (300, 0));
+    assert!(r.gateway_rss_after_bytes > 0);
+    gw.shutdown().await;
+}
