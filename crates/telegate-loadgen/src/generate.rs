@@ -193,10 +193,25 @@ async fn vehicle(
                     .await?
             }
             (None, Some(p), Sink::Kafka { topic, .. }) => {
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: "telegate-seq",
-                    value: Some(seq.to_string().as_bytes()),
-                });
+                // The same record telegate would write: its headers included.
+                let seq_text = seq.to_string();
+                let captured = f.captured_at_ms.to_string();
+                let mut headers = OwnedHeaders::new_with_capacity(9);
+                for (key, value) in [
+                    ("telegate-purpose", "loadgen"),
+                    ("telegate-legal-basis", "contract"),
+                    ("telegate-consent", "not-required"),
+                    ("telegate-subject", "vin"),
+                    ("telegate-policy", "loadgen@1"),
+                    ("telegate-captured-at-ms", captured.as_str()),
+                    ("telegate-seq", seq_text.as_str()),
+                    ("telegate-encoding", "protobuf"),
+                ] {
+                    headers = headers.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    });
+                }
                 let mut record = FutureRecord::to(topic)
                     .key(vin.as_bytes())
                     .payload(&payload)

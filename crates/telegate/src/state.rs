@@ -275,7 +275,9 @@ impl StateStore {
     }
 }
 
-/// Writes locally changed records to the state topic, coalescing bursts.
+/// Writes locally changed records to the state topic, coalescing bursts. A burst (say, a
+/// fleet seen for the first time) goes out as concurrent writes, which the producer batches
+/// into a few requests instead of one acknowledged round trip per vehicle.
 async fn write_dirty(store: Arc<StateStore>) {
     let Some(rep) = &store.replication else {
         return;
@@ -283,26 +285,37 @@ async fn write_dirty(store: Arc<StateStore>) {
     let failed = metrics::counter!("telegate_state_write_errors_total");
     loop {
         rep.wake.notified().await;
-        let batch: Vec<Vin> = rep.dirty.iter().map(|v| *v).collect();
-        for vin in batch {
-            rep.dirty.remove(&vin);
-            let Some(record) = store.get(&vin) else {
-                continue;
-            };
-            let Ok(value) = serde_json::to_vec(&record) else {
-                continue;
-            };
-            if let Err(e) = rep
+        let batch: Vec<(Vin, Vec<u8>)> = rep
+            .dirty
+            .iter()
+            .map(|v| *v)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|vin| {
+                rep.dirty.remove(&vin);
+                let record = store.get(&vin)?;
+                Some((vin, serde_json::to_vec(&record).ok()?))
+            })
+            .collect();
+        let writes = batch.iter().map(|(vin, value)| async move {
+            let r = rep
                 .writer
-                .put(&rep.topic, Some(vin.expose().as_bytes()), Some(&value))
-                .await
-            {
+                .put(&rep.topic, Some(vin.expose().as_bytes()), Some(value))
+                .await;
+            (*vin, r)
+        });
+        let mut retry = false;
+        for (vin, r) in futures::future::join_all(writes).await {
+            if let Err(e) = r {
                 failed.increment(1);
                 tracing::error!(error = %e, "consent state not replicated; retrying");
                 rep.dirty.insert(vin);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                rep.wake.notify_one();
+                retry = true;
             }
+        }
+        if retry {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rep.wake.notify_one();
         }
     }
 }
