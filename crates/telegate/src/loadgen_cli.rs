@@ -147,25 +147,14 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
         }
         "rumqttd" => {
             let mqtt = free_addr()?;
-            let mut child = Command::new(exe)
+            let child = Command::new(exe)
                 .args(["broker", "--mqtt-listen", &mqtt.to_string()])
                 .env("TELEGATE_LOG", "warn,rumqttd=off")
                 .stdout(Stdio::null())
                 .stderr(log()?)
                 .spawn()
                 .context("starting the bare broker")?;
-            wait_tcp(mqtt, &mut child, "the bare rumqttd broker")?;
-            let pid = child.id() as i32;
-            Ok(Target {
-                child: Some(child),
-                pid: Some(pid),
-                mqtt: Some(mqtt),
-                observer: Observer::Mqtt {
-                    addr: mqtt,
-                    qos: a.qos,
-                },
-                _dir: Some(dir),
-            })
+            mqtt_broker(child, mqtt, "the bare rumqttd broker", a.qos, dir)
         }
         "mosquitto" => {
             let mqtt = free_addr()?;
@@ -177,25 +166,14 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
                     mqtt.port()
                 ),
             )?;
-            let mut child = Command::new("mosquitto")
+            let child = Command::new("mosquitto")
                 .arg("-c")
                 .arg(&conf)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting mosquitto (apt-get install mosquitto)")?;
-            wait_tcp(mqtt, &mut child, "mosquitto")?;
-            let pid = child.id() as i32;
-            Ok(Target {
-                child: Some(child),
-                pid: Some(pid),
-                mqtt: Some(mqtt),
-                observer: Observer::Mqtt {
-                    addr: mqtt,
-                    qos: a.qos,
-                },
-                _dir: Some(dir),
-            })
+            mqtt_broker(child, mqtt, "mosquitto", a.qos, dir)
         }
         "kafka" => Ok(Target {
             child: None,
@@ -209,6 +187,25 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
         }),
         other => bail!("unknown target {other:?}: telegate, rumqttd, mosquitto, kafka or compare"),
     }
+}
+
+/// A plain MQTT broker just started: waits for it, then observes it with a subscriber.
+fn mqtt_broker(
+    mut child: Child,
+    mqtt: SocketAddr,
+    what: &str,
+    qos: u8,
+    dir: tempfile::TempDir,
+) -> anyhow::Result<Target> {
+    wait_tcp(mqtt, &mut child, what)?;
+    let pid = child.id() as i32;
+    Ok(Target {
+        child: Some(child),
+        pid: Some(pid),
+        mqtt: Some(mqtt),
+        observer: Observer::Mqtt { addr: mqtt, qos },
+        _dir: Some(dir),
+    })
 }
 
 /// Runs the load against each target in turn; returns the reports.
