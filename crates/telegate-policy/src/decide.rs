@@ -289,6 +289,50 @@ fn off_reason(c: OffCondition) -> DropReason {
     }
 }
 
+/// What every purpose's decision for one frame shares, looked up once per frame: the
+/// subject, the settings at capture time and now, and any verdict that holds for every
+/// purpose alike (offline mode, a blocked account, restriction).
+struct FrameView<'a> {
+    frame: &'a Frame,
+    s: &'a SubjectRecord,
+    t: i64,
+    settings: [(When, &'a Settings); 2],
+    all: Option<(DropReason, Rule)>,
+}
+
+impl<'a> FrameView<'a> {
+    fn new(frame: &'a Frame, subject: Option<&'a SubjectRecord>) -> Self {
+        let s = subject.unwrap_or(&NOBODY);
+        let t = frame.captured_at_ms();
+        let settings = [
+            (When::Capture, s.settings_at(t)),
+            (When::Now, s.settings_now()),
+        ];
+        let restricted_at = s.restricted.at(t).copied().unwrap_or(false);
+        let all = if let Some(when) = offline(t, subject) {
+            Some((DropReason::OfflineMode, Rule::Offline(when)))
+        } else if matches!(s.account, Account::Blocked { .. }) {
+            Some((DropReason::AccountBlocked, Rule::AccountBlocked))
+        } else if restricted_at || s.restricted.latest().copied().unwrap_or(false) {
+            let when = if restricted_at {
+                When::Capture
+            } else {
+                When::Now
+            };
+            Some((DropReason::Restricted, Rule::Restricted(when)))
+        } else {
+            None
+        };
+        Self {
+            frame,
+            s,
+            t,
+            settings,
+            all,
+        }
+    }
+}
+
 /// Decides one purpose for one frame.
 pub fn decide(
     pack: &Pack,
@@ -296,23 +340,14 @@ pub fn decide(
     purpose: &Purpose,
     subject: Option<&SubjectRecord>,
 ) -> Decision {
-    let s = subject.unwrap_or(&NOBODY);
-    let t = frame.captured_at_ms();
-    if let Some(when) = offline(t, subject) {
-        return Decision::drop(DropReason::OfflineMode, Rule::Offline(when));
+    decide_in(pack, &FrameView::new(frame, subject), purpose)
+}
+
+fn decide_in(pack: &Pack, v: &FrameView<'_>, purpose: &Purpose) -> Decision {
+    if let Some((reason, rule)) = &v.all {
+        return Decision::drop(*reason, rule.clone());
     }
-    if matches!(s.account, Account::Blocked { .. }) {
-        return Decision::drop(DropReason::AccountBlocked, Rule::AccountBlocked);
-    }
-    let restricted_at = s.restricted.at(t).copied().unwrap_or(false);
-    if restricted_at || s.restricted.latest().copied().unwrap_or(false) {
-        let when = if restricted_at {
-            When::Capture
-        } else {
-            When::Now
-        };
-        return Decision::drop(DropReason::Restricted, Rule::Restricted(when));
-    }
+    let (frame, s, t) = (v.frame, v.s, v.t);
     // An objection binds legitimate-interest purposes (Art. 21(1)) and, absolutely, direct
     // marketing on any basis (Art. 21(3)). Consent is withdrawn, not objected to.
     let id = purpose.id.as_str();
@@ -346,10 +381,7 @@ pub fn decide(
         }
     }
     let service = pack.service_of(purpose).id.as_str();
-    let states = [
-        (When::Capture, s.settings_at(t)),
-        (When::Now, s.settings_now()),
-    ];
+    let states = &v.settings;
     for c in &purpose.off_when {
         if let Some((when, _)) = states.iter().find(|(_, st)| holds(*c, st, service)) {
             return Decision::drop(off_reason(*c), Rule::Off(*c, *when));
@@ -449,6 +481,7 @@ pub fn decide_all<'p>(
     frame: &'p Frame,
     subject: Option<&'p SubjectRecord>,
 ) -> impl Iterator<Item = (&'p Purpose, Decision)> + 'p {
+    let view = FrameView::new(frame, subject);
     pack.routes(frame.kind())
-        .map(move |p| (p, decide(pack, frame, p, subject)))
+        .map(move |p| (p, decide_in(pack, &view, p)))
 }
