@@ -49,10 +49,6 @@ impl DataCategory {
             DataCategory::Software => "software",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s)
-    }
 }
 
 /// A small set of categories.
@@ -65,10 +61,6 @@ impl Categories {
     }
     pub fn contains(self, c: DataCategory) -> bool {
         self.0 & (1 << c as u16) != 0
-    }
-    /// Every category of `self` is in `other`.
-    pub fn is_subset(self, other: Categories) -> bool {
-        self.0 & !other.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = DataCategory> {
         DataCategory::ALL

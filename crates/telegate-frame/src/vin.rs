@@ -40,11 +40,6 @@ impl Vin {
     pub fn check_digit_ok(&self) -> bool {
         self.0[8] == check_digit(&self.0)
     }
-
-    /// World manufacturer identifier (first three characters): not personal on its own.
-    pub fn wmi(&self) -> &str {
-        std::str::from_utf8(&self.0[..3]).unwrap_or_default()
-    }
 }
 
 impl fmt::Debug for Vin {

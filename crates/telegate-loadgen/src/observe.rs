@@ -8,7 +8,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use telegate_frame::{VehicleTopic, decode};
+use telegate_frame::{VEHICLE_TOPIC_FILTER, VehicleTopic, decode};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ impl Observer {
                     QoS::AtLeastOnce
                 };
                 client
-                    .subscribe("/tenants/+/v1/+", q)
+                    .subscribe(VEHICLE_TOPIC_FILTER, q)
                     .await
                     .context("subscribing")?;
                 loop {

@@ -141,10 +141,6 @@ impl Ingress {
     pub fn stats(&self) -> &IngressStats {
         &self.stats
     }
-
-    pub fn listeners(&self) -> &[SocketAddr] {
-        &self.listeners
-    }
 }
 
 fn wait_listening(addr: SocketAddr, timeout: Duration) -> Result<(), IngressError> {

@@ -8,7 +8,6 @@ use rumqttd::Notification;
 use rumqttd::local::LinkRx;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// One MQTT publish, as received.
@@ -16,7 +15,6 @@ use tokio::sync::mpsc;
 pub struct Incoming {
     pub topic: Bytes,
     pub payload: Bytes,
-    pub received_at: Instant,
 }
 
 /// Counters the reader keeps (also exported as metrics).
@@ -77,7 +75,6 @@ pub(crate) fn spawn(
                         let incoming = Incoming {
                             topic: forward.publish.topic,
                             payload: forward.publish.payload,
-                            received_at: Instant::now(),
                         };
                         // Blocking here is the back-pressure: the broker's log absorbs it.
                         if tx.blocking_send(incoming).is_err() {

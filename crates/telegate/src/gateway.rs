@@ -57,8 +57,6 @@ pub struct Gateway {
     sink_stats: Arc<SinkStats>,
     state: Arc<StateStore>,
     ledger: Arc<Ledger>,
-    topics: Topics,
-    metrics_addr: Option<SocketAddr>,
     ephemeral_keys: bool,
 }
 
@@ -97,14 +95,11 @@ impl Gateway {
         // The recorder must exist before any counter is registered.
         let _ = http::metrics_handle();
         let ready = Arc::new(AtomicBool::new(false));
-        let metrics_addr = match settings.metrics_listen {
-            Some(addr) => Some(
-                http::serve(addr, ready.clone())
-                    .await
-                    .with_context(|| format!("cannot listen for /metrics on {addr}"))?,
-            ),
-            None => None,
-        };
+        if let Some(addr) = settings.metrics_listen {
+            http::serve(addr, ready.clone())
+                .await
+                .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
+        }
         let namespace = &settings.kafka.topic_namespace;
         if !namespace
             .bytes()
@@ -197,8 +192,6 @@ impl Gateway {
             sink_stats,
             state,
             ledger,
-            topics,
-            metrics_addr,
             ephemeral_keys,
         })
     }
@@ -220,10 +213,6 @@ impl Gateway {
         &self.ledger
     }
 
-    pub fn topics(&self) -> &Topics {
-        &self.topics
-    }
-
     pub fn sink_stats(&self) -> &SinkStats {
         &self.sink_stats
     }
@@ -231,10 +220,6 @@ impl Gateway {
     /// Where the admin API listens, if it does.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
-    }
-
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_addr
     }
 
     pub fn ephemeral_keys(&self) -> bool {

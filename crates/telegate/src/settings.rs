@@ -150,6 +150,7 @@ impl MqttSettings {
             segment_bytes: self.segment_bytes,
             segment_count: self.segment_count,
             channel_capacity: self.channel_capacity,
+            filter: telegate_frame::VEHICLE_TOPIC_FILTER.to_owned(),
             ..IngressConfig::default()
         }
     }

@@ -259,13 +259,6 @@ impl StateStore {
             .collect()
     }
 
-    /// Replaces what is known about one vehicle (tests, demo).
-    pub fn put(&self, vin: Vin, record: SubjectRecord) {
-        self.index(&vin, &record);
-        self.subjects.insert(vin, record);
-        self.mark(vin);
-    }
-
     pub fn len(&self) -> usize {
         self.subjects.len()
     }
