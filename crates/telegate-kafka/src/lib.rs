@@ -14,4 +14,4 @@ mod statelog;
 pub use admin::{TopicError, ensure_topics, topic_retention_ms};
 pub use config::KafkaConfig;
 pub use sink::{KafkaSink, SinkError, SinkStats};
-pub use statelog::{Entry, LogWriter, Scanned, follow, scan};
+pub use statelog::{Entry, LogWriter, Scanned, Start, assign_all, follow, scan};

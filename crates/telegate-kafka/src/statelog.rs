@@ -176,19 +176,47 @@ fn assigned_consumer(
         .set("fetch.wait.max.ms", "10")
         .set("auto.offset.reset", "earliest")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = assign_all(&consumer, &[topic], Start::Beginning)?;
+    Ok((consumer, partitions.into_iter().map(|(_, p)| p).collect()))
+}
+
+/// Where a directly assigned consumer starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Beginning,
+    /// Where each partition ends now: only records written from here on.
+    End,
+}
+
+/// Assigns every partition of `topics` to `consumer` directly, with no group join or
+/// rebalance to wait for; returns the (topic, partition) pairs assigned.
+pub fn assign_all<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topics: &[&str],
+    start: Start,
+) -> Result<Vec<(String, i32)>, KafkaError> {
     let mut assignment = TopicPartitionList::new();
-    for p in &partitions {
-        assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
+    let mut assigned = Vec::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in metadata.topics().iter().filter(|t| t.name() == *topic) {
+            for p in t.partitions() {
+                let offset = match start {
+                    Start::Beginning => Offset::Beginning,
+                    // Resolved now, so nothing written after this call is skipped.
+                    Start::End => Offset::Offset(
+                        consumer
+                            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))?
+                            .1,
+                    ),
+                };
+                assignment.add_partition_offset(topic, p.id(), offset)?;
+                assigned.push(((*topic).to_owned(), p.id()));
+            }
+        }
     }
     consumer.assign(&assignment)?;
-    Ok((consumer, partitions))
+    Ok(assigned)
 }
 
 fn rand_id() -> u64 {

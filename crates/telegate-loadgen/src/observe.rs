@@ -2,13 +2,14 @@
 
 use crate::tracker::Tracker;
 use anyhow::Context;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use telegate_frame::{VEHICLE_TOPIC_FILTER, VehicleTopic, decode};
+use telegate_kafka::{Start, assign_all};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -38,17 +39,8 @@ impl Observer {
                     .set("enable.auto.commit", "false")
                     .set("fetch.wait.max.ms", "5")
                     .create()?;
-                let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-                let mut tpl = rdkafka::TopicPartitionList::new();
-                for t in md.topics().iter().filter(|t| t.name() == topic) {
-                    for p in t.partitions() {
-                        let (_, high) =
-                            consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10))?;
-                        tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(high))?;
-                    }
-                }
-                anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
-                consumer.assign(&tpl)?;
+                let assigned = assign_all(&consumer, &[&topic], Start::End)?;
+                anyhow::ensure!(!assigned.is_empty(), "topic {topic} has no partitions");
                 Ok(tokio::spawn(async move {
                     loop {
                         tokio::select! {

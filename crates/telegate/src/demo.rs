@@ -8,7 +8,7 @@ use crate::http::metrics_handle;
 use crate::settings::Settings;
 use anyhow::Context;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use std::collections::BTreeMap;
@@ -273,22 +273,8 @@ fn spawn_viewer(
         .context("demo viewer consumer")?;
     // This run's records only: every partition from where it ends now, resolved before the
     // fleet starts (a real cluster may hold earlier runs' records).
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("metadata for {topic}"))?;
-        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-            for p in t.partitions() {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                    .with_context(|| format!("end of {topic}"))?;
-                assignment.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(high))?;
-            }
-        }
-    }
-    consumer
-        .assign(&assignment)
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    telegate_kafka::assign_all(&consumer, &names, telegate_kafka::Start::End)
         .context("demo viewer assignment")?;
     Ok(tokio::spawn(async move {
         loop {

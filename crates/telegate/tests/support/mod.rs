@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -88,24 +88,14 @@ pub fn consumer(topics: &[&str]) -> StreamConsumer {
         .set("fetch.wait.max.ms", "50")
         .create()
         .expect("consumer");
-    let mut assignment = rdkafka::TopicPartitionList::new();
+    let assigned =
+        telegate_kafka::assign_all(&c, topics, telegate_kafka::Start::Beginning).expect("assign");
     for topic in topics {
-        let metadata = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("topic metadata");
-        for t in metadata.topics().iter().filter(|t| t.name() == *topic) {
-            assert!(
-                !t.partitions().is_empty(),
-                "topic {topic} has no partitions"
-            );
-            for p in t.partitions() {
-                assignment
-                    .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-                    .expect("partition");
-            }
-        }
+        assert!(
+            assigned.iter().any(|(t, _)| t == topic),
+            "topic {topic} has no partitions"
+        );
     }
-    c.assign(&assignment).expect("assign");
     c
 }
 
