@@ -53,7 +53,6 @@ pub struct LoadConfig {
     pub ramp_up: Duration,
     pub warm_up: Duration,
     pub duration: Duration,
-    pub sink: Sink,
 }
 
 fn now_ms() -> i64 {
@@ -111,11 +110,31 @@ fn frame(vin: &str, seq: u64, mix: Mix) -> VehicleFrame {
     }
 }
 
-/// Runs every vehicle to the end of warm-up plus duration; returns frames published.
-pub async fn run(cfg: &LoadConfig, vins: &[String], tracker: Arc<Tracker>) -> anyhow::Result<u64> {
+/// What vehicles send through, resolved once from the sink.
+#[derive(Clone)]
+enum Out {
+    Mqtt(SocketAddr),
+    Kafka(FutureProducer, String),
+}
+
+/// One vehicle's connection: its own MQTT client, or the shared producer.
+enum Conn {
+    Mqtt(AsyncClient),
+    Kafka(FutureProducer, String),
+}
+
+/// Runs every vehicle to the end of warm-up plus duration, sending to `sink`; returns frames
+/// published.
+pub async fn run(
+    cfg: &LoadConfig,
+    sink: &Sink,
+    vins: &[String],
+    tracker: Arc<Tracker>,
+) -> anyhow::Result<u64> {
     let start = Instant::now();
-    let producer: Option<FutureProducer> = match &cfg.sink {
-        Sink::Kafka { bootstrap, .. } => Some(
+    // One producer shared by every vehicle, configured as telegate's sink is.
+    let out = match sink {
+        Sink::Kafka { bootstrap, topic } => Out::Kafka(
             rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", bootstrap)
                 .set("enable.idempotence", "true")
@@ -123,17 +142,18 @@ pub async fn run(cfg: &LoadConfig, vins: &[String], tracker: Arc<Tracker>) -> an
                 .set("compression.type", "lz4")
                 .set("linger.ms", "5")
                 .create()?,
+            topic.clone(),
         ),
-        Sink::Mqtt { .. } => None,
+        Sink::Mqtt { addr } => Out::Mqtt(*addr),
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, vin) in vins.iter().enumerate() {
         let cfg = cfg.clone();
+        let out = out.clone();
         let vin = vin.clone();
         let tracker = tracker.clone();
-        let producer = producer.clone();
         let delay = cfg.ramp_up.mul_f64(i as f64 / vins.len().max(1) as f64);
-        tasks.spawn(async move { vehicle(i, vin, cfg, tracker, producer, start, delay).await });
+        tasks.spawn(async move { vehicle(i, vin, cfg, tracker, out, start, delay).await });
     }
     let mut published = 0;
     while let Some(r) = tasks.join_next().await {
@@ -147,7 +167,7 @@ async fn vehicle(
     vin: String,
     cfg: LoadConfig,
     tracker: Arc<Tracker>,
-    producer: Option<FutureProducer>,
+    out: Out,
     start: Instant,
     delay: Duration,
 ) -> anyhow::Result<u64> {
@@ -157,8 +177,8 @@ async fn vehicle(
     } else {
         QoS::AtLeastOnce
     };
-    let client = match &cfg.sink {
-        Sink::Mqtt { addr } => {
+    let conn = match out {
+        Out::Mqtt(addr) => {
             let mut opts = MqttOptions::new(format!("lg-{i}"), addr.ip().to_string(), addr.port());
             opts.set_keep_alive(Duration::from_secs(60));
             opts.set_max_packet_size(64 * 1024, 64 * 1024);
@@ -171,9 +191,9 @@ async fn vehicle(
                     }
                 }
             });
-            Some(client)
+            Conn::Mqtt(client)
         }
-        Sink::Kafka { .. } => None,
+        Out::Kafka(producer, topic) => Conn::Kafka(producer, topic),
     };
     let end = cfg.warm_up + cfg.duration;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate.max(0.001)));
@@ -187,12 +207,12 @@ async fn vehicle(
         let payload = encode(&f, cfg.format);
         let measured = start.elapsed() >= cfg.warm_up;
         tracker.published(i, seq, measured);
-        match (&client, &producer, &cfg.sink) {
-            (Some(c), _, _) => {
+        match &conn {
+            Conn::Mqtt(c) => {
                 c.publish(vehicle_topic(&vin, kind), qos, false, payload)
                     .await?
             }
-            (None, Some(p), Sink::Kafka { topic, .. }) => {
+            Conn::Kafka(p, topic) => {
                 // The same record telegate would write: its headers included.
                 let seq_text = seq.to_string();
                 let captured = f.captured_at_ms.to_string();
@@ -229,10 +249,9 @@ async fn vehicle(
                     }
                 }
             }
-            _ => anyhow::bail!("no sink"),
         }
     }
-    if let Some(c) = client {
+    if let Conn::Mqtt(c) = conn {
         // Let queued publishes leave before the connection goes.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let _ = c.disconnect().await;

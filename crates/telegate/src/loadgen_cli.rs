@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use telegate_frame::PayloadFormat;
-use telegate_loadgen::{LoadConfig, Mix, Observer, ProcSample, Report, Sink, Tracker};
+use telegate_loadgen::{LoadConfig, Observer, ProcSample, Report, Sink, Tracker};
 use tokio::sync::watch;
 
 /// The load and where to put it.
@@ -18,14 +17,8 @@ use tokio::sync::watch;
 pub struct LoadArgs {
     pub target: String,
     pub kafka_bootstrap: String,
-    pub vehicles: usize,
-    pub rate: f64,
-    pub mix: Mix,
-    pub format: PayloadFormat,
-    pub qos: u8,
-    pub ramp_up: Duration,
-    pub warm_up: Duration,
-    pub duration: Duration,
+    /// The same load for every target.
+    pub load: LoadConfig,
     pub report_json: Option<PathBuf>,
     pub report_html: Option<PathBuf>,
     /// An already running gateway instead of one started here: its MQTT address, its pid
@@ -154,7 +147,7 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
                 .stderr(log()?)
                 .spawn()
                 .context("starting the bare broker")?;
-            mqtt_broker(child, mqtt, "the bare rumqttd broker", a.qos, dir)
+            mqtt_broker(child, mqtt, "the bare rumqttd broker", a.load.qos, dir)
         }
         "mosquitto" => {
             let mqtt = free_addr()?;
@@ -173,7 +166,7 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting mosquitto (apt-get install mosquitto)")?;
-            mqtt_broker(child, mqtt, "mosquitto", a.qos, dir)
+            mqtt_broker(child, mqtt, "mosquitto", a.load.qos, dir)
         }
         "kafka" => Ok(Target {
             child: None,
@@ -217,7 +210,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
     let vins: Vec<String> = {
         use rand::SeedableRng;
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        (0..a.vehicles)
+        (0..a.load.vehicles)
             .map(|_| telegate_sim::vin::generate(&mut rng, "WP0"))
             .collect()
     };
@@ -299,20 +292,9 @@ async fn measure(
         },
         (None, Observer::Mqtt { .. }) => bail!("an MQTT observer needs an MQTT target"),
     };
-    let cfg = LoadConfig {
-        vehicles: a.vehicles,
-        rate: a.rate,
-        mix: a.mix,
-        format: a.format,
-        qos: a.qos,
-        ramp_up: a.ramp_up,
-        warm_up: a.warm_up,
-        duration: a.duration,
-        sink,
-    };
     // CPU over the measured window, resident memory at its largest.
     let pid = target.pid;
-    let window = (a.warm_up, a.duration);
+    let window = (a.load.warm_up, a.load.duration);
     let sampler = tokio::spawn(async move {
         let pid = pid?;
         tokio::time::sleep(window.0).await;
@@ -347,7 +329,7 @@ async fn measure(
             }
         })
     };
-    telegate_loadgen::run(&cfg, vins, tracker.clone()).await?;
+    telegate_loadgen::run(&a.load, &sink, vins, tracker.clone()).await?;
     let cpu = sampler.await.ok().flatten();
     // Let what is in flight arrive: a frame counts as lost only if it has not arrived when
     // nothing has moved for 10 s (a loaded broker can lag by seconds), and at most 60 s.
@@ -368,14 +350,14 @@ async fn measure(
     progress.finish_and_clear();
     let _ = stop.send(true);
     let _ = observer.await;
-    let fmt = a.format.as_str();
+    let fmt = a.load.format.as_str();
     Ok(Report::build(
         label,
-        a.vehicles,
-        a.rate,
-        a.qos,
+        a.load.vehicles,
+        a.load.rate,
+        a.load.qos,
         fmt,
-        a.duration.as_secs_f64(),
+        a.load.duration.as_secs_f64(),
         &tracker,
         cpu,
     ))
@@ -385,7 +367,7 @@ fn progress_bar(a: &LoadArgs, label: &str) -> indicatif::ProgressBar {
     if a.quiet || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let total = (a.warm_up + a.duration).as_secs();
+    let total = (a.load.warm_up + a.load.duration).as_secs();
     let pb = indicatif::ProgressBar::new(total);
     pb.set_style(
         indicatif::ProgressStyle::with_template("{prefix:>26} [{bar:30}] {pos}/{len}s {msg}")

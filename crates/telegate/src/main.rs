@@ -347,18 +347,20 @@ async fn main() -> anyhow::Result<()> {
             let reports = telegate::loadgen_cli::run(telegate::loadgen_cli::LoadArgs {
                 target: a.target,
                 kafka_bootstrap: a.kafka_bootstrap,
-                vehicles: a.vehicles,
-                rate: a.rate,
-                mix: telegate_loadgen::Mix {
-                    status,
-                    diagnostics,
-                    location,
+                load: telegate_loadgen::LoadConfig {
+                    vehicles: a.vehicles,
+                    rate: a.rate,
+                    mix: telegate_loadgen::Mix {
+                        status,
+                        diagnostics,
+                        location,
+                    },
+                    format,
+                    qos: a.qos,
+                    ramp_up: a.ramp_up,
+                    warm_up: a.warm_up,
+                    duration: a.duration,
                 },
-                format,
-                qos: a.qos,
-                ramp_up: a.ramp_up,
-                warm_up: a.warm_up,
-                duration: a.duration,
                 report_json: a.report_json,
                 report_html: a.report_html,
                 external: a
