@@ -87,6 +87,11 @@ impl RejectReason {
             RejectReason::ValueOutOfRange => "value-out-of-range",
         }
     }
+
+    /// A dense index, for per-reason tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// A refused frame: why, and what little may be said about it. `subject` is the raw VIN

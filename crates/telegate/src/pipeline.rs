@@ -44,6 +44,7 @@ struct Counters {
     /// Rejections whose record was withheld because the vehicle was offline.
     rejected_offline: Counter,
     sink_errors: Counter,
+    ledger_errors: Counter,
 }
 
 impl Counters {
@@ -91,12 +92,9 @@ impl Counters {
             offline: metrics::counter!("telegate_frames_offline_total"),
             rejected_offline: metrics::counter!("telegate_rejected_withheld_offline_total"),
             sink_errors: metrics::counter!("telegate_sink_errors_total"),
+            ledger_errors: metrics::counter!("telegate_ledger_write_errors_total"),
         }
     }
-}
-
-fn index_of<T: PartialEq>(all: &[T], x: T) -> usize {
-    all.iter().position(|a| *a == x).unwrap_or_default()
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -168,7 +166,7 @@ impl Pipeline {
                 }
             }
             Err(rej) => {
-                self.counters.rejected[index_of(&RejectReason::ALL, rej.reason)].increment(1);
+                self.counters.rejected[rej.reason.index()].increment(1);
                 // Offline mode means nothing of the frame is kept, not even its rejection.
                 let vin = rej.subject.as_deref().and_then(|s| Vin::parse(s).ok());
                 let at = rej.captured_at_ms.unwrap_or(now);
@@ -260,7 +258,7 @@ impl Pipeline {
             actor: "vehicle",
         };
         if let Err(e) = self.ledger.append(frame.vin(), change).await {
-            self.counters.sink_errors.increment(1);
+            self.counters.ledger_errors.increment(1);
             tracing::error!(error = %e, "settings change not written to the consent ledger");
         }
     }
