@@ -159,6 +159,13 @@ pub async fn run(
     while let Some(r) = tasks.join_next().await {
         published += r??;
     }
+    // Dropping a producer purges what it still holds: wait for every record to be delivered.
+    if let Out::Kafka(producer, _) = out {
+        use rdkafka::producer::Producer;
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60)))
+            .await?
+            .map_err(|e| anyhow::anyhow!("Kafka records still undelivered after 60 s: {e}"))?;
+    }
     Ok(published)
 }
 
