@@ -164,18 +164,35 @@ pub async fn scan(
     Ok(out)
 }
 
+/// A reader that asks to be told where each partition ends: librdkafka also reports that end
+/// through the client's error callback, which is not an error and is logged at debug.
+struct EndIsNotAnError;
+
+impl rdkafka::ClientContext for EndIsNotAnError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                tracing::debug!("librdkafka: {reason}")
+            }
+            _ => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsNotAnError {}
+
 fn assigned_consumer(
     cfg: &KafkaConfig,
     topic: &str,
-) -> Result<(StreamConsumer, Vec<i32>), KafkaError> {
-    let consumer: StreamConsumer = cfg
+) -> Result<(StreamConsumer<EndIsNotAnError>, Vec<i32>), KafkaError> {
+    let consumer: StreamConsumer<EndIsNotAnError> = cfg
         .client_config()
         .set("group.id", format!("telegate-scan-{:016x}", rand_id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
         .set("auto.offset.reset", "earliest")
-        .create()?;
+        .create_with_context(EndIsNotAnError)?;
     let partitions = assign_all(&consumer, &[topic], Start::Beginning)?;
     Ok((consumer, partitions.into_iter().map(|(_, p)| p).collect()))
 }

@@ -39,6 +39,9 @@ pub enum Sink {
     Kafka {
         bootstrap: String,
         topic: String,
+        /// librdkafka properties over telegate's producer defaults (linger, batching,
+        /// compression studies).
+        producer: Vec<(String, String)>,
     },
 }
 
@@ -134,16 +137,23 @@ pub async fn run(
     let start = Instant::now();
     // One producer shared by every vehicle, configured as telegate's sink is.
     let out = match sink {
-        Sink::Kafka { bootstrap, topic } => Out::Kafka(
-            rdkafka::ClientConfig::new()
+        Sink::Kafka {
+            bootstrap,
+            topic,
+            producer,
+        } => {
+            let mut config = rdkafka::ClientConfig::new();
+            config
                 .set("bootstrap.servers", bootstrap)
                 .set("enable.idempotence", "true")
                 .set("acks", "all")
                 .set("compression.type", "lz4")
-                .set("linger.ms", "5")
-                .create()?,
-            topic.clone(),
-        ),
+                .set("linger.ms", "5");
+            for (k, v) in producer {
+                config.set(k, v);
+            }
+            Out::Kafka(config.create()?, topic.clone())
+        }
         Sink::Mqtt { addr } => Out::Mqtt(*addr),
     };
     let mut tasks = tokio::task::JoinSet::new();

@@ -25,6 +25,9 @@ pub struct LoadArgs {
     /// (for CPU and memory) and the topic its load pack writes.
     pub external: Option<(SocketAddr, Option<i32>, String)>,
     pub quiet: bool,
+    /// librdkafka producer properties for the Kafka writers under test (telegate's sink and
+    /// the direct producer), over their defaults.
+    pub producer: Vec<(String, String)>,
     /// The telegate binary to start targets with.
     pub exe: PathBuf,
 }
@@ -89,6 +92,9 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
             let (mqtt, metrics) = (free_addr()?, free_addr()?);
             let pack = dir.path().join("loadgen.toml");
             std::fs::write(&pack, LOAD_PACK)?;
+            // Producer properties under study reach telegate's sink through its config file.
+            let config = dir.path().join("telegate.toml");
+            std::fs::write(&config, producer_config(&a.producer)?)?;
             let ns = format!("lg{:08x}.", rand::random::<u32>());
             let mut child = Command::new(exe)
                 .arg("serve")
@@ -106,6 +112,8 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
                 ])
                 .arg("--policy")
                 .arg(&pack)
+                .arg("--config")
+                .arg(&config)
                 .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", &ns)
                 .env("TELEGATE_LOG", "warn,rumqttd=off,librdkafka=error")
                 .stdout(Stdio::null())
@@ -244,11 +252,15 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
                 .await
                 .context("load topic")?;
         }
-        let label = if a.external.is_some() {
+        let mut label = if a.external.is_some() {
             "telegate (external)".to_owned()
         } else {
             label(name)
         };
+        if !a.producer.is_empty() && matches!(name, "telegate" | "kafka") {
+            let props: Vec<String> = a.producer.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            label = format!("{label} [{}]", props.join(" "));
+        }
         reports.push(measure(&a, &label, &target, &vins).await?);
         drop(target);
     }
@@ -261,6 +273,19 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(reports)
+}
+
+/// A telegate config file holding only `[kafka.extra]`: the producer properties under study.
+fn producer_config(props: &[(String, String)]) -> anyhow::Result<String> {
+    let extra: std::collections::BTreeMap<&str, &str> = props
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut kafka = std::collections::BTreeMap::new();
+    kafka.insert("extra", extra);
+    let mut root = std::collections::BTreeMap::new();
+    root.insert("kafka", kafka);
+    Ok(toml::to_string(&root)?)
 }
 
 fn label(name: &str) -> String {
@@ -289,6 +314,7 @@ async fn measure(
         (None, Observer::Kafka { topic, .. }) => Sink::Kafka {
             bootstrap: a.kafka_bootstrap.clone(),
             topic: topic.clone(),
+            producer: a.producer.clone(),
         },
         (None, Observer::Mqtt { .. }) => bail!("an MQTT observer needs an MQTT target"),
     };

@@ -150,6 +150,18 @@ struct LoadgenCli {
     /// With --mqtt: the topic its load pack writes (telegate.loadgen behind its namespace).
     #[arg(long)]
     observe_topic: Option<String>,
+    /// A librdkafka producer property for telegate's sink and the direct producer, over
+    /// their defaults (e.g. linger.ms=50, compression.type=zstd, batch.size=1000000).
+    /// Repeatable.
+    #[arg(long = "producer", value_name = "KEY=VALUE", value_parser = key_value)]
+    producer: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -367,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
                     .mqtt
                     .map(|m| (m, a.pid, a.observe_topic.unwrap_or_default())),
                 quiet: false,
+                producer: a.producer,
                 exe: std::env::current_exe().context("locating the telegate binary")?,
             })
             .await?;

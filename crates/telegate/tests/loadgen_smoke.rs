@@ -29,11 +29,22 @@ async fn a_short_comparison_accounts_for_every_frame_on_every_target() {
         report_html: Some(html.clone()),
         external: None,
         quiet: true,
+        producer: vec![("linger.ms".into(), "20".into())],
         exe: env!("CARGO_BIN_EXE_telegate").into(),
     })
     .await
     .expect("load run (needs mosquitto: scripts/test installs it)");
     assert_eq!(reports.len(), 4);
+    assert!(
+        reports[0].target.ends_with("[linger.ms=20]"),
+        "{}",
+        reports[0].target
+    );
+    assert!(
+        reports[3].target.ends_with("[linger.ms=20]"),
+        "{}",
+        reports[3].target
+    );
     for r in &reports {
         assert!(
             r.published > 0 && r.delivered >= r.published,
