@@ -38,9 +38,21 @@ impl Observer {
                     )
                     .set("enable.auto.commit", "false")
                     .set("fetch.wait.max.ms", "5")
+                    // Where the broker makes topics on first use (the mock cluster), asking
+                    // for this one makes it.
+                    .set("allow.auto.create.topics", "true")
                     .create()?;
-                let assigned = assign_all(&consumer, &[&topic], Start::End)?;
-                anyhow::ensure!(!assigned.is_empty(), "topic {topic} has no partitions");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    if !assign_all(&consumer, &[&topic], Start::End)?.is_empty() {
+                        break;
+                    }
+                    anyhow::ensure!(
+                        tokio::time::Instant::now() < deadline,
+                        "topic {topic} has no partitions"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Ok(tokio::spawn(async move {
                     loop {
                         tokio::select! {

@@ -52,6 +52,47 @@ impl Drop for Target {
     }
 }
 
+/// `--kafka-bootstrap mock`: librdkafka's in-memory mock cluster, one per target.
+pub const MOCK: &str = "mock";
+
+/// `telegate kafka-mock` in a process of its own (so its CPU is not the gateway's), killed
+/// when dropped.
+struct KafkaMock {
+    child: Child,
+    bootstrap: String,
+}
+
+impl KafkaMock {
+    fn start(exe: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(exe)
+            .arg("kafka-mock")
+            .env("TELEGATE_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting telegate kafka-mock")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        let bootstrap = line.trim().to_owned();
+        if bootstrap.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("telegate kafka-mock printed no bootstrap address");
+        }
+        Ok(Self { child, bootstrap })
+    }
+}
+
+impl Drop for KafkaMock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
@@ -81,7 +122,7 @@ fn http_ok(addr: SocketAddr, path: &str) -> bool {
     text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200")
 }
 
-fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
+fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Target> {
     let exe = &a.exe;
     let dir = tempfile::tempdir()?;
     // The target's own log: shown only if it fails to start.
@@ -108,13 +149,18 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
                     "--metrics-listen",
                     &metrics.to_string(),
                     "--kafka-bootstrap",
-                    &a.kafka_bootstrap,
+                    bootstrap,
                 ])
                 .arg("--policy")
                 .arg(&pack)
                 .arg("--config")
                 .arg(&config)
                 .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", &ns)
+                // The mock cluster makes topics on first use and has no CreateTopics.
+                .env(
+                    "TELEGATE__KAFKA__MANAGE_TOPICS",
+                    (a.kafka_bootstrap != MOCK).to_string(),
+                )
                 .env("TELEGATE_LOG", "warn,rumqttd=off,librdkafka=error")
                 .stdout(Stdio::null())
                 .stderr(log()?)
@@ -140,7 +186,7 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
                 pid: Some(pid),
                 mqtt: Some(mqtt),
                 observer: Observer::Kafka {
-                    bootstrap: a.kafka_bootstrap.clone(),
+                    bootstrap: bootstrap.to_owned(),
                     topic: format!("{ns}telegate.loadgen"),
                 },
                 _dir: Some(dir),
@@ -181,7 +227,7 @@ fn start_target(name: &str, a: &LoadArgs) -> anyhow::Result<Target> {
             pid: None,
             mqtt: None,
             observer: Observer::Kafka {
-                bootstrap: a.kafka_bootstrap.clone(),
+                bootstrap: bootstrap.to_owned(),
                 topic: format!("telegate.loadgen-direct-{:08x}", rand::random::<u32>()),
             },
             _dir: Some(dir),
@@ -224,23 +270,31 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
     };
     let mut reports = Vec::new();
     for name in targets {
+        // A fresh mock cluster for each target, so no target inherits another's backlog.
+        let mock = (a.kafka_bootstrap == MOCK && a.external.is_none())
+            .then(|| KafkaMock::start(&a.exe))
+            .transpose()?;
+        let bootstrap = mock
+            .as_ref()
+            .map_or(a.kafka_bootstrap.as_str(), |m| m.bootstrap.as_str());
         let target = match &a.external {
             Some((mqtt, pid, topic)) => Target {
                 child: None,
                 pid: *pid,
                 mqtt: Some(*mqtt),
                 observer: Observer::Kafka {
-                    bootstrap: a.kafka_bootstrap.clone(),
+                    bootstrap: bootstrap.to_owned(),
                     topic: topic.clone(),
                 },
                 _dir: None,
             },
-            None => start_target(name, &a)?,
+            None => start_target(name, &a, bootstrap)?,
         };
-        // The Kafka ceiling writes to a topic of its own, made here.
-        if let (Observer::Kafka { topic, .. }, "kafka") = (&target.observer, name) {
+        // The Kafka ceiling writes to a topic of its own, made here (the mock makes it on
+        // first use).
+        if let (Observer::Kafka { topic, .. }, "kafka", None) = (&target.observer, name, &mock) {
             let cfg = telegate_kafka::KafkaConfig {
-                bootstrap: a.kafka_bootstrap.clone(),
+                bootstrap: bootstrap.to_owned(),
                 ..Default::default()
             };
             let spec = telegate_policy::TopicSpec {
@@ -263,6 +317,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
         }
         reports.push(measure(&a, &label, &target, &vins).await?);
         drop(target);
+        drop(mock);
     }
     if let Some(path) = &a.report_json {
         std::fs::write(path, serde_json::to_vec_pretty(&reports)?)
@@ -311,8 +366,8 @@ async fn measure(
     let observer = target.observer.start(tracker.clone(), stop_rx).await?;
     let sink = match (&target.mqtt, &target.observer) {
         (Some(addr), _) => Sink::Mqtt { addr: *addr },
-        (None, Observer::Kafka { topic, .. }) => Sink::Kafka {
-            bootstrap: a.kafka_bootstrap.clone(),
+        (None, Observer::Kafka { topic, bootstrap }) => Sink::Kafka {
+            bootstrap: bootstrap.clone(),
             topic: topic.clone(),
             producer: a.producer.clone(),
         },

@@ -47,6 +47,11 @@ enum Command {
         #[arg(long)]
         mqtt_listen: SocketAddr,
     },
+    /// librdkafka's in-memory mock Kafka cluster in a process of its own, for load studies
+    /// where the Kafka-protocol broker must not be the bound. Prints its bootstrap address;
+    /// topics are created on first use. Nothing is durable.
+    #[command(hide = true)]
+    KafkaMock,
     /// Run a reference consumer: smart-service, breakdown-call, trip-log or product-insights.
     Consume(ConsumeArgs),
     /// The admin API: consents, objections, activations, erasure, export.
@@ -416,6 +421,14 @@ async fn main() -> anyhow::Result<()> {
             // Drain the link like the gateway does, without a pipeline behind it.
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
             shutdown_signal().await;
+        }
+        Command::KafkaMock => {
+            init_tracing();
+            let mock =
+                rdkafka::mocking::MockCluster::new(1).context("starting the mock cluster")?;
+            print_all(&format!("{}\n", mock.bootstrap_servers()));
+            shutdown_signal().await;
+            drop(mock);
         }
         Command::Consume(a) => {
             init_tracing();
