@@ -108,9 +108,15 @@ fn ms(us: u64) -> String {
 /// The comparison table; ratios are against the first report (the system under test).
 pub fn table(reports: &[Report]) -> String {
     let mut s = String::new();
+    let w = reports
+        .iter()
+        .map(|r| r.target.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(24);
     let _ = writeln!(
         s,
-        "{:<24} {:>10} {:>10} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  telegate/this",
+        "{:<w$} {:>10} {:>10} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  telegate/this",
         "target",
         "publish/s",
         "deliver/s",
@@ -130,7 +136,7 @@ pub fn table(reports: &[Report]) -> String {
     for r in reports {
         let _ = writeln!(
             s,
-            "{:<24} {:>10.0} {:>10.0} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  {:.2}",
+            "{:<w$} {:>10.0} {:>10.0} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  {:.2}",
             r.target,
             r.publish_rate,
             r.delivered_rate,
