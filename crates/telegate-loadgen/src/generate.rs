@@ -169,12 +169,17 @@ pub async fn run(
     while let Some(r) = tasks.join_next().await {
         published += r??;
     }
-    // Dropping a producer purges what it still holds: wait for every record to be delivered.
+    // Dropping a producer purges what it still holds: give every record up to the same 60 s
+    // the observer waits. What is still queued then is purged and counted as lost.
     if let Out::Kafka(producer, _) = out {
         use rdkafka::producer::Producer;
-        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60)))
-            .await?
-            .map_err(|e| anyhow::anyhow!("Kafka records still undelivered after 60 s: {e}"))?;
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60))).await?;
+        if let Err(e) = flushed {
+            eprintln!(
+                "Kafka records still queued 60 s after the load ended ({e}): counted as lost"
+            );
+        }
     }
     Ok(published)
 }

@@ -65,6 +65,41 @@ async fn a_short_comparison_accounts_for_every_frame_on_every_target() {
     assert!(page.contains("<svg") && page.contains("bare embedded rumqttd"));
 }
 
+/// `--kafka-bootstrap mock`: each target gets a fresh mock cluster in a process of its own;
+/// telegate runs without managing topics, and the observer makes the topic it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_cluster_stands_in_for_kafka_for_telegate_and_the_direct_producer() {
+    for target in ["telegate", "kafka"] {
+        let reports = run(LoadArgs {
+            target: target.into(),
+            kafka_bootstrap: telegate::loadgen_cli::MOCK.into(),
+            load: telegate_loadgen::LoadConfig {
+                vehicles: 5,
+                rate: 5.0,
+                mix: telegate_loadgen::Mix::default(),
+                format: telegate_frame::PayloadFormat::Json,
+                qos: 1,
+                ramp_up: Duration::from_millis(200),
+                warm_up: Duration::from_millis(500),
+                duration: Duration::from_secs(2),
+            },
+            report_json: None,
+            report_html: None,
+            external: None,
+            quiet: true,
+            producer: vec![],
+            exe: env!("CARGO_BIN_EXE_telegate").into(),
+        })
+        .await
+        .expect("load run against the mock cluster");
+        let [r] = &reports[..] else {
+            panic!("one report: {reports:?}")
+        };
+        assert!(r.published > 0 && r.delivered >= r.published, "{r:?}");
+        assert_eq!((r.lost, r.duplicates), (0, 0), "{}", r.target);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_held_and_measured() {
     let dir = tempfile::tempdir().expect("tmp");
