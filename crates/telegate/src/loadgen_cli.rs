@@ -257,6 +257,9 @@ fn mqtt_broker(
 
 /// Runs the load against each target in turn; returns the reports.
 pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
+    if a.external.is_some() && a.kafka_bootstrap == MOCK {
+        bail!("a running gateway writes to its own Kafka: give its bootstrap, not {MOCK}");
+    }
     let targets: Vec<&str> = match a.target.as_str() {
         "compare" => vec!["telegate", "rumqttd", "mosquitto", "kafka"],
         t => vec![t],
@@ -271,7 +274,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
     for name in targets {
         // A fresh mock cluster for each target, so no target inherits another's backlog.
-        let mock = (a.kafka_bootstrap == MOCK && a.external.is_none())
+        let mock = (a.kafka_bootstrap == MOCK)
             .then(|| KafkaMock::start(&a.exe))
             .transpose()?;
         let bootstrap = mock
