@@ -74,8 +74,26 @@ async fn consumers_agree_with_what_the_fleet_did() {
     });
     tokio::time::sleep(Duration::from_secs(50)).await;
     let truth: BTreeMap<String, Truth> = fleet.stop().await.into_iter().collect();
-    // Let the last frames cross the pipeline, trips pass their grace period, results land.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Let the last frames cross the pipeline, trips pass their grace period and results land:
+    // wait until no consumer has taken a record for 4 s (a slow broker can lag by seconds),
+    // at least 8 s and at most 90 s.
+    let taken = || -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        consumers
+            .iter()
+            .map(|(_, s, _)| s.processed.load(Relaxed) + s.duplicates.load(Relaxed))
+            .sum()
+    };
+    let stopped = tokio::time::Instant::now();
+    let (mut last, mut since) = (taken(), tokio::time::Instant::now());
+    while stopped.elapsed() < Duration::from_secs(90)
+        && (stopped.elapsed() < Duration::from_secs(8) || since.elapsed() < Duration::from_secs(4))
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if taken() != last {
+            (last, since) = (taken(), tokio::time::Instant::now());
+        }
+    }
     let _ = stop.send(true);
     let mut views = BTreeMap::new();
     for (service, stats, handle) in consumers {
