@@ -211,7 +211,7 @@ async fn instances_share_consent_state_and_a_withdrawal_on_one_is_enforced_by_th
     send(b.mqtt, &[charging(&vin_s, 2, withdrawn_at + 5)]).await;
     let topic = format!("{ns}telegate.charging-locations");
     let c = consumer(&[&topic]);
-    let got = collect(&c, 2, Duration::from_secs(6), |_| true).await;
+    let got = collect_expecting(&c, 1, Duration::from_secs(4), |_| true).await;
     let seqs: Vec<_> = got
         .iter()
         .filter_map(|g| g.header("telegate-seq").map(str::to_owned))
@@ -429,7 +429,7 @@ async fn a_blocked_account_is_processed_no_more_and_deleted_after_the_retention_
     send(a.mqtt, &[status(&vin_s, 2, now_ms() - 1_000)]).await;
     let topic = format!("{}telegate.vehicle-status", s.kafka.topic_namespace);
     let c = consumer(&[&topic]);
-    let got = collect(&c, 2, Duration::from_secs(5), |_| true).await;
+    let got = collect_expecting(&c, 1, Duration::from_secs(4), |_| true).await;
     let seqs: Vec<_> = got
         .iter()
         .filter_map(|g| g.header("telegate-seq").map(str::to_owned))
@@ -497,7 +497,7 @@ async fn an_objection_stops_legitimate_interest_purposes_from_then_on() {
     let live = format!("{ns}telegate.live-improvement");
     let trips = format!("{ns}telegate.trip-log");
     let c = consumer(&[&live, &trips]);
-    let got = collect(&c, 4, Duration::from_secs(6), |_| true).await;
+    let got = collect_expecting(&c, 3, Duration::from_secs(4), |_| true).await;
     let on = |topic: &str| got.iter().filter(|g| g.topic == topic).count();
     assert_eq!(
         on(&live),
@@ -573,7 +573,7 @@ async fn an_app_breakdown_call_asks_the_vehicle_and_uses_the_recorded_consent() 
         &format!("{ns}telegate.breakdown-call"),
         &format!("{ns}telegate.breakdown-dealer"),
     ]);
-    let got = collect(&c, 2, Duration::from_secs(6), |_| true).await;
+    let got = collect_expecting(&c, 1, Duration::from_secs(4), |_| true).await;
     assert_eq!(got.len(), 1, "assistance only: {got:?}");
     assert!(got[0].topic.ends_with("breakdown-call"));
     assert_eq!(got[0].header("telegate-consent"), Some("granted"));

@@ -99,6 +99,19 @@ pub fn consumer(topics: &[&str]) -> StreamConsumer {
     c
 }
 
+/// What `keep` accepts: the `expected` records (waited for up to 30 s), then anything else that
+/// arrives within `stray`, for tests that assert something did not come.
+pub async fn collect_expecting(
+    c: &StreamConsumer,
+    expected: usize,
+    stray: Duration,
+    keep: impl Fn(&Got) -> bool,
+) -> Vec<Got> {
+    let mut got = collect(c, expected, Duration::from_secs(30), &keep).await;
+    got.extend(collect(c, usize::MAX, stray, &keep).await);
+    got
+}
+
 /// Reads records until `want` of them match `keep` or `timeout` passes.
 pub async fn collect(
     c: &StreamConsumer,
