@@ -163,7 +163,7 @@ struct LoadgenCli {
     #[arg(long)]
     observe_topic: Option<String>,
     /// A librdkafka producer property for telegate's sink and the direct producer, over
-    /// their defaults (e.g. linger.ms=50, compression.type=zstd, batch.size=1000000).
+    /// their defaults (e.g. linger.ms=50, compression.type=gzip, batch.size=1000000).
     /// Repeatable.
     #[arg(long = "producer", value_name = "KEY=VALUE", value_parser = key_value)]
     producer: Vec<(String, String)>,
