@@ -11,7 +11,7 @@ use telegate_policy::StateFile;
 use telegate_sim::{Fleet, FleetConfig, FormatMix};
 
 /// jemalloc keeps its bookkeeping apart from the memory it hands out, so buffers reserved but
-/// never written stay unbacked. rumqttd reserves about 177 KB of queues and socket buffers per
+/// never written stay unbacked. rumqttd reserves at least 177 KB of queues and socket buffers per
 /// connection; with glibc's allocator an idle connection cost 44 KB resident, with jemalloc
 /// 25 KB (README, "Connection scale").
 #[global_allocator]
