@@ -446,7 +446,11 @@ fn consumer_line(service: Reference, v: &serde_json::Value) -> String {
         }
         Reference::TripLog => {
             let trips = v["trips"].as_array().cloned().unwrap_or_default();
-            let km: f64 = trips.iter().filter_map(|t| t["distance_km"].as_f64()).sum();
+            // Not `sum()`: an empty f64 sum is -0.0, which would print as "-0.0 km".
+            let km = trips
+                .iter()
+                .filter_map(|t| t["distance_km"].as_f64())
+                .fold(0.0, |a, b| a + b);
             let last = trips.last().map_or(String::new(), |t| {
                 format!(
                     "; last {:.1} km in {:.0} s, max {} km/h",
@@ -487,5 +491,12 @@ mod tests {
             "WP0**************"
         );
         assert!(super::mask_key("pseudonym", b"0123456789abcdef").starts_with("01234567..."));
+    }
+
+    #[test]
+    fn no_trips_read_zero_km() {
+        use telegate_consumers::Reference;
+        let line = super::consumer_line(Reference::TripLog, &serde_json::json!({ "trips": [] }));
+        assert_eq!(line, "0 trips closed, 0.0 km");
     }
 }
