@@ -57,7 +57,9 @@ impl KafkaConfig {
         c
     }
 
-    pub(crate) fn producer_config(&self) -> ClientConfig {
+    /// The producer telegate's sink and state writers use; the load generator's Kafka
+    /// ceiling uses it too, so it writes as telegate does.
+    pub fn producer_config(&self) -> ClientConfig {
         let mut c = self.client_config();
         c.set("enable.idempotence", "true")
             .set("acks", "all")

@@ -37,11 +37,10 @@ pub enum Sink {
     },
     /// Straight to Kafka, as telegate would produce: the Kafka ceiling.
     Kafka {
-        bootstrap: String,
+        /// telegate's producer settings; `extra` carries the properties under study
+        /// (linger, batching, compression).
+        kafka: telegate_kafka::KafkaConfig,
         topic: String,
-        /// librdkafka properties over telegate's producer defaults (linger, batching,
-        /// compression studies).
-        producer: Vec<(String, String)>,
     },
 }
 
@@ -137,22 +136,8 @@ pub async fn run(
     let start = Instant::now();
     // One producer shared by every vehicle, configured as telegate's sink is.
     let out = match sink {
-        Sink::Kafka {
-            bootstrap,
-            topic,
-            producer,
-        } => {
-            let mut config = rdkafka::ClientConfig::new();
-            config
-                .set("bootstrap.servers", bootstrap)
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("compression.type", "lz4")
-                .set("linger.ms", "5");
-            for (k, v) in producer {
-                config.set(k, v);
-            }
-            Out::Kafka(config.create()?, topic.clone())
+        Sink::Kafka { kafka, topic } => {
+            Out::Kafka(kafka.producer_config().create()?, topic.clone())
         }
         Sink::Mqtt { addr } => Out::Mqtt(*addr),
     };

@@ -370,9 +370,12 @@ async fn measure(
     let sink = match (&target.mqtt, &target.observer) {
         (Some(addr), _) => Sink::Mqtt { addr: *addr },
         (None, Observer::Kafka { topic, bootstrap }) => Sink::Kafka {
-            bootstrap: bootstrap.clone(),
+            kafka: telegate_kafka::KafkaConfig {
+                bootstrap: bootstrap.clone(),
+                extra: a.producer.iter().cloned().collect(),
+                ..Default::default()
+            },
             topic: topic.clone(),
-            producer: a.producer.clone(),
         },
         (None, Observer::Mqtt { .. }) => bail!("an MQTT observer needs an MQTT target"),
     };
