@@ -34,22 +34,23 @@ pub struct LoadArgs {
 
 pub const LOAD_PACK: &str = include_str!("../../../packs/loadgen.toml");
 
-/// A process under test, killed when dropped.
+/// A process started here, killed and reaped when dropped, on every early return too.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What is under test: a process started here (or one already running) and how to watch it.
 struct Target {
-    child: Option<Child>,
+    _process: Option<Process>,
     pid: Option<i32>,
     mqtt: Option<SocketAddr>,
     observer: Observer,
     _dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// `--kafka-bootstrap mock`: librdkafka's in-memory mock cluster, one per target.
@@ -58,38 +59,35 @@ pub const MOCK: &str = "mock";
 /// `telegate kafka-mock` in a process of its own (so its CPU is not the gateway's), killed
 /// when dropped.
 struct KafkaMock {
-    child: Child,
+    _process: Process,
     bootstrap: String,
 }
 
 impl KafkaMock {
     fn start(exe: &std::path::Path) -> anyhow::Result<Self> {
         use std::io::BufRead;
-        let mut child = Command::new(exe)
-            .arg("kafka-mock")
-            .env("TELEGATE_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting telegate kafka-mock")?;
+        let mut process = Process(
+            Command::new(exe)
+                .arg("kafka-mock")
+                .env("TELEGATE_LOG", "error")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting telegate kafka-mock")?,
+        );
         let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
+        if let Some(out) = process.0.stdout.take() {
             std::io::BufReader::new(out).read_line(&mut line)?;
         }
         let bootstrap = line.trim().to_owned();
-        if bootstrap.is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("telegate kafka-mock printed no bootstrap address");
-        }
-        Ok(Self { child, bootstrap })
-    }
-}
-
-impl Drop for KafkaMock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        anyhow::ensure!(
+            !bootstrap.is_empty(),
+            "telegate kafka-mock printed no bootstrap address"
+        );
+        Ok(Self {
+            _process: process,
+            bootstrap,
+        })
     }
 }
 
@@ -137,7 +135,7 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Tar
             let config = dir.path().join("telegate.toml");
             std::fs::write(&config, producer_config(&a.producer)?)?;
             let ns = format!("lg{:08x}.", rand::random::<u32>());
-            let mut child = Command::new(exe)
+            let child = Command::new(exe)
                 .arg("serve")
                 .args([
                     "--mqtt-listen",
@@ -166,9 +164,10 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Tar
                 .stderr(log()?)
                 .spawn()
                 .context("starting telegate serve")?;
+            let mut process = Process(child);
             let deadline = Instant::now() + Duration::from_secs(90);
             while !http_ok(metrics, "/readyz") {
-                if let Some(status) = child.try_wait()? {
+                if let Some(status) = process.0.try_wait()? {
                     bail!(
                         "telegate serve exited at start-up: {status}\n{}",
                         log_tail()
@@ -180,10 +179,9 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Tar
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let pid = child.id() as i32;
             Ok(Target {
-                child: Some(child),
-                pid: Some(pid),
+                pid: Some(process.0.id() as i32),
+                _process: Some(process),
                 mqtt: Some(mqtt),
                 observer: Observer::Kafka {
                     bootstrap: bootstrap.to_owned(),
@@ -223,7 +221,7 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Tar
             mqtt_broker(child, mqtt, "mosquitto", a.load.qos, dir)
         }
         "kafka" => Ok(Target {
-            child: None,
+            _process: None,
             pid: None,
             mqtt: None,
             observer: Observer::Kafka {
@@ -238,17 +236,17 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Tar
 
 /// A plain MQTT broker just started: waits for it, then observes it with a subscriber.
 fn mqtt_broker(
-    mut child: Child,
+    child: Child,
     mqtt: SocketAddr,
     what: &str,
     qos: u8,
     dir: tempfile::TempDir,
 ) -> anyhow::Result<Target> {
-    wait_tcp(mqtt, &mut child, what)?;
-    let pid = child.id() as i32;
+    let mut process = Process(child);
+    wait_tcp(mqtt, &mut process.0, what)?;
     Ok(Target {
-        child: Some(child),
-        pid: Some(pid),
+        pid: Some(process.0.id() as i32),
+        _process: Some(process),
         mqtt: Some(mqtt),
         observer: Observer::Mqtt { addr: mqtt, qos },
         _dir: Some(dir),
@@ -282,7 +280,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
             .map_or(a.kafka_bootstrap.as_str(), |m| m.bootstrap.as_str());
         let target = match &a.external {
             Some((mqtt, pid, topic)) => Target {
-                child: None,
+                _process: None,
                 pid: *pid,
                 mqtt: Some(*mqtt),
                 observer: Observer::Kafka {
