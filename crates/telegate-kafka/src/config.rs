@@ -57,9 +57,7 @@ impl KafkaConfig {
         c
     }
 
-    /// The producer telegate's sink and state writers use; the load generator's Kafka
-    /// ceiling uses it too, so it writes as telegate does.
-    pub fn producer_config(&self) -> ClientConfig {
+    pub(crate) fn producer_config(&self) -> ClientConfig {
         let mut c = self.client_config();
         c.set("enable.idempotence", "true")
             .set("acks", "all")

@@ -2,14 +2,15 @@
 //! (or, for the Kafka ceiling, straight to Kafka), with ramp-up and warm-up.
 
 use crate::tracker::Tracker;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use anyhow::Context;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, encode, vehicle_topic};
+use telegate_kafka::KafkaSink;
+use telegate_policy::OutRecord;
 
 /// Relative weights of the frame kinds each vehicle sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,13 +117,13 @@ fn frame(vin: &str, seq: u64, mix: Mix) -> VehicleFrame {
 #[derive(Clone)]
 enum Out {
     Mqtt(SocketAddr),
-    Kafka(FutureProducer, String),
+    Kafka(Arc<KafkaSink>, String),
 }
 
-/// One vehicle's connection: its own MQTT client, or the shared producer.
+/// One vehicle's connection: its own MQTT client, or the shared sink.
 enum Conn {
     Mqtt(AsyncClient),
-    Kafka(FutureProducer, String),
+    Kafka(Arc<KafkaSink>, String),
 }
 
 /// Runs every vehicle to the end of warm-up plus duration, sending to `sink`; returns frames
@@ -134,11 +135,9 @@ pub async fn run(
     tracker: Arc<Tracker>,
 ) -> anyhow::Result<u64> {
     let start = Instant::now();
-    // One producer shared by every vehicle, configured as telegate's sink is.
+    // One sink shared by every vehicle: telegate's own, with its producer settings.
     let out = match sink {
-        Sink::Kafka { kafka, topic } => {
-            Out::Kafka(kafka.producer_config().create()?, topic.clone())
-        }
+        Sink::Kafka { kafka, topic } => Out::Kafka(Arc::new(KafkaSink::new(kafka)?), topic.clone()),
         Sink::Mqtt { addr } => Out::Mqtt(*addr),
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -156,15 +155,9 @@ pub async fn run(
     }
     // Dropping a producer purges what it still holds: give every record up to the same 60 s
     // the observer waits. What is still queued then is purged and counted as lost.
-    if let Out::Kafka(producer, _) = out {
-        use rdkafka::producer::Producer;
-        let flushed =
-            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(60))).await?;
-        if let Err(e) = flushed {
-            eprintln!(
-                "Kafka records still queued 60 s after the load ended ({e}): counted as lost"
-            );
-        }
+    if let Out::Kafka(sink, _) = out {
+        let sink = Arc::into_inner(sink).context("every vehicle has finished with the sink")?;
+        sink.close(Duration::from_secs(60)).await;
     }
     Ok(published)
 }
@@ -200,7 +193,7 @@ async fn vehicle(
             });
             Conn::Mqtt(client)
         }
-        Out::Kafka(producer, topic) => Conn::Kafka(producer, topic),
+        Out::Kafka(sink, topic) => Conn::Kafka(sink, topic),
     };
     let end = cfg.warm_up + cfg.duration;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate.max(0.001)));
@@ -219,42 +212,26 @@ async fn vehicle(
                 c.publish(vehicle_topic(&vin, kind), qos, false, payload)
                     .await?
             }
-            Conn::Kafka(p, topic) => {
-                // The same record telegate would write: its headers included.
-                let seq_text = seq.to_string();
-                let captured = f.captured_at_ms.to_string();
-                let mut headers = OwnedHeaders::new_with_capacity(9);
-                for (key, value) in [
-                    ("telegate-purpose", "loadgen"),
-                    ("telegate-legal-basis", "contract"),
-                    ("telegate-consent", "not-required"),
-                    ("telegate-subject", "vin"),
-                    ("telegate-policy", "loadgen@1"),
-                    ("telegate-captured-at-ms", captured.as_str()),
-                    ("telegate-seq", seq_text.as_str()),
-                    ("telegate-encoding", "protobuf"),
-                ] {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value.as_bytes()),
-                    });
-                }
-                let mut record = FutureRecord::to(topic)
-                    .key(vin.as_bytes())
-                    .payload(&payload)
-                    .headers(headers);
-                loop {
-                    match p.send_result(record) {
-                        Ok(delivery) => {
-                            drop(delivery);
-                            break;
-                        }
-                        Err((_, r)) => {
-                            record = r;
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                    }
-                }
+            Conn::Kafka(sink, topic) => {
+                // The same record telegate would write, its headers included, through
+                // telegate's own sink (back-pressure and delivery tracking).
+                let headers = vec![
+                    ("telegate-purpose", "loadgen".to_owned()),
+                    ("telegate-legal-basis", "contract".to_owned()),
+                    ("telegate-consent", "not-required".to_owned()),
+                    ("telegate-subject", "vin".to_owned()),
+                    ("telegate-policy", "loadgen@1".to_owned()),
+                    ("telegate-captured-at-ms", f.captured_at_ms.to_string()),
+                    ("telegate-seq", seq.to_string()),
+                    ("telegate-encoding", "protobuf".to_owned()),
+                ];
+                sink.send(&OutRecord {
+                    topic: topic.clone(),
+                    key: Some(vin.as_bytes().to_vec()),
+                    headers,
+                    payload,
+                })
+                .await?;
             }
         }
     }
