@@ -90,8 +90,9 @@ async fn consumers_agree_with_what_the_fleet_did() {
         && (stopped.elapsed() < Duration::from_secs(8) || since.elapsed() < Duration::from_secs(4))
     {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if taken() != last {
-            (last, since) = (taken(), tokio::time::Instant::now());
+        let now = taken();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
         }
     }
     let _ = stop.send(true);
