@@ -10,7 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use telegate_frame::now_ms;
 use telegate_kafka::{KafkaConfig, LogWriter, ensure_topics};
 use telegate_policy::TopicSpec;
 use tokio::sync::watch;
@@ -80,13 +81,6 @@ impl Seen {
         }
         false
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Runs `service` until `stop` fires; returns it with its final state.

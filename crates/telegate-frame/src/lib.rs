@@ -1,10 +1,12 @@
 //! The vehicle frame as telegate understands it: the generated `telegate.v1` schema, the
 //! VIN, the MQTT topic layout, decoding from protobuf or proto3-JSON, validation into a
 //! [`Frame`] (each failure a bounded [`RejectReason`]), and classification into data
-//! categories. This crate is pure: it performs no IO, reads no clock and must never depend
-//! on tokio, rdkafka, rumqttd, rumqttc or tonic (CI checks its dependency tree).
+//! categories. This crate is pure: it performs no IO and must never depend on tokio, rdkafka,
+//! rumqttd, rumqttc or tonic (CI checks its dependency tree). Its functions take the time as an
+//! argument; [`now_ms`] is the one clock the edges read to supply it.
 
 mod classify;
+mod clock;
 mod decode;
 pub mod geo;
 mod kind;
@@ -20,6 +22,7 @@ pub mod pb {
 }
 
 pub use classify::{Categories, DataCategory, classify};
+pub use clock::now_ms;
 pub use decode::{DecodeError, PayloadFormat, decode, encode};
 pub use kind::{FrameKind, VEHICLE_TOPIC_FILTER, VehicleTopic, vehicle_topic};
 pub use validate::{Frame, RejectReason, Rejection, ValidationConfig, validate};

@@ -6,15 +6,19 @@ use crate::kind::{FrameKind, VehicleTopic};
 use crate::pb::{VehicleFrame, vehicle_frame::Body};
 use crate::vin::{Vin, VinError};
 
-/// Limits a deployment sets. Times are milliseconds.
-#[derive(Debug, Clone, PartialEq)]
+/// Limits a deployment sets. Times are milliseconds here and durations such as `"30days"` in
+/// a config file (`max_future_skew`, `max_age`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ValidationConfig {
     /// Require the ISO 3779 check digit (position 9). Off by default: many European VINs
     /// carry none.
     pub require_check_digit: bool,
     /// How far in the future `captured_at_ms` may lie (vehicle clock drift).
+    #[serde(rename = "max_future_skew", with = "duration_ms")]
     pub max_future_skew_ms: i64,
     /// How old a frame may be when it arrives (vehicles buffer frames while offline).
+    #[serde(rename = "max_age", with = "duration_ms")]
     pub max_age_ms: i64,
     /// Largest payload accepted, in bytes.
     pub max_payload_bytes: usize,
@@ -28,6 +32,23 @@ impl Default for ValidationConfig {
             max_age_ms: 30 * 24 * 3600 * 1000,
             max_payload_bytes: 64 * 1024,
         }
+    }
+}
+
+/// Milliseconds written as a human duration (`"5m"`, `"30days"`).
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        let d = Duration::from_millis(u64::try_from(*ms).unwrap_or_default());
+        s.serialize_str(&humantime::format_duration(d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let text = String::deserialize(d)?;
+        let d = humantime::parse_duration(&text).map_err(D::Error::custom)?;
+        i64::try_from(d.as_millis()).map_err(D::Error::custom)
     }
 }
 

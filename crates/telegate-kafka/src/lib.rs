@@ -6,12 +6,12 @@
 //!
 //! [`OutRecord`]: telegate_policy::OutRecord
 
-mod admin;
 mod config;
 mod sink;
 mod statelog;
+mod topics;
 
-pub use admin::{TopicError, ensure_topics, topic_retention_ms};
 pub use config::KafkaConfig;
 pub use sink::{KafkaSink, SinkError, SinkStats};
 pub use statelog::{Entry, LogWriter, Scanned, Start, assign_all, follow, scan};
+pub use topics::{TopicError, ensure_topics, topic_retention_ms};

@@ -70,12 +70,14 @@ impl LogWriter {
     }
 }
 
-/// Reads `topic` from its beginning and keeps following it. `caught_up` turns true once
-/// every partition has been read to the end it had when following began.
+/// Reads `topic` from its beginning and keeps following it until `stop` turns true (or the
+/// receiver is dropped). `caught_up` turns true once every partition has been read to the end
+/// it had when following began.
 pub fn follow(
     cfg: &KafkaConfig,
     topic: &str,
     capacity: usize,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(mpsc::Receiver<Entry>, watch::Receiver<bool>), KafkaError> {
     // Each instance reads everything itself: no group assignment, nothing committed.
     let (consumer, partitions) = assigned_consumer(cfg, topic)?;
@@ -85,7 +87,11 @@ pub fn follow(
     tokio::spawn(async move {
         let mut pending: BTreeSet<i32> = partitions.into_iter().collect();
         loop {
-            match consumer.recv().await {
+            let next = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                next = consumer.recv() => next,
+            };
+            match next {
                 Ok(m) => {
                     let entry = Entry {
                         key: m.key().unwrap_or_default().to_vec(),

@@ -6,7 +6,8 @@ use anyhow::Context;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use telegate_frame::now_ms;
 use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, encode, vehicle_topic};
 use telegate_kafka::KafkaSink;
@@ -56,13 +57,6 @@ pub struct LoadConfig {
     pub ramp_up: Duration,
     pub warm_up: Duration,
     pub duration: Duration,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn frame(vin: &str, seq: u64, mix: Mix) -> VehicleFrame {

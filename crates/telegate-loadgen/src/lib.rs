@@ -3,12 +3,16 @@
 //! (the Kafka topic, or an MQTT subscriber for bare brokers) matching every frame back by
 //! (VIN, seq). It reports publish and delivery rates, end-to-end latency (HDR histogram),
 //! lost and duplicated frames, and the target process's CPU time and resident memory, as a
-//! table, JSON and a self-contained HTML page.
+//! table, JSON and a self-contained HTML page. [`targets`] starts what is compared (telegate,
+//! bare rumqttd, Mosquitto, Kafka directly) as processes of their own; [`connections`] holds idle
+//! connections to measure memory per vehicle.
 
+pub mod connections;
 mod generate;
 mod observe;
 mod procstat;
 mod report;
+pub mod targets;
 mod tracker;
 
 pub use generate::{LoadConfig, Mix, Sink, run};

@@ -11,11 +11,14 @@ use tokio::sync::mpsc;
 
 /// Broker and link settings. The defaults size the in-memory log for bursts of a few
 /// hundred thousand frames.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct IngressConfig {
     /// MQTT 3.1.1 listener; `None` disables it.
+    #[serde(rename = "listen")]
     pub v4_listen: Option<SocketAddr>,
     /// MQTT 5 listener; `None` disables it.
+    #[serde(rename = "listen_v5")]
     pub v5_listen: Option<SocketAddr>,
     pub max_connections: usize,
     /// The broker drops the connection of a client that sends a larger packet. Keep it above
@@ -30,7 +33,8 @@ pub struct IngressConfig {
     pub segment_count: usize,
     /// The bounded channel from the link reader to the pipeline.
     pub channel_capacity: usize,
-    /// The MQTT filter the link subscribes to.
+    /// The MQTT filter the link subscribes to: the contract's, not a setting.
+    #[serde(skip)]
     pub filter: String,
 }
 

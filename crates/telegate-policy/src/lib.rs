@@ -5,6 +5,7 @@
 //! tokio, rdkafka, rumqttd, rumqttc or tonic (CI checks its dependency tree).
 
 mod decide;
+mod explain;
 mod fields;
 mod ids;
 mod keys;
@@ -17,6 +18,7 @@ pub use decide::{
     ConsentState, Decision, DropReason, Rule, Verdict, When, contribution_period, decide,
     decide_all, offline,
 };
+pub use explain::{ExplainError, check, explain};
 pub use fields::FieldMask;
 pub use ids::{KeyId, PurposeId, ServiceId};
 pub use keys::{KeyError, Keyring, seal, sealed_subject, unseal};

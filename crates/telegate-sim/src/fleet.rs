@@ -6,7 +6,8 @@ use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use telegate_frame::now_ms;
 use telegate_frame::pb::VehicleFrame;
 use telegate_frame::{FrameKind, PayloadFormat, encode, vehicle_topic};
 use tokio::sync::watch;
@@ -114,13 +115,6 @@ impl Fleet {
         }
         out
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 async fn drive(

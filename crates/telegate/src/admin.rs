@@ -1,474 +1,258 @@
-//! The admin API (gRPC, `telegate.admin.v1.Admin`): consent and settings changes, and the
-//! data-subject rights. Every call needs the bearer token; every change is written to the
-//! replicated state and to the consent ledger before the call returns.
+//! `telegate admin …`: the admin API for people, one subcommand per call.
 
-use crate::ledger::{Change, Channel, Ledger, LedgerEntry};
-use crate::pipeline::now_ms;
-use crate::state::StateStore;
-use serde_json::json;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-use telegate_admin::pb::{self, Origin};
-use telegate_admin::{Admin, AdminServer};
-use telegate_frame::Vin;
-use telegate_frame::pb::PlatformRequest;
-use telegate_kafka::{KafkaConfig, scan};
-use telegate_mqtt::Ingress;
-use telegate_policy::{
-    Account, ConsentRule, Identity, Keyring, Pack, StateFile, SubjectRecord, sealed_subject, unseal,
-};
-use tonic::{Request, Response, Status};
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use telegate_admin_proto::AdminClient;
+use telegate_admin_proto::pb::{self, Origin};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel as Transport;
 
-/// What the admin service works with.
-#[derive(Debug)]
-pub struct AdminContext {
-    pub pack: Arc<Pack>,
-    pub state: Arc<StateStore>,
-    pub ledger: Arc<Ledger>,
-    pub ingress: Arc<Ingress>,
-    pub kafka: KafkaConfig,
-    pub keys: Keyring,
-    /// How long a blocked account's data waits for the retention check before erasure.
-    pub block_grace: Duration,
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Admin API address.
+    #[arg(
+        long,
+        env = "TELEGATE_ADMIN_ENDPOINT",
+        default_value = "http://127.0.0.1:9899"
+    )]
+    pub endpoint: String,
+    /// Bearer token.
+    #[arg(long, env = "TELEGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Channel through which the person made the change.
+    #[arg(long, value_enum, default_value_t = ChannelArg::Api)]
+    pub channel: ChannelArg,
+    /// Version of the text the person agreed to or was shown.
+    #[arg(long, default_value = "")]
+    pub text_version: String,
+    /// Who makes the change (operator id).
+    #[arg(long, default_value = "")]
+    pub actor: String,
+    #[command(subcommand)]
+    pub command: AdminCommand,
 }
 
-#[derive(Debug, Clone)]
-pub struct AdminService {
-    ctx: Arc<AdminContext>,
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ChannelArg {
+    App,
+    HeadUnit,
+    CallCentre,
+    Api,
 }
 
-/// Serves the admin API on `listen`, behind the bearer token; returns the bound address.
-pub async fn serve(
-    listen: SocketAddr,
-    token: String,
-    ctx: Arc<AdminContext>,
-) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let expected = format!("Bearer {token}");
-    let service = AdminServer::with_interceptor(AdminService { ctx }, move |req: Request<()>| {
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            Ok(req)
-        } else {
-            metrics::counter!("telegate_admin_unauthenticated_total").increment(1);
-            Err(Status::unauthenticated(
-                "a valid `authorization: Bearer <token>` is required",
-            ))
-        }
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Grant standing consent for a purpose.
+    Grant { vin: String, purpose: String },
+    /// Withdraw standing consent for a purpose.
+    Withdraw { vin: String, purpose: String },
+    /// Object to a purpose (`--lift` to lift the objection).
+    Object {
+        vin: String,
+        purpose: String,
+        #[arg(long)]
+        lift: bool,
+    },
+    /// Restrict all processing (`--lift` to lift it).
+    Restrict {
+        vin: String,
+        #[arg(long)]
+        lift: bool,
+    },
+    /// Activate a feature (`--off` to deactivate).
+    Activate {
+        vin: String,
+        feature: String,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Record a breakdown call's consent scopes; `--request-snapshot` for calls placed in the app.
+    CallConsent {
+        vin: String,
+        call_id: String,
+        #[arg(long)]
+        assistance: bool,
+        #[arg(long)]
+        dealer: bool,
+        #[arg(long)]
+        request_snapshot: bool,
+    },
+    /// Show the vehicle's state.
+    State { vin: String },
+    /// Explain what happens to a frame (a VehicleFrame in proto3-JSON, from a file).
+    Explain { frame: std::path::PathBuf },
+    /// Block the account; its data is erased after the retention check.
+    Block { vin: String },
+    /// Erase the vehicle's state and key material.
+    Erase { vin: String },
+    /// Export everything about the vehicle (JSON).
+    Export { vin: String },
+    /// Open a sealed VIN.
+    Unseal { sealed: String },
+}
+
+/// A refusal in a person's words: the code and what the API said.
+fn refused(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the admin API refused the call: {:?}: {}",
+        status.code(),
+        status.message()
+    )
+}
+
+/// Makes the call and prints the answer.
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let out = call(a).await?;
+    crate::process::print_all(&format!("{out}\n"));
+    Ok(())
+}
+
+/// Makes the call; the answer as text.
+pub async fn call(a: Args) -> anyhow::Result<String> {
+    let transport = Transport::from_shared(a.endpoint.clone())
+        .context("--endpoint is not a URL such as http://host:9899")?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {}", a.endpoint))?;
+    let bearer: MetadataValue<_> = format!("Bearer {}", a.token)
+        .parse()
+        .context("the token has characters a header cannot carry")?;
+    let mut client = AdminClient::with_interceptor(transport, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
     });
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await
-        {
-            tracing::error!(error = %e, "admin API stopped");
-        }
+    let origin = Some(Origin {
+        channel: match a.channel {
+            ChannelArg::App => pb::Channel::App,
+            ChannelArg::HeadUnit => pb::Channel::HeadUnit,
+            ChannelArg::CallCentre => pb::Channel::CallCentre,
+            ChannelArg::Api => pb::Channel::Api,
+        } as i32,
+        text_version: a.text_version,
+        actor: a.actor,
+        at_ms: 0,
     });
-    Ok(addr)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn vin(s: &str) -> Result<Vin, Status> {
-    Vin::parse(s).map_err(|e| Status::invalid_argument(format!("vin: {e}")))
-}
-
-fn internal(e: anyhow::Error) -> Status {
-    tracing::error!(error = %e, "admin call failed");
-    Status::unavailable(format!("{e:#}"))
-}
-
-struct Who {
-    channel: Channel,
-    text_version: String,
-    actor: String,
-    at_ms: i64,
-}
-
-fn who(origin: Option<Origin>) -> Who {
-    let o = origin.unwrap_or_default();
-    Who {
-        channel: match pb::Channel::try_from(o.channel).unwrap_or(pb::Channel::Api) {
-            pb::Channel::App => Channel::App,
-            pb::Channel::HeadUnit => Channel::HeadUnit,
-            pb::Channel::CallCentre => Channel::CallCentre,
-            pb::Channel::Api | pb::Channel::Unspecified => Channel::Api,
-        },
-        text_version: o.text_version,
-        actor: o.actor,
-        at_ms: if o.at_ms > 0 { o.at_ms } else { now_ms() },
-    }
-}
-
-/// The record as a person may see it: everything but the key material.
-fn redacted(record: &SubjectRecord) -> SubjectRecord {
-    SubjectRecord {
-        secret: None,
-        ..record.clone()
-    }
-}
-
-fn state_reply(record: &SubjectRecord) -> Response<pb::StateReply> {
-    Response::new(pb::StateReply {
-        state_json: serde_json::to_string(&redacted(record)).unwrap_or_default(),
-    })
-}
-
-impl AdminService {
-    /// Changes the record, writes the ledger entry, replies with the new state.
-    async fn change(
-        &self,
-        vin: Vin,
-        who: &Who,
-        action: &str,
-        target: &str,
-        value: serde_json::Value,
-        apply: impl FnOnce(&mut SubjectRecord),
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let record = self.ctx.state.update(vin, apply).await.map_err(internal)?;
-        let change = Change {
-            action,
-            target,
-            value,
-            effective_at_ms: who.at_ms,
-            channel: who.channel,
-            text_version: &who.text_version,
-            actor: &who.actor,
-        };
-        self.ctx
-            .ledger
-            .append(&vin, change)
-            .await
-            .map_err(internal)?;
-        Ok(state_reply(&record))
-    }
-
-    fn purpose(&self, id: &str) -> Result<&telegate_policy::Purpose, Status> {
-        self.ctx.pack.purpose(id).ok_or_else(|| {
-            Status::not_found(format!(
-                "policy {} has no purpose {id:?}",
-                self.ctx.pack.label()
-            ))
-        })
-    }
-}
-
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn set_consent(
-        &self,
-        req: Request<pb::ConsentChange>,
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let r = req.into_inner();
-        let vin = vin(&r.vin)?;
-        let purpose = self.purpose(&r.purpose)?;
-        if purpose.consent != ConsentRule::Standing {
-            return Err(Status::failed_precondition(format!(
-                "purpose {} does not rest on standing consent",
-                purpose.id
-            )));
-        }
-        let who = who(r.origin);
-        let (p, on, at) = (r.purpose.clone(), r.granted, who.at_ms);
-        self.change(vin, &who, "consent", &r.purpose, json!(on), |s| {
-            s.consents.entry(p).or_default().set(at, on)
-        })
-        .await
-    }
-
-    async fn set_objection(
-        &self,
-        req: Request<pb::PurposeFlag>,
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let r = req.into_inner();
-        let vin = vin(&r.vin)?;
-        self.purpose(&r.purpose)?;
-        let who = who(r.origin);
-        let (p, on, at) = (r.purpose.clone(), r.on, who.at_ms);
-        self.change(vin, &who, "objection", &r.purpose, json!(on), |s| {
-            s.objections.entry(p).or_default().set(at, on)
-        })
-        .await
-    }
-
-    async fn set_restriction(
-        &self,
-        req: Request<pb::Flag>,
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let r = req.into_inner();
-        let vin = vin(&r.vin)?;
-        let who = who(r.origin);
-        let (on, at) = (r.on, who.at_ms);
-        self.change(vin, &who, "restriction", "", json!(on), |s| {
-            s.restricted.set(at, on)
-        })
-        .await
-    }
-
-    async fn set_activation(
-        &self,
-        req: Request<pb::ActivationChange>,
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let r = req.into_inner();
-        let vin = vin(&r.vin)?;
-        let known = self
-            .ctx
-            .pack
-            .purposes
-            .iter()
-            .any(|p| p.consent == ConsentRule::Activation(r.feature.clone()));
-        if !known {
-            return Err(Status::not_found(format!(
-                "no purpose depends on feature {:?}",
-                r.feature
-            )));
-        }
-        let who = who(r.origin);
-        let (f, on, at) = (r.feature.clone(), r.active, who.at_ms);
-        self.change(vin, &who, "activation", &r.feature, json!(on), |s| {
-            s.activations.entry(f).or_default().set(at, on)
-        })
-        .await
-    }
-
-    async fn record_call_consent(
-        &self,
-        req: Request<pb::CallConsent>,
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let r = req.into_inner();
-        let vin = vin(&r.vin)?;
-        if r.call_id.is_empty() || r.call_id.len() > 64 {
-            return Err(Status::invalid_argument("call_id: 1 to 64 characters"));
-        }
-        let who = who(r.origin);
-        let scopes = telegate_policy::CallConsent {
-            assistance: r.assistance,
-            dealer: r.dealer,
-        };
-        let call = r.call_id.clone();
-        let reply = self
-            .change(vin, &who, "call-consent", &r.call_id, json!(scopes), |s| {
-                s.call_consents.insert(call, scopes);
-            })
-            .await?;
-        if r.request_snapshot {
-            // A call placed in the app: the backend asks the vehicle for its data [002 L15].
-            let request = PlatformRequest {
-                request_id: format!("req-{:016x}", rand::random::<u64>()),
-                kind: "breakdown-snapshot".into(),
-                call_id: r.call_id,
-                issued_at_ms: now_ms(),
-            };
-            let payload = serde_json::to_vec(&request).map_err(|e| internal(e.into()))?;
-            let topic = format!("/tenants/{}/v1/request", vin.expose());
-            self.ctx
-                .ingress
-                .publish(topic, payload)
-                .map_err(|e| internal(e.into()))?;
-        }
-        Ok(reply)
-    }
-
-    async fn get_state(
-        &self,
-        req: Request<pb::Subject>,
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let vin = vin(&req.into_inner().vin)?;
-        let record = self.ctx.state.get(&vin).unwrap_or_default();
-        Ok(state_reply(&record))
-    }
-
-    async fn explain(
-        &self,
-        req: Request<pb::ExplainRequest>,
-    ) -> Result<Response<pb::ExplainReply>, Status> {
-        let frame = req.into_inner().frame_json;
-        let (raw, _) = telegate_frame::decode(frame.as_bytes())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut file = StateFile::default();
-        if let Some(record) = Vin::parse(&raw.vin)
-            .ok()
-            .and_then(|v| self.ctx.state.get(&v))
-        {
-            file.subjects.insert(raw.vin.clone(), record);
-        }
-        let text = crate::policy_cli::explain(&self.ctx.pack, &frame, Some(&file), Some(now_ms()))
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        Ok(Response::new(pb::ExplainReply { text }))
-    }
-
-    async fn block_account(
-        &self,
-        req: Request<pb::Subject>,
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let vin = vin(&req.into_inner().vin)?;
-        let who = who(None);
-        let at = who.at_ms;
-        let delete_after_ms = at + self.ctx.block_grace.as_millis() as i64;
-        self.change(
+    let state = |r: tonic::Response<pb::StateReply>| r.into_inner().state_json;
+    Ok(match a.command {
+        AdminCommand::Grant { vin, purpose } => state(
+            client
+                .set_consent(pb::ConsentChange {
+                    vin,
+                    purpose,
+                    granted: true,
+                    origin,
+                })
+                .await
+                .map_err(refused)?,
+        ),
+        AdminCommand::Withdraw { vin, purpose } => state(
+            client
+                .set_consent(pb::ConsentChange {
+                    vin,
+                    purpose,
+                    granted: false,
+                    origin,
+                })
+                .await
+                .map_err(refused)?,
+        ),
+        AdminCommand::Object { vin, purpose, lift } => state(
+            client
+                .set_objection(pb::PurposeFlag {
+                    vin,
+                    purpose,
+                    on: !lift,
+                    origin,
+                })
+                .await
+                .map_err(refused)?,
+        ),
+        AdminCommand::Restrict { vin, lift } => state(
+            client
+                .set_restriction(pb::Flag {
+                    vin,
+                    on: !lift,
+                    origin,
+                })
+                .await
+                .map_err(refused)?,
+        ),
+        AdminCommand::Activate { vin, feature, off } => state(
+            client
+                .set_activation(pb::ActivationChange {
+                    vin,
+                    feature,
+                    active: !off,
+                    origin,
+                })
+                .await
+                .map_err(refused)?,
+        ),
+        AdminCommand::CallConsent {
             vin,
-            &who,
-            "block",
-            "",
-            json!({ "delete_after_ms": delete_after_ms }),
-            |s| {
-                s.account = Account::Blocked {
-                    at_ms: at,
-                    delete_after_ms,
-                }
-            },
-        )
-        .await
-    }
-
-    async fn erase(&self, req: Request<pb::Subject>) -> Result<Response<pb::EraseReply>, Status> {
-        let vin = vin(&req.into_inner().vin)?;
-        let existed = erase(&self.ctx, &vin, "api").await.map_err(internal)?;
-        Ok(Response::new(pb::EraseReply { existed }))
-    }
-
-    async fn export(&self, req: Request<pb::Subject>) -> Result<Response<pb::ExportReply>, Status> {
-        let vin = vin(&req.into_inner().vin)?;
-        let json = export(&self.ctx, &vin).await.map_err(internal)?;
-        Ok(Response::new(pb::ExportReply {
-            json: serde_json::to_string_pretty(&json).unwrap_or_default(),
-        }))
-    }
-
-    async fn unseal(
-        &self,
-        req: Request<pb::UnsealRequest>,
-    ) -> Result<Response<pb::UnsealReply>, Status> {
-        let sealed = req.into_inner().sealed;
-        let gone = || {
-            Status::not_found(
-                "no key material for this value: the vehicle's data was erased, or it was never sealed here",
-            )
-        };
-        let id = sealed_subject(&sealed)
-            .ok_or_else(|| Status::invalid_argument("not a sealed value (tgs1.…)"))?;
-        let vin = self.ctx.state.vin_of_subject(id).ok_or_else(gone)?;
-        let secret = self
-            .ctx
-            .state
-            .get(&vin)
-            .and_then(|r| r.secret)
-            .ok_or_else(gone)?;
-        let opened = unseal(&secret, &sealed).ok_or_else(gone)?;
-        Ok(Response::new(pb::UnsealReply {
-            vin: opened.expose().to_owned(),
-        }))
-    }
-}
-
-/// Erases a vehicle: the ledger records it, then the state and key material go everywhere.
-pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> anyhow::Result<bool> {
-    let change = Change {
-        action: "erase",
-        target: "",
-        value: json!(true),
-        effective_at_ms: now_ms(),
-        channel: Channel::Api,
-        text_version: "",
-        actor,
-    };
-    ctx.ledger.append(vin, change).await?;
-    ctx.state.erase(vin).await
-}
-
-/// Access and portability: the vehicle's state, its ledger, and what each purpose's topic
-/// still holds of it (records, capture-time range). Anonymous records cannot be attributed
-/// to anyone, by design, and are listed as such.
-pub async fn export(ctx: &AdminContext, vin: &Vin) -> anyhow::Result<serde_json::Value> {
-    let record = ctx.state.get(vin);
-    let secret = record.as_ref().and_then(|r| r.secret.clone());
-    let subject_hash = ctx.ledger.subject_hash(vin);
-    let ledger: Vec<LedgerEntry> = scan(&ctx.kafka, ctx.ledger.topic(), |k| {
-        k == subject_hash.as_bytes()
-    })
-    .await?
-    .into_iter()
-    .filter_map(|r| r.value.and_then(|v| serde_json::from_slice(&v).ok()))
-    .collect();
-    let mut deliveries = Vec::new();
-    for purpose in &ctx.pack.purposes {
-        let topic = &ctx.pack.service_of(purpose).topic;
-        let key = match purpose.identity {
-            Identity::Vin => Some(vin.expose().to_owned()),
-            Identity::Pseudonym | Identity::Sealed => secret
-                .as_ref()
-                .map(|s| ctx.keys.pseudonym(&purpose.id, vin, Some(s))),
-            Identity::Anonymous => None,
-        };
-        let Some(key) = key else {
-            deliveries.push(json!({
-                "purpose": purpose.id.as_str(), "topic": topic, "identity": purpose.identity.as_str(),
-                "records": serde_json::Value::Null,
-                "note": if purpose.identity == Identity::Anonymous {
-                    "anonymous records carry no identifier and cannot be attributed to this vehicle"
-                } else {
-                    "no key material: earlier records can no longer be linked to this vehicle"
-                },
-            }));
-            continue;
-        };
-        let found = scan(&ctx.kafka, topic, |k| k == key.as_bytes()).await?;
-        let mine: Vec<i64> = found
-            .iter()
-            .filter(|r| {
-                r.headers
-                    .iter()
-                    .any(|(k, v)| k == "telegate-purpose" && v == purpose.id.as_str())
-            })
-            .filter_map(|r| {
-                r.headers
-                    .iter()
-                    .find(|(k, _)| k == "telegate-captured-at-ms")
-                    .and_then(|(_, v)| v.parse().ok())
-            })
-            .collect();
-        deliveries.push(json!({
-            "purpose": purpose.id.as_str(), "topic": topic, "identity": purpose.identity.as_str(),
-            "legal_basis": purpose.legal_basis.as_str(),
-            "records": mine.len(),
-            "first_captured_at_ms": mine.iter().min(),
-            "last_captured_at_ms": mine.iter().max(),
-        }));
-    }
-    Ok(json!({
-        "vin": vin.expose(),
-        "exported_at_ms": now_ms(),
-        "policy": ctx.pack.label(),
-        "state": record.as_ref().map(redacted),
-        "ledger": ledger,
-        "deliveries": deliveries,
-    }))
-}
-
-/// Erases blocked accounts whose retention check has passed.
-pub async fn sweep_blocked(ctx: Arc<AdminContext>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        let now = now_ms();
-        let due = ctx.state.vins_where(|r| {
-            matches!(r.account, Account::Blocked { delete_after_ms, .. } if delete_after_ms <= now)
-        });
-        for vin in due {
-            match erase(&ctx, &vin, "retention-check").await {
-                Ok(_) => metrics::counter!("telegate_blocked_erased_total").increment(1),
-                Err(e) => tracing::error!(error = %e, "erasing a blocked account failed; retrying"),
-            }
+            call_id,
+            assistance,
+            dealer,
+            request_snapshot,
+        } => state(
+            client
+                .record_call_consent(pb::CallConsent {
+                    vin,
+                    call_id,
+                    assistance,
+                    dealer,
+                    request_snapshot,
+                    origin,
+                })
+                .await
+                .map_err(refused)?,
+        ),
+        AdminCommand::State { vin } => state(
+            client
+                .get_state(pb::Subject { vin })
+                .await
+                .map_err(refused)?,
+        ),
+        AdminCommand::Explain { frame } => {
+            let frame_json = std::fs::read_to_string(&frame)
+                .with_context(|| format!("cannot read {}", frame.display()))?;
+            client
+                .explain(pb::ExplainRequest { frame_json })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .text
         }
-    }
+        AdminCommand::Block { vin } => state(
+            client
+                .block_account(pb::Subject { vin })
+                .await
+                .map_err(refused)?,
+        ),
+        AdminCommand::Erase { vin } => {
+            let existed = client
+                .erase(pb::Subject { vin })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .existed;
+            format!("{{\"erased\": true, \"existed\": {existed}}}")
+        }
+        AdminCommand::Export { vin } => {
+            client
+                .export(pb::Subject { vin })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .json
+        }
+        AdminCommand::Unseal { sealed } => {
+            client
+                .unseal(pb::UnsealRequest { sealed })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .vin
+        }
+    })
 }

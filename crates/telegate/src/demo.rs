@@ -3,9 +3,6 @@
 //! `--kafka-bootstrap`), a simulated fleet, and a live view of what reaches each topic and
 //! what was dropped or rejected, and why.
 
-use crate::gateway::{Gateway, PackSource};
-use crate::http::metrics_handle;
-use crate::settings::Settings;
 use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
@@ -19,18 +16,33 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
+use telegate_gateway::gateway::Topics;
+use telegate_gateway::http::{metrics_handle, samples};
+use telegate_gateway::{Config, Gateway, PackSource, REFERENCE_PACK};
 use telegate_sim::{Behaviour, Fleet, FleetConfig};
 
-#[derive(Debug, Clone)]
-pub struct DemoArgs {
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    #[arg(long, default_value_t = 20)]
     pub vehicles: usize,
+    /// Stop after this long (e.g. 30s); runs until Ctrl-C otherwise.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Use a real Kafka cluster instead of the in-process stand-in.
+    #[arg(long)]
     pub kafka_bootstrap: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9898")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Policy pack; the built-in reference pack otherwise.
+    #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Share of frames followed by a deliberately broken one.
+    #[arg(long, default_value_t = 0.02)]
     pub bad_frame_ratio: f64,
-    /// product-insights: minimum vehicles per released group.
+    /// product-insights: minimum vehicles per released aggregate (small for a small fleet).
+    #[arg(long, default_value_t = 3)]
     pub k: u64,
 }
 
@@ -57,7 +69,25 @@ pub struct DemoSummary {
     pub consumers: BTreeMap<String, serde_json::Value>,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
+/// Runs the demo and prints its final numbers.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if std::env::var_os("TELEGATE_LOG").is_some() {
+        crate::process::init_tracing();
+    }
+    let summary = summarize(args).await?;
+    println!(
+        "\ndemo finished: {} frames published (+{} broken), {} records delivered to Kafka, {} failed, {} lost in the MQTT broker",
+        summary.published,
+        summary.broken_published,
+        summary.delivered,
+        summary.failed,
+        summary.lost_in_broker
+    );
+    Ok(())
+}
+
+/// Runs the demo and returns what it saw.
+pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     // MockCluster is librdkafka's own in-process broker: real protocol, no durability.
     let mock = match &args.kafka_bootstrap {
         Some(_) => None,
@@ -68,16 +98,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         (None, Some(m)) => m.bootstrap_servers(),
         (None, None) => unreachable!("a mock exists when no bootstrap is given"),
     };
-    let mut settings = Settings::default();
-    settings.kafka.bootstrap = bootstrap.clone();
-    settings.policy = args.policy.clone();
-    let source = source_for(&args);
-    if let Some(mock) = &mock {
+    let mut config = Config::default();
+    config.kafka.bootstrap = bootstrap.clone();
+    config.policy = args.policy.clone();
+    config.mqtt.v4_listen = Some(args.mqtt_listen);
+    config.mqtt.v5_listen = None;
+    config.metrics_listen = args.metrics_listen;
+    if mock.is_some() {
         // The mock has no CreateTopics; it takes topics through its own API.
-        settings.kafka.manage_topics = false;
-        let pack = crate::gateway::load_pack(&source_for(&args), &settings)?;
-        let own = crate::gateway::Topics::new("");
-        let names = pack
+        config.kafka.manage_topics = false;
+    }
+    let checked = config.check(&source_for(&args))?;
+    if let Some(mock) = &mock {
+        let own = Topics::new("");
+        let names = checked
+            .pack
             .topics()
             .into_iter()
             .map(|t| t.name)
@@ -88,10 +123,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
                 .with_context(|| format!("creating {name} in the MockCluster"))?;
         }
     }
-    settings.mqtt.listen = Some(args.mqtt_listen);
-    settings.mqtt.listen_v5 = None;
-    settings.metrics_listen = args.metrics_listen;
-    let gateway = Gateway::start(&settings, source).await?;
+    let gateway = Gateway::start_checked(checked).await?;
     let topics: Vec<String> = gateway
         .pack()
         .topics()
@@ -104,7 +136,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     let mut consumers = Vec::new();
     for service in Reference::ALL {
         let cfg = RunnerConfig {
-            kafka: settings.kafka.clone(),
+            kafka: config.kafka.clone(),
             group: format!(
                 "telegate-demo-{}-{:08x}",
                 service.name(),
@@ -246,12 +278,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     Ok(summary)
 }
 
-fn source_for(args: &DemoArgs) -> PackSource {
+fn source_for(args: &Args) -> PackSource {
     match &args.policy {
-        Some(_) => PackSource::Settings,
+        Some(_) => PackSource::Config,
         None => PackSource::Inline {
             name: "built-in reference pack".into(),
-            text: crate::REFERENCE_PACK.into(),
+            text: REFERENCE_PACK.into(),
         },
     }
 }
@@ -316,21 +348,6 @@ fn mask_key(subject: &str, key: &[u8]) -> String {
         ),
         _ => format!("{}... ({} chars)", k.get(..8).unwrap_or(&k), k.len()),
     }
-}
-
-/// `(labels, value)` of every sample of a counter in Prometheus text format.
-pub fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            (n == name).then(|| (labels, value.parse().unwrap_or(0.0)))
-        })
-        .collect()
 }
 
 /// Everything one screen of the live view shows.
@@ -474,15 +491,6 @@ fn consumer_line(service: Reference, v: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn prometheus_samples_parse() {
-        let text = "# TYPE a counter\na{x=\"1\",y=\"2\"} 3\nb 4\na{x=\"9\"} 0\n";
-        assert_eq!(
-            super::samples(text, "a"),
-            vec![("x=\"1\",y=\"2\"", 3.0), ("x=\"9\"", 0.0)]
-        );
-        assert_eq!(super::samples(text, "b"), vec![("", 4.0)]);
-    }
 
     #[test]
     fn keys_are_masked_in_the_view() {

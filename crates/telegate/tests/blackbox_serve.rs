@@ -1,11 +1,9 @@
 //! The released binary as an operator runs it: `telegate serve` with flags, frames from
 //! `mosquitto_pub` (an independent MQTT client), records read back from Kafka, then SIGTERM.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::*;
+use telegate_tests::*;
 
 struct Serve {
     child: Child,

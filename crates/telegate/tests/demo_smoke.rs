@@ -1,15 +1,13 @@
 //! `telegate demo` end to end on its embedded defaults: in-process Kafka stand-in, embedded
 //! MQTT broker, simulated fleet. Checks what reaches the topics, not how fast.
 
-mod support;
-
 use std::time::Duration;
-use support::free_addr;
-use telegate::demo::{DemoArgs, run};
+use telegate::demo::{Args, summarize};
+use telegate_tests::free_addr;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_moves_frames_to_every_contract_topic() {
-    let summary = run(DemoArgs {
+    let summary = summarize(Args {
         vehicles: 30,
         duration: Some(Duration::from_secs(12)),
         kafka_bootstrap: None,

@@ -1,11 +1,9 @@
 //! A short load run in the suite: correctness only (every frame accounted for, reports
 //! written), never timing.
 
-mod support;
-
 use std::time::Duration;
-use support::*;
-use telegate::loadgen_cli::{LoadArgs, run};
+use telegate_loadgen::targets::{LoadArgs, run};
+use telegate_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_comparison_accounts_for_every_frame_on_every_target() {
@@ -72,7 +70,7 @@ async fn the_mock_cluster_stands_in_for_kafka_for_telegate_and_the_direct_produc
     for target in ["telegate", "kafka"] {
         let reports = run(LoadArgs {
             target: target.into(),
-            kafka_bootstrap: telegate::loadgen_cli::MOCK.into(),
+            kafka_bootstrap: telegate_loadgen::targets::MOCK.into(),
             load: telegate_loadgen::LoadConfig {
                 vehicles: 5,
                 rate: 5.0,
@@ -103,20 +101,20 @@ async fn the_mock_cluster_stands_in_for_kafka_for_telegate_and_the_direct_produc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_held_and_measured() {
     let dir = tempfile::tempdir().expect("tmp");
-    let s = gateway_settings(
+    let s = gateway_config(
         "reference",
         &format!("n{:08x}.", rand::random::<u32>()),
         dir.path(),
     );
-    let gw = telegate::Gateway::start(&s, telegate::PackSource::Settings)
+    let gw = telegate_gateway::Gateway::start(&s, telegate_gateway::PackSource::Config)
         .await
         .expect("gateway");
     let sources = [
         "127.0.0.2".parse().expect("ip"),
         "127.0.0.3".parse().expect("ip"),
     ];
-    let r = telegate::connections::hold(
-        s.mqtt.listen.expect("mqtt"),
+    let r = telegate_loadgen::connections::hold(
+        s.mqtt.v4_listen.expect("mqtt"),
         std::process::id() as i32,
         300,
         &sources,

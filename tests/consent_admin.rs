@@ -2,16 +2,14 @@
 //! Kafka-protocol broker: several gateway instances share one namespace, as several gateways
 //! share one cluster in production.
 
-mod support;
-
 use std::time::{Duration, Instant};
-use support::*;
-use telegate::{Gateway, PackSource, Settings};
-use telegate_admin::AdminClient;
-use telegate_admin::pb::{self, Origin};
+use telegate_admin_proto::AdminClient;
+use telegate_admin_proto::pb::{self, Origin};
 use telegate_frame::pb::{self as fpb, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, Vin, decode, encode, vehicle_topic};
+use telegate_gateway::{Config, Gateway, PackSource};
 use telegate_policy::{Keyring, PurposeId, SubjectRecord, SubjectSecret, unseal};
+use telegate_tests::*;
 use tonic::transport::Channel;
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -22,20 +20,20 @@ struct Instance {
     admin: std::net::SocketAddr,
 }
 
-fn settings(pack: &str, ns: &str, dir: &std::path::Path) -> Settings {
-    let mut s = gateway_settings(pack, ns, dir);
+fn settings(pack: &str, ns: &str, dir: &std::path::Path) -> Config {
+    let mut s = gateway_config(pack, ns, dir);
     s.admin.listen = Some(free_addr());
     s.admin.token = Some(TOKEN.to_owned());
     s.admin.sweep_interval = Duration::from_millis(200);
     s
 }
 
-async fn start(s: &Settings) -> Instance {
-    let gw = Gateway::start(s, PackSource::Settings)
+async fn start(s: &Config) -> Instance {
+    let gw = Gateway::start(s, PackSource::Config)
         .await
         .expect("gateway starts");
     Instance {
-        mqtt: s.mqtt.listen.expect("mqtt"),
+        mqtt: s.mqtt.v4_listen.expect("mqtt"),
         admin: gw.admin_addr().expect("admin API"),
         gw,
     }
@@ -577,54 +575,5 @@ async fn an_app_breakdown_call_asks_the_vehicle_and_uses_the_recorded_consent() 
     assert_eq!(got.len(), 1, "assistance only: {got:?}");
     assert!(got[0].topic.ends_with("breakdown-call"));
     assert_eq!(got[0].header("telegate-consent"), Some("granted"));
-    a.gw.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_cli_drives_the_api() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let a = start(&settings("ev-charging", &namespace(), dir.path())).await;
-    let vin_s = unique_vin();
-    let endpoint = format!("http://{}", a.admin);
-    let cli = |token: &str, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_telegate"))
-            .args([
-                "admin",
-                "--endpoint",
-                &endpoint,
-                "--channel",
-                "call-centre",
-                "--text-version",
-                "v7",
-            ])
-            .args(args)
-            .env("TELEGATE_ADMIN_TOKEN", token)
-            .output()
-            .expect("telegate admin runs")
-    };
-    let grant = tokio::task::block_in_place(|| cli(TOKEN, &["grant", &vin_s, "charging-location"]));
-    assert!(
-        grant.status.success(),
-        "{}",
-        String::from_utf8_lossy(&grant.stderr)
-    );
-    let state: serde_json::Value = serde_json::from_slice(&grant.stdout).expect("state JSON");
-    assert!(
-        state["consents"]["charging-location"][0][1] == true,
-        "{state}"
-    );
-    let refused =
-        tokio::task::block_in_place(|| cli("not-the-token-not-the-token", &["state", &vin_s]));
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"));
-    let unknown = tokio::task::block_in_place(|| cli(TOKEN, &["grant", &vin_s, "no-such-purpose"]));
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no purpose"));
-    let export = tokio::task::block_in_place(|| cli(TOKEN, &["export", &vin_s]));
-    let v: serde_json::Value = serde_json::from_slice(&export.stdout).expect("export JSON");
-    let entry = &v["ledger"][0];
-    assert_eq!(
-        (entry["channel"].as_str(), entry["text_version"].as_str()),
-        (Some("call-centre"), Some("v7"))
-    );
     a.gw.shutdown().await;
 }

@@ -1,12 +1,13 @@
-//! Shared helpers for tests that run against the real Kafka-protocol broker.
-#![allow(dead_code, unreachable_pub)]
+//! Helpers shared by the system tests and the binary's black-box tests: the broker the suite
+//! runs against, free ports, fresh VINs, key files, reading topics, sending frames over MQTT.
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+pub use telegate_frame::now_ms;
 
 /// The broker the suite runs against. `scripts/test` starts one and sets the variable; a
 /// run without it fails here rather than skipping.
@@ -23,13 +24,6 @@ pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }
 
 /// A VIN no other test uses (valid structure; check digit not required by default).
@@ -207,10 +201,14 @@ pub async fn publish_v4(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
 
 /// Settings for a gateway under test: loopback ports, the broker under test, one partition,
 /// a shipped pack, the test key file, and its own topic namespace.
-pub fn gateway_settings(pack: &str, namespace: &str, dir: &std::path::Path) -> telegate::Settings {
-    let mut s = telegate::Settings::default();
-    s.mqtt.listen = Some(free_addr());
-    s.mqtt.listen_v5 = None;
+pub fn gateway_config(
+    pack: &str,
+    namespace: &str,
+    dir: &std::path::Path,
+) -> telegate_gateway::Config {
+    let mut s = telegate_gateway::Config::default();
+    s.mqtt.v4_listen = Some(free_addr());
+    s.mqtt.v5_listen = None;
     s.metrics_listen = None;
     s.kafka.bootstrap = kafka();
     s.kafka.linger_ms = 1;

@@ -2,6 +2,7 @@
 //! Kafka directly, one table. Targets run one after another on this machine; each is started
 //! fresh on loopback and stopped afterwards.
 
+use crate::{LoadConfig, Observer, ProcSample, Report, Sink, Tracker};
 use anyhow::{Context, bail};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -9,7 +10,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use telegate_loadgen::{LoadConfig, Observer, ProcSample, Report, Sink, Tracker};
 use tokio::sync::watch;
 
 /// The load and where to put it.
@@ -325,7 +325,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.report_html {
-        std::fs::write(path, telegate_loadgen::html(&reports))
+        std::fs::write(path, crate::html(&reports))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(reports)
@@ -414,7 +414,7 @@ async fn measure(
             }
         })
     };
-    telegate_loadgen::run(&a.load, &sink, vins, tracker.clone()).await?;
+    crate::run(&a.load, &sink, vins, tracker.clone()).await?;
     let cpu = sampler.await.ok().flatten();
     // Let what is in flight arrive: a frame counts as lost only if it has not arrived when
     // nothing has moved for 10 s (a loaded broker can lag by seconds), and at most 60 s.
@@ -461,18 +461,4 @@ fn progress_bar(a: &LoadArgs, label: &str) -> indicatif::ProgressBar {
     );
     pb.set_prefix(label.to_owned());
     pb
-}
-
-/// Lets this process hold as many connections as the hard limit allows (raising the hard
-/// limit first where the process may).
-pub fn raise_fd_limit(want: u64) -> u64 {
-    use rlimit::Resource;
-    let (_, hard) = Resource::NOFILE.get().unwrap_or((1024, 1024));
-    let hard = if hard < want && Resource::NOFILE.set(want, want).is_ok() {
-        want
-    } else {
-        hard
-    };
-    let _ = Resource::NOFILE.set(hard, hard);
-    Resource::NOFILE.get().map(|(soft, _)| soft).unwrap_or(1024)
 }

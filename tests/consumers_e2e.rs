@@ -2,18 +2,16 @@
 //! Kafka-protocol broker → the four reference consumers, whose results are checked against
 //! what the simulator knows it did.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
-use telegate::{Gateway, PackSource};
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
 use telegate_frame::Vin;
 use telegate_frame::pb::DtcSeverity;
+use telegate_gateway::{Gateway, PackSource};
 use telegate_policy::{Keyring, PurposeId};
 use telegate_sim::{Behaviour, Fleet, FleetConfig, FormatMix, Truth};
+use telegate_tests::*;
 
 const K: u64 = 3;
 
@@ -21,9 +19,9 @@ const K: u64 = 3;
 async fn consumers_agree_with_what_the_fleet_did() {
     let dir = tempfile::tempdir().expect("tmp");
     let ns = format!("c{:08x}.", rand::random::<u32>());
-    let mut s = gateway_settings("reference", &ns, dir.path());
+    let mut s = gateway_config("reference", &ns, dir.path());
     s.kafka.partitions = 2;
-    let gw = Gateway::start(&s, PackSource::Settings)
+    let gw = Gateway::start(&s, PackSource::Config)
         .await
         .expect("gateway");
 
@@ -50,7 +48,7 @@ async fn consumers_agree_with_what_the_fleet_did() {
         consumers.push((service, stats, tokio::spawn(run)));
     }
 
-    let mqtt = s.mqtt.listen.expect("mqtt");
+    let mqtt = s.mqtt.v4_listen.expect("mqtt");
     let fleet = Fleet::start(FleetConfig {
         host: "127.0.0.1".into(),
         port: mqtt.port(),

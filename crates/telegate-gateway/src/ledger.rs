@@ -90,7 +90,7 @@ impl Ledger {
             target: change.target.to_owned(),
             value: change.value,
             effective_at_ms: change.effective_at_ms,
-            recorded_at_ms: crate::pipeline::now_ms(),
+            recorded_at_ms: telegate_frame::now_ms(),
             channel: change.channel,
             text_version: change.text_version.to_owned(),
             actor: change.actor.to_owned(),

@@ -9,13 +9,14 @@
 
 use anyhow::Context;
 use dashmap::{DashMap, DashSet};
-use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use telegate_frame::{Vin, pb};
 use telegate_kafka::{Entry, KafkaConfig, LogWriter, follow};
 use telegate_policy::{StateFile, SubjectRecord, SubjectSecret};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 #[derive(Default)]
 pub struct StateStore {
@@ -31,6 +32,10 @@ struct Replication {
     /// Vehicles changed locally and not yet written; coalesced, bounded by the fleet.
     dirty: DashSet<Vin>,
     wake: Notify,
+    /// Stops the follower and has the writer make its last pass.
+    stop: watch::Sender<bool>,
+    /// The follower, the applier and the writer, awaited by [`StateStore::close`].
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -48,51 +53,57 @@ fn fresh_secret() -> SubjectSecret {
 
 impl StateStore {
     /// A store replicated through `topic`: reads it in full before returning (so a new or
-    /// restarted instance starts with everyone's state), then follows it.
+    /// restarted instance starts with everyone's state), then follows it until
+    /// [`close`](Self::close).
     pub async fn replicated(
         cfg: &KafkaConfig,
         topic: &str,
         catch_up: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         let writer = LogWriter::new(cfg).context("state writer")?;
+        let (stop, stopped) = watch::channel(false);
         let store = Arc::new(Self {
             replication: Some(Replication {
                 writer,
                 topic: topic.to_owned(),
                 dirty: DashSet::new(),
                 wake: Notify::new(),
+                stop,
+                tasks: Mutex::new(Vec::new()),
             }),
             ..Self::default()
         });
-        let (mut entries, mut caught_up) =
-            follow(cfg, topic, 4096).with_context(|| format!("following {topic}"))?;
+        let (mut entries, mut caught_up) = follow(cfg, topic, 4096, stopped.clone())
+            .with_context(|| format!("following {topic}"))?;
         let applier = store.clone();
-        tokio::spawn(async move {
+        let applying = tokio::spawn(async move {
             while let Some(e) = entries.recv().await {
                 applier.apply_remote(e);
             }
         });
+        let writing = tokio::spawn(write_dirty(store.clone(), stopped));
+        if let Some(rep) = &store.replication {
+            rep.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend([applying, writing]);
+        }
         tokio::time::timeout(catch_up, caught_up.wait_for(|c| *c))
             .await
             .with_context(|| format!("{topic} was not read to its end within {catch_up:?}"))?
             .context("state follower stopped")?;
-        tokio::spawn(write_dirty(store.clone()));
         tracing::info!(vehicles = store.len(), %topic, "consent state caught up");
         Ok(store)
     }
 
     /// Loads a state file (`{"subjects": {VIN: {...}}}`); every VIN must be valid. Its
     /// records are merged in and, in a replicated store, written out.
-    pub fn load(&self, path: &Path) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read state file {}", path.display()))?;
-        let file: StateFile = serde_json::from_str(&text)
-            .with_context(|| format!("state file {} is not valid", path.display()))?;
-        for (i, (vin, record)) in file.subjects.into_iter().enumerate() {
+    pub fn load(&self, file: &StateFile) -> anyhow::Result<()> {
+        for (i, (vin, record)) in file.subjects.iter().enumerate() {
             // The error names the entry's position, never the VIN.
             let vin =
-                Vin::parse(&vin).with_context(|| format!("state file subject #{i}: not a VIN"))?;
-            self.merge_local(vin, &record);
+                Vin::parse(vin).with_context(|| format!("state file subject #{i}: not a VIN"))?;
+            self.merge_local(vin, record);
         }
         Ok(())
     }
@@ -268,16 +279,42 @@ impl StateStore {
     }
 }
 
-/// Writes locally changed records to the state topic, coalescing bursts. A burst (say, a
-/// fleet seen for the first time) goes out as concurrent writes, which the producer batches
-/// into a few requests instead of one acknowledged round trip per vehicle.
-async fn write_dirty(store: Arc<StateStore>) {
+impl StateStore {
+    /// Stops following the topic and returns once every local change made before the call
+    /// is in Kafka (or `timeout` passed, which is logged with the number left unwritten).
+    pub async fn close(&self, timeout: Duration) {
+        let Some(rep) = &self.replication else {
+            return;
+        };
+        let _ = rep.stop.send(true);
+        rep.wake.notify_one();
+        let tasks = std::mem::take(&mut *rep.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        if tokio::time::timeout(timeout, futures::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                unwritten = rep.dirty.len(),
+                "consent state not fully written to Kafka before shutdown"
+            );
+        }
+    }
+}
+
+/// Writes locally changed records to the state topic, coalescing bursts, until `stop` turns
+/// true; then writes what is left and returns. A burst (say, a fleet seen for the first time)
+/// goes out as concurrent writes, which the producer batches into a few requests instead of
+/// one acknowledged round trip per vehicle.
+async fn write_dirty(store: Arc<StateStore>, stop: watch::Receiver<bool>) {
     let Some(rep) = &store.replication else {
         return;
     };
     let failed = metrics::counter!("telegate_state_write_errors_total");
     loop {
-        rep.wake.notified().await;
+        let last = *stop.borrow();
+        if !last {
+            rep.wake.notified().await;
+        }
         let batch: Vec<(Vin, Vec<u8>)> = rep
             .dirty
             .iter()
@@ -309,6 +346,8 @@ async fn write_dirty(store: Arc<StateStore>) {
         if retry {
             tokio::time::sleep(Duration::from_millis(500)).await;
             rep.wake.notify_one();
+        } else if last && rep.dirty.is_empty() {
+            return;
         }
     }
 }

@@ -6,7 +6,8 @@ use crate::ledger::{Change, Channel, Ledger};
 use crate::state::StateStore;
 use metrics::Counter;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
 use telegate_frame::{Frame, FrameKind, RejectReason, ValidationConfig, Vin, validate};
 use telegate_kafka::KafkaSink;
@@ -95,13 +96,6 @@ impl Counters {
             ledger_errors: metrics::counter!("telegate_ledger_write_errors_total"),
         }
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 impl Pipeline {

@@ -9,6 +9,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -38,8 +40,12 @@ struct AppState {
     ready: Arc<AtomicBool>,
 }
 
-/// Serves the endpoints until the process ends; returns the bound address.
-pub async fn serve(listen: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+/// Serves the endpoints until `stop` turns true; returns the bound address and the task.
+pub async fn serve(
+    listen: SocketAddr,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let state = AppState {
         metrics: metrics_handle(),
         ready,
@@ -63,10 +69,44 @@ pub async fn serve(listen: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Resul
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+    let task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
-    Ok(addr)
+    Ok((addr, task))
+}
+
+/// `(labels, value)` of every sample of a counter in Prometheus text format.
+pub fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (n == name).then(|| (labels, value.parse().unwrap_or(0.0)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prometheus_samples_parse() {
+        let text = "# TYPE a counter\na{x=\"1\",y=\"2\"} 3\nb 4\na{x=\"9\"} 0\n";
+        assert_eq!(
+            super::samples(text, "a"),
+            vec![("x=\"1\",y=\"2\"", 3.0), ("x=\"9\"", 0.0)]
+        );
+        assert_eq!(super::samples(text, "b"), vec![("", 4.0)]);
+    }
 }

@@ -1,25 +1,23 @@
 //! The gateway in process, against the embedded broker and the real Kafka-protocol broker:
 //! real MQTT clients publish, a real Kafka consumer checks topics, keys and headers.
 
-mod support;
-
 use std::time::Duration;
-use support::*;
-use telegate::{Gateway, PackSource, Settings};
 use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, decode, encode, vehicle_topic};
+use telegate_gateway::{Config, Gateway, PackSource};
 use telegate_policy::{Keyring, PurposeId};
+use telegate_tests::*;
 
-async fn start(dir: &std::path::Path) -> (Gateway, Settings) {
-    let mut s = Settings::default();
-    s.mqtt.listen = Some(free_addr());
-    s.mqtt.listen_v5 = Some(free_addr());
+async fn start(dir: &std::path::Path) -> (Gateway, Config) {
+    let mut s = Config::default();
+    s.mqtt.v4_listen = Some(free_addr());
+    s.mqtt.v5_listen = Some(free_addr());
     s.metrics_listen = Some(free_addr());
     s.kafka.bootstrap = kafka();
     s.kafka.linger_ms = 1;
     s.policy = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packs/reference.toml").into());
     s.key_file = Some(key_file(dir));
-    let g = Gateway::start(&s, PackSource::Settings)
+    let g = Gateway::start(&s, PackSource::Config)
         .await
         .expect("gateway starts");
     (g, s)
@@ -82,7 +80,7 @@ async fn protobuf_over_mqtt3_reaches_each_service_in_its_form() {
     let f = frame(&vin, 11, status());
     let c = consumer(&["telegate.smart-service", "telegate.trip-log"]);
     publish_v4(
-        s.mqtt.listen.expect("v4"),
+        s.mqtt.v4_listen.expect("v4"),
         vec![(topic_of(&f), encode(&f, PayloadFormat::Protobuf))],
     )
     .await;
@@ -157,7 +155,7 @@ async fn json_over_mqtt5_is_accepted_and_routed_by_kind() {
     );
     let c = consumer(&["telegate.smart-service", "telegate.product-insights"]);
     publish_v5(
-        s.mqtt.listen_v5.expect("v5"),
+        s.mqtt.v5_listen.expect("v5"),
         vec![(
             vehicle_topic(&vin, FrameKind::Diagnostics),
             json.into_bytes(),
@@ -214,7 +212,7 @@ async fn bad_frames_become_rejected_records_without_the_vin() {
             encode(&frame(&vin, 2, status()), PayloadFormat::Protobuf),
         ),
     ];
-    publish_v4(s.mqtt.listen.expect("v4"), msgs).await;
+    publish_v4(s.mqtt.v4_listen.expect("v4"), msgs).await;
     let hashes = [keys.subject_hash(&vin), keys.subject_hash(&bad_vin)];
     let got = collect(&c, 4, Duration::from_secs(30), |g| {
         g.key
@@ -275,7 +273,7 @@ async fn consent_purposes_drop_and_the_drop_is_counted() {
     let after = frame(&vin, 6, status());
     let c = consumer(&["telegate.breakdown-call", "telegate.smart-service"]);
     publish_v4(
-        s.mqtt.listen.expect("v4"),
+        s.mqtt.v4_listen.expect("v4"),
         vec![
             (topic_of(&call), encode(&call, PayloadFormat::Protobuf)),
             (topic_of(&after), encode(&after, PayloadFormat::Protobuf)),
@@ -297,7 +295,7 @@ async fn consent_purposes_drop_and_the_drop_is_counted() {
     );
     let (code, body) = http_get(metrics, "/metrics").expect("metrics");
     assert_eq!(code, 200);
-    let dropped = telegate::demo::samples(&body, "telegate_records_dropped_total")
+    let dropped = telegate_gateway::http::samples(&body, "telegate_records_dropped_total")
         .into_iter()
         .find(|(l, _)| l.contains("breakdown-assistance") && l.contains("event-consent-missing"))
         .map(|(_, v)| v)

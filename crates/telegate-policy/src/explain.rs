@@ -1,22 +1,25 @@
-//! `telegate policy check|explain`: let a person ask what a pack does, and what happens to a
-//! given frame and why.
+//! What a pack does and what happens to a given frame, and why, in words: the text of
+//! `telegate policy check|explain` and of the admin API's `Explain`.
 
-use anyhow::Context;
-use std::fmt::Write as _;
-use std::path::Path;
-use std::time::Duration;
-use telegate_frame::{
-    PayloadFormat, ValidationConfig, classify, decode, encode, validate, vehicle_topic,
-};
-use telegate_policy::{
+use crate::{
     ConsentRule, Keyring, LocationPrecision, Pack, StateFile, SubjectRecord, Verdict, decide_all,
     format_duration, shape,
 };
+use std::fmt::Write as _;
+use std::time::Duration;
+use telegate_frame::{
+    DecodeError, PayloadFormat, ValidationConfig, classify, decode, encode, validate, vehicle_topic,
+};
 
-pub fn load_pack(path: &Path) -> anyhow::Result<Result<Pack, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Pack::from_toml(&text).map_err(|e| e.to_string()))
+/// Why a frame could not be explained.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("the frame is not a VehicleFrame in proto3-JSON: {0}")]
+    NotAFrame(DecodeError),
+    #[error("the frame has no body (status, location, …)")]
+    NoBody,
+    #[error("a shaped record did not decode: {0}")]
+    Shaped(DecodeError),
 }
 
 /// The pack's services, purposes and rules, one block per purpose.
@@ -118,13 +121,9 @@ pub fn explain(
     frame_json: &str,
     state: Option<&StateFile>,
     now_ms: Option<i64>,
-) -> anyhow::Result<String> {
-    let (raw, _) = decode(frame_json.trim().as_bytes())
-        .context("the frame is not a VehicleFrame in proto3-JSON")?;
-    let body = raw
-        .body
-        .as_ref()
-        .context("the frame has no body (status, location, …)")?;
+) -> Result<String, ExplainError> {
+    let (raw, _) = decode(frame_json.trim().as_bytes()).map_err(ExplainError::NotAFrame)?;
+    let body = raw.body.as_ref().ok_or(ExplainError::NoBody)?;
     let kind = telegate_frame::FrameKind::of_body(body);
     let topic = vehicle_topic(&raw.vin, kind);
     let now = now_ms.unwrap_or(raw.captured_at_ms);
@@ -156,9 +155,7 @@ pub fn explain(
     // (a throwaway one, like the pseudonym key below).
     let mut subject = recorded.cloned().unwrap_or_default();
     if subject.secret.is_none() {
-        subject.secret = Some(telegate_policy::SubjectSecret::from_random(
-            [0x11; 16], [0x22; 32],
-        ));
+        subject.secret = Some(crate::SubjectSecret::from_random([0x11; 16], [0x22; 32]));
     }
     let cats: Vec<_> = classify(&frame).iter().map(|c| c.as_str()).collect();
     let _ = writeln!(
@@ -179,7 +176,7 @@ pub fn explain(
             "nothing recorded for this VIN (factory settings, no consents)"
         }
     );
-    if let Some(when) = telegate_policy::offline(frame.captured_at_ms(), Some(&subject)) {
+    if let Some(when) = crate::offline(frame.captured_at_ms(), Some(&subject)) {
         let _ = writeln!(
             s,
             "\nOFFLINE MODE ({when:?}): no service receives anything and nothing of the frame is kept, not even in telegate.rejected"
@@ -215,10 +212,10 @@ pub fn explain(
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
                 let _ = writeln!(s, "  headers: {}", headers.join(" "));
-                let (shaped, _) = decode(&rec.payload).context("shaped record decodes")?;
+                let (shaped, _) = decode(&rec.payload).map_err(ExplainError::Shaped)?;
                 let json = serde_json::to_string(&shaped).unwrap_or_default();
                 let _ = writeln!(s, "  value: {json}");
-                if purpose.identity == telegate_policy::Identity::Pseudonym {
+                if purpose.identity == crate::Identity::Pseudonym {
                     let _ = writeln!(
                         s,
                         "  (the pseudonym key above is a throwaway key for this explanation)"

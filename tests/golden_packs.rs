@@ -2,14 +2,12 @@
 //! MQTT broker and the pipeline to the real Kafka-protocol broker. Each test runs in its own
 //! topic namespace, so packs that disagree on a topic's retention never meet.
 
-mod support;
-
 use std::time::Duration;
-use support::*;
-use telegate::{Gateway, PackSource};
 use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, decode, encode, vehicle_topic};
+use telegate_gateway::{Gateway, PackSource};
 use telegate_policy::{StateFile, SubjectRecord};
+use telegate_tests::*;
 
 struct Run {
     gw: Gateway,
@@ -22,19 +20,19 @@ struct Run {
 async fn start(pack: &str, state: Option<StateFile>) -> Run {
     let dir = tempfile::tempdir().expect("tmp");
     let ns = format!("g{:08x}.", rand::random::<u32>());
-    let mut s = gateway_settings(pack, &ns, dir.path());
+    let mut s = gateway_config(pack, &ns, dir.path());
     s.metrics_listen = Some(free_addr());
     if let Some(state) = state {
         let path = dir.path().join("state.json");
         std::fs::write(&path, serde_json::to_string(&state).expect("json")).expect("write state");
         s.state_file = Some(path);
     }
-    let gw = Gateway::start(&s, PackSource::Settings)
+    let gw = Gateway::start(&s, PackSource::Config)
         .await
         .expect("gateway starts");
     Run {
         gw,
-        mqtt: s.mqtt.listen.expect("v4"),
+        mqtt: s.mqtt.v4_listen.expect("v4"),
         metrics: s.metrics_listen.expect("metrics"),
         ns: s.kafka.topic_namespace.clone(),
         _dir: dir,
@@ -67,7 +65,7 @@ impl Run {
 
     fn counter(&self, name: &str, labels: &[&str]) -> f64 {
         let (_, body) = http_get(self.metrics, "/metrics").expect("metrics");
-        telegate::demo::samples(&body, name)
+        telegate_gateway::http::samples(&body, name)
             .into_iter()
             .filter(|(l, _)| labels.iter().all(|x| l.contains(x)))
             .map(|(_, v)| v)

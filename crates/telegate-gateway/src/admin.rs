@@ -1,0 +1,488 @@
+//! The admin API (gRPC, `telegate.admin.v1.Admin`): consent and settings changes, and the
+//! data-subject rights. Every call needs the bearer token; every change is written to the
+//! replicated state and to the consent ledger before the call returns.
+
+use crate::ledger::{Change, Channel, Ledger, LedgerEntry};
+use crate::state::StateStore;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use telegate_admin_proto::pb::{self, Origin};
+use telegate_admin_proto::{Admin, AdminServer};
+use telegate_frame::Vin;
+use telegate_frame::now_ms;
+use telegate_frame::pb::PlatformRequest;
+use telegate_kafka::{KafkaConfig, scan};
+use telegate_mqtt::Ingress;
+use telegate_policy::{
+    Account, ConsentRule, Identity, Keyring, Pack, StateFile, SubjectRecord, sealed_subject, unseal,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+
+/// What the admin service works with.
+#[derive(Debug)]
+pub struct AdminContext {
+    pub pack: Arc<Pack>,
+    pub state: Arc<StateStore>,
+    pub ledger: Arc<Ledger>,
+    pub ingress: Arc<Ingress>,
+    pub kafka: KafkaConfig,
+    pub keys: Keyring,
+    /// How long a blocked account's data waits for the retention check before erasure.
+    pub block_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    ctx: Arc<AdminContext>,
+}
+
+/// Serves the admin API on `listen`, behind the bearer token, until `stop` turns true (calls
+/// under way finish); returns the bound address and the task.
+pub async fn serve(
+    listen: SocketAddr,
+    token: String,
+    ctx: Arc<AdminContext>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let expected = format!("Bearer {token}");
+    let service = AdminServer::with_interceptor(AdminService { ctx }, move |req: Request<()>| {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            Ok(req)
+        } else {
+            metrics::counter!("telegate_admin_unauthenticated_total").increment(1);
+            Err(Status::unauthenticated(
+                "a valid `authorization: Bearer <token>` is required",
+            ))
+        }
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stopped)
+            .await
+        {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    Ok((addr, task))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn vin(s: &str) -> Result<Vin, Status> {
+    Vin::parse(s).map_err(|e| Status::invalid_argument(format!("vin: {e}")))
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    tracing::error!(error = %e, "admin call failed");
+    Status::unavailable(format!("{e:#}"))
+}
+
+struct Who {
+    channel: Channel,
+    text_version: String,
+    actor: String,
+    at_ms: i64,
+}
+
+fn who(origin: Option<Origin>) -> Who {
+    let o = origin.unwrap_or_default();
+    Who {
+        channel: match pb::Channel::try_from(o.channel).unwrap_or(pb::Channel::Api) {
+            pb::Channel::App => Channel::App,
+            pb::Channel::HeadUnit => Channel::HeadUnit,
+            pb::Channel::CallCentre => Channel::CallCentre,
+            pb::Channel::Api | pb::Channel::Unspecified => Channel::Api,
+        },
+        text_version: o.text_version,
+        actor: o.actor,
+        at_ms: if o.at_ms > 0 { o.at_ms } else { now_ms() },
+    }
+}
+
+/// The record as a person may see it: everything but the key material.
+fn redacted(record: &SubjectRecord) -> SubjectRecord {
+    SubjectRecord {
+        secret: None,
+        ..record.clone()
+    }
+}
+
+fn state_reply(record: &SubjectRecord) -> Response<pb::StateReply> {
+    Response::new(pb::StateReply {
+        state_json: serde_json::to_string(&redacted(record)).unwrap_or_default(),
+    })
+}
+
+impl AdminService {
+    /// Changes the record, writes the ledger entry, replies with the new state.
+    async fn change(
+        &self,
+        vin: Vin,
+        who: &Who,
+        action: &str,
+        target: &str,
+        value: serde_json::Value,
+        apply: impl FnOnce(&mut SubjectRecord),
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let record = self.ctx.state.update(vin, apply).await.map_err(internal)?;
+        let change = Change {
+            action,
+            target,
+            value,
+            effective_at_ms: who.at_ms,
+            channel: who.channel,
+            text_version: &who.text_version,
+            actor: &who.actor,
+        };
+        self.ctx
+            .ledger
+            .append(&vin, change)
+            .await
+            .map_err(internal)?;
+        Ok(state_reply(&record))
+    }
+
+    fn purpose(&self, id: &str) -> Result<&telegate_policy::Purpose, Status> {
+        self.ctx.pack.purpose(id).ok_or_else(|| {
+            Status::not_found(format!(
+                "policy {} has no purpose {id:?}",
+                self.ctx.pack.label()
+            ))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn set_consent(
+        &self,
+        req: Request<pb::ConsentChange>,
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let r = req.into_inner();
+        let vin = vin(&r.vin)?;
+        let purpose = self.purpose(&r.purpose)?;
+        if purpose.consent != ConsentRule::Standing {
+            return Err(Status::failed_precondition(format!(
+                "purpose {} does not rest on standing consent",
+                purpose.id
+            )));
+        }
+        let who = who(r.origin);
+        let (p, on, at) = (r.purpose.clone(), r.granted, who.at_ms);
+        self.change(vin, &who, "consent", &r.purpose, json!(on), |s| {
+            s.consents.entry(p).or_default().set(at, on)
+        })
+        .await
+    }
+
+    async fn set_objection(
+        &self,
+        req: Request<pb::PurposeFlag>,
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let r = req.into_inner();
+        let vin = vin(&r.vin)?;
+        self.purpose(&r.purpose)?;
+        let who = who(r.origin);
+        let (p, on, at) = (r.purpose.clone(), r.on, who.at_ms);
+        self.change(vin, &who, "objection", &r.purpose, json!(on), |s| {
+            s.objections.entry(p).or_default().set(at, on)
+        })
+        .await
+    }
+
+    async fn set_restriction(
+        &self,
+        req: Request<pb::Flag>,
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let r = req.into_inner();
+        let vin = vin(&r.vin)?;
+        let who = who(r.origin);
+        let (on, at) = (r.on, who.at_ms);
+        self.change(vin, &who, "restriction", "", json!(on), |s| {
+            s.restricted.set(at, on)
+        })
+        .await
+    }
+
+    async fn set_activation(
+        &self,
+        req: Request<pb::ActivationChange>,
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let r = req.into_inner();
+        let vin = vin(&r.vin)?;
+        let known = self
+            .ctx
+            .pack
+            .purposes
+            .iter()
+            .any(|p| p.consent == ConsentRule::Activation(r.feature.clone()));
+        if !known {
+            return Err(Status::not_found(format!(
+                "no purpose depends on feature {:?}",
+                r.feature
+            )));
+        }
+        let who = who(r.origin);
+        let (f, on, at) = (r.feature.clone(), r.active, who.at_ms);
+        self.change(vin, &who, "activation", &r.feature, json!(on), |s| {
+            s.activations.entry(f).or_default().set(at, on)
+        })
+        .await
+    }
+
+    async fn record_call_consent(
+        &self,
+        req: Request<pb::CallConsent>,
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let r = req.into_inner();
+        let vin = vin(&r.vin)?;
+        if r.call_id.is_empty() || r.call_id.len() > 64 {
+            return Err(Status::invalid_argument("call_id: 1 to 64 characters"));
+        }
+        let who = who(r.origin);
+        let scopes = telegate_policy::CallConsent {
+            assistance: r.assistance,
+            dealer: r.dealer,
+        };
+        let call = r.call_id.clone();
+        let reply = self
+            .change(vin, &who, "call-consent", &r.call_id, json!(scopes), |s| {
+                s.call_consents.insert(call, scopes);
+            })
+            .await?;
+        if r.request_snapshot {
+            // A call placed in the app: the backend asks the vehicle for its data [002 L15].
+            let request = PlatformRequest {
+                request_id: format!("req-{:016x}", rand::random::<u64>()),
+                kind: "breakdown-snapshot".into(),
+                call_id: r.call_id,
+                issued_at_ms: now_ms(),
+            };
+            let payload = serde_json::to_vec(&request).map_err(|e| internal(e.into()))?;
+            let topic = format!("/tenants/{}/v1/request", vin.expose());
+            self.ctx
+                .ingress
+                .publish(topic, payload)
+                .map_err(|e| internal(e.into()))?;
+        }
+        Ok(reply)
+    }
+
+    async fn get_state(
+        &self,
+        req: Request<pb::Subject>,
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let vin = vin(&req.into_inner().vin)?;
+        let record = self.ctx.state.get(&vin).unwrap_or_default();
+        Ok(state_reply(&record))
+    }
+
+    async fn explain(
+        &self,
+        req: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainReply>, Status> {
+        let frame = req.into_inner().frame_json;
+        let (raw, _) = telegate_frame::decode(frame.as_bytes())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut file = StateFile::default();
+        if let Some(record) = Vin::parse(&raw.vin)
+            .ok()
+            .and_then(|v| self.ctx.state.get(&v))
+        {
+            file.subjects.insert(raw.vin.clone(), record);
+        }
+        let text = telegate_policy::explain(&self.ctx.pack, &frame, Some(&file), Some(now_ms()))
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        Ok(Response::new(pb::ExplainReply { text }))
+    }
+
+    async fn block_account(
+        &self,
+        req: Request<pb::Subject>,
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let vin = vin(&req.into_inner().vin)?;
+        let who = who(None);
+        let at = who.at_ms;
+        let delete_after_ms = at + self.ctx.block_grace.as_millis() as i64;
+        self.change(
+            vin,
+            &who,
+            "block",
+            "",
+            json!({ "delete_after_ms": delete_after_ms }),
+            |s| {
+                s.account = Account::Blocked {
+                    at_ms: at,
+                    delete_after_ms,
+                }
+            },
+        )
+        .await
+    }
+
+    async fn erase(&self, req: Request<pb::Subject>) -> Result<Response<pb::EraseReply>, Status> {
+        let vin = vin(&req.into_inner().vin)?;
+        let existed = erase(&self.ctx, &vin, "api").await.map_err(internal)?;
+        Ok(Response::new(pb::EraseReply { existed }))
+    }
+
+    async fn export(&self, req: Request<pb::Subject>) -> Result<Response<pb::ExportReply>, Status> {
+        let vin = vin(&req.into_inner().vin)?;
+        let json = export(&self.ctx, &vin).await.map_err(internal)?;
+        Ok(Response::new(pb::ExportReply {
+            json: serde_json::to_string_pretty(&json).unwrap_or_default(),
+        }))
+    }
+
+    async fn unseal(
+        &self,
+        req: Request<pb::UnsealRequest>,
+    ) -> Result<Response<pb::UnsealReply>, Status> {
+        let sealed = req.into_inner().sealed;
+        let gone = || {
+            Status::not_found(
+                "no key material for this value: the vehicle's data was erased, or it was never sealed here",
+            )
+        };
+        let id = sealed_subject(&sealed)
+            .ok_or_else(|| Status::invalid_argument("not a sealed value (tgs1.…)"))?;
+        let vin = self.ctx.state.vin_of_subject(id).ok_or_else(gone)?;
+        let secret = self
+            .ctx
+            .state
+            .get(&vin)
+            .and_then(|r| r.secret)
+            .ok_or_else(gone)?;
+        let opened = unseal(&secret, &sealed).ok_or_else(gone)?;
+        Ok(Response::new(pb::UnsealReply {
+            vin: opened.expose().to_owned(),
+        }))
+    }
+}
+
+/// Erases a vehicle: the ledger records it, then the state and key material go everywhere.
+pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> anyhow::Result<bool> {
+    let change = Change {
+        action: "erase",
+        target: "",
+        value: json!(true),
+        effective_at_ms: now_ms(),
+        channel: Channel::Api,
+        text_version: "",
+        actor,
+    };
+    ctx.ledger.append(vin, change).await?;
+    ctx.state.erase(vin).await
+}
+
+/// Access and portability: the vehicle's state, its ledger, and what each purpose's topic
+/// still holds of it (records, capture-time range). Anonymous records cannot be attributed
+/// to anyone, by design, and are listed as such.
+pub async fn export(ctx: &AdminContext, vin: &Vin) -> anyhow::Result<serde_json::Value> {
+    let record = ctx.state.get(vin);
+    let secret = record.as_ref().and_then(|r| r.secret.clone());
+    let subject_hash = ctx.ledger.subject_hash(vin);
+    let ledger: Vec<LedgerEntry> = scan(&ctx.kafka, ctx.ledger.topic(), |k| {
+        k == subject_hash.as_bytes()
+    })
+    .await?
+    .into_iter()
+    .filter_map(|r| r.value.and_then(|v| serde_json::from_slice(&v).ok()))
+    .collect();
+    let mut deliveries = Vec::new();
+    for purpose in &ctx.pack.purposes {
+        let topic = &ctx.pack.service_of(purpose).topic;
+        let key = match purpose.identity {
+            Identity::Vin => Some(vin.expose().to_owned()),
+            Identity::Pseudonym | Identity::Sealed => secret
+                .as_ref()
+                .map(|s| ctx.keys.pseudonym(&purpose.id, vin, Some(s))),
+            Identity::Anonymous => None,
+        };
+        let Some(key) = key else {
+            deliveries.push(json!({
+                "purpose": purpose.id.as_str(), "topic": topic, "identity": purpose.identity.as_str(),
+                "records": serde_json::Value::Null,
+                "note": if purpose.identity == Identity::Anonymous {
+                    "anonymous records carry no identifier and cannot be attributed to this vehicle"
+                } else {
+                    "no key material: earlier records can no longer be linked to this vehicle"
+                },
+            }));
+            continue;
+        };
+        let found = scan(&ctx.kafka, topic, |k| k == key.as_bytes()).await?;
+        let mine: Vec<i64> = found
+            .iter()
+            .filter(|r| {
+                r.headers
+                    .iter()
+                    .any(|(k, v)| k == "telegate-purpose" && v == purpose.id.as_str())
+            })
+            .filter_map(|r| {
+                r.headers
+                    .iter()
+                    .find(|(k, _)| k == "telegate-captured-at-ms")
+                    .and_then(|(_, v)| v.parse().ok())
+            })
+            .collect();
+        deliveries.push(json!({
+            "purpose": purpose.id.as_str(), "topic": topic, "identity": purpose.identity.as_str(),
+            "legal_basis": purpose.legal_basis.as_str(),
+            "records": mine.len(),
+            "first_captured_at_ms": mine.iter().min(),
+            "last_captured_at_ms": mine.iter().max(),
+        }));
+    }
+    Ok(json!({
+        "vin": vin.expose(),
+        "exported_at_ms": now_ms(),
+        "policy": ctx.pack.label(),
+        "state": record.as_ref().map(redacted),
+        "ledger": ledger,
+        "deliveries": deliveries,
+    }))
+}
+
+/// Erases blocked accounts whose retention check has passed, until `stop` turns true.
+pub async fn sweep_blocked(
+    ctx: Arc<AdminContext>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let due = ctx.state.vins_where(|r| {
+            matches!(r.account, Account::Blocked { delete_after_ms, .. } if delete_after_ms <= now)
+        });
+        for vin in due {
+            match erase(&ctx, &vin, "retention-check").await {
+                Ok(_) => metrics::counter!("telegate_blocked_erased_total").increment(1),
+                Err(e) => tracing::error!(error = %e, "erasing a blocked account failed; retrying"),
+            }
+        }
+    }
+}

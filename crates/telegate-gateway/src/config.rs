@@ -1,0 +1,461 @@
+//! The gateway's configuration as data: defaults, then a TOML file, then
+//! `TELEGATE__SECTION__KEY` environment variables, then the caller's overrides (the command
+//! line's flags). [`Config::check`] then reads and validates everything the gateway will need
+//! (pack, keys, admin token, state file, listeners) and reports every problem at once, with its
+//! path, before anything starts.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use telegate_frame::{VEHICLE_TOPIC_FILTER, ValidationConfig, Vin};
+use telegate_kafka::KafkaConfig;
+use telegate_mqtt::IngressConfig;
+use telegate_policy::{Keyring, Pack, StateFile};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The MQTT listeners and the ingress behind them.
+    pub mqtt: IngressConfig,
+    pub kafka: KafkaConfig,
+    /// The policy pack (TOML).
+    pub policy: Option<PathBuf>,
+    /// Pseudonymisation keys (TOML, see README). Without one, `TELEGATE_KEYS` or ephemeral.
+    pub key_file: Option<PathBuf>,
+    /// Consents, activations and settings to start from (JSON, see README).
+    pub state_file: Option<PathBuf>,
+    /// `/metrics`, `/healthz`, `/readyz`; `None` disables the endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    pub validation: ValidationConfig,
+    /// How long shutdown may take to drain and flush.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// How long start-up waits for Kafka before giving up.
+    #[serde(with = "humantime_serde")]
+    pub kafka_startup_timeout: Duration,
+    /// How long `telegate.consent-ledger` keeps its records (records of consent are kept
+    /// for the limitation period; 10 years by default).
+    #[serde(with = "humantime_serde")]
+    pub ledger_retention: Duration,
+    pub admin: AdminConfig,
+}
+
+/// The admin API. Off unless `listen` is set; never served without a token.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
+    /// The bearer token callers must present; or `token_file`, or `TELEGATE_ADMIN_TOKEN`.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// How long a blocked account's data waits for the retention check before erasure.
+    #[serde(with = "humantime_serde")]
+    pub block_grace: Duration,
+    /// How often blocked accounts are checked for erasure.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token: None,
+            token_file: None,
+            block_grace: Duration::from_secs(86_400),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("block_grace", &self.block_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminConfig {
+    /// The token from the config, its file, or `TELEGATE_ADMIN_TOKEN`.
+    fn resolve_token(&self) -> Result<Option<String>, String> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        if let Some(path) = &self.token_file {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            return Ok(Some(t.trim().to_owned()));
+        }
+        Ok(std::env::var("TELEGATE_ADMIN_TOKEN").ok())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mqtt: IngressConfig {
+                v4_listen: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+                v5_listen: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
+                filter: VEHICLE_TOPIC_FILTER.to_owned(),
+                ..IngressConfig::default()
+            },
+            kafka: KafkaConfig::default(),
+            policy: None,
+            key_file: None,
+            state_file: None,
+            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9898))),
+            validation: ValidationConfig::default(),
+            shutdown_timeout: Duration::from_secs(15),
+            kafka_startup_timeout: Duration::from_secs(60),
+            ledger_retention: Duration::from_secs(3653 * 86_400),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+/// Where the policy pack comes from.
+#[derive(Debug, Clone)]
+pub enum PackSource {
+    /// The file `policy` names.
+    Config,
+    /// Text given in process (the demo's built-in pack).
+    Inline { name: String, text: String },
+}
+
+/// One thing wrong with a configuration, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key (`admin.token`) or file it concerns.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found, in the order checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration has {} error(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A configuration whose files have been read and checked: what the gateway starts from.
+#[derive(Debug)]
+pub struct Checked {
+    pub config: Config,
+    /// The pack, its topics behind the namespace.
+    pub pack: Pack,
+    pub keys: Keyring,
+    /// Present exactly when the admin API is to listen.
+    pub admin_token: Option<AdminToken>,
+    pub state: Option<StateFile>,
+}
+
+/// The admin API's bearer token; never printed.
+#[derive(Clone)]
+pub struct AdminToken(pub String);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl Config {
+    /// Layers defaults, the config file (which must exist if named), `TELEGATE__A__B`
+    /// variables and `overrides` (a value that serializes to the file's shape, with absent
+    /// options left out).
+    pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Self, ConfigErrors> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                let mut errors = ConfigErrors(Vec::new());
+                errors.push(path.display().to_string(), "the config file does not exist");
+                return Err(errors);
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig.merge(Env::prefixed("TELEGATE__").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| {
+                ConfigErrors(
+                    e.into_iter()
+                        .map(|e| ConfigError {
+                            path: if e.path.is_empty() {
+                                "config".to_owned()
+                            } else {
+                                e.path.join(".")
+                            },
+                            message: e.kind.to_string(),
+                        })
+                        .collect(),
+                )
+            })
+    }
+
+    /// Reads and checks everything the gateway needs before it starts anything, and
+    /// reports every problem at once.
+    pub fn check(&self, source: &PackSource) -> Result<Checked, ConfigErrors> {
+        let mut errors = ConfigErrors(Vec::new());
+        let namespace = &self.kafka.topic_namespace;
+        if !namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            errors.push(
+                "kafka.topic_namespace",
+                format!("{namespace:?}: use only a-z, A-Z, 0-9, '.', '_' and '-'"),
+            );
+        }
+        if self.kafka.bootstrap.trim().is_empty() {
+            errors.push("kafka.bootstrap", "empty: name at least one HOST:PORT");
+        }
+        let pack = self.pack(source, &mut errors);
+        let keys = self.keys(&mut errors);
+        let state = self.state(&mut errors);
+        let admin_token = self.admin_token(&mut errors);
+        self.check_listeners(&mut errors);
+        if self.mqtt.max_packet_bytes <= self.validation.max_payload_bytes {
+            errors.push(
+                "mqtt.max_packet_bytes",
+                format!(
+                    "{} must exceed validation.max_payload_bytes ({}), so that an oversize frame \
+                     gets a counted rejection instead of a dropped connection",
+                    self.mqtt.max_packet_bytes, self.validation.max_payload_bytes
+                ),
+            );
+        }
+        match (pack, keys) {
+            (Some(pack), Some(keys)) if errors.0.is_empty() => Ok(Checked {
+                config: self.clone(),
+                pack: pack.with_topic_namespace(namespace),
+                keys,
+                admin_token,
+                state,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    fn pack(&self, source: &PackSource, errors: &mut ConfigErrors) -> Option<Pack> {
+        let (name, text) = match source {
+            PackSource::Inline { name, text } => (name.clone(), text.clone()),
+            PackSource::Config => {
+                let Some(path) = &self.policy else {
+                    errors.push(
+                        "policy",
+                        "no policy pack: pass --policy PATH (packs/ in the repository has examples)",
+                    );
+                    return None;
+                };
+                match std::fs::read_to_string(path) {
+                    Ok(text) => (path.display().to_string(), text),
+                    Err(e) => {
+                        errors.push("policy", format!("cannot read {}: {e}", path.display()));
+                        return None;
+                    }
+                }
+            }
+        };
+        Pack::from_toml(&text)
+            .map_err(|pack_errors| {
+                for e in pack_errors.0 {
+                    errors.push(format!("policy ({name}) {}", e.path), e.message);
+                }
+            })
+            .ok()
+    }
+
+    /// Keys from the key file, else from `TELEGATE_KEYS` (the same TOML), else ephemeral.
+    fn keys(&self, errors: &mut ConfigErrors) -> Option<Keyring> {
+        let (path, text) = match (&self.key_file, std::env::var("TELEGATE_KEYS")) {
+            (Some(path), _) => match std::fs::read_to_string(path) {
+                Ok(text) => (format!("key_file ({})", path.display()), text),
+                Err(e) => {
+                    errors.push("key_file", format!("cannot read {}: {e}", path.display()));
+                    return None;
+                }
+            },
+            (None, Ok(text)) => ("TELEGATE_KEYS".to_owned(), text),
+            (None, Err(_)) => return Some(Keyring::ephemeral(rand::random())),
+        };
+        Keyring::from_toml(&text)
+            .map_err(|e| errors.push(path, e.to_string()))
+            .ok()
+    }
+
+    fn state(&self, errors: &mut ConfigErrors) -> Option<StateFile> {
+        let path = self.state_file.as_ref()?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| errors.push("state_file", format!("cannot read {}: {e}", path.display())))
+            .ok()?;
+        let file: StateFile = serde_json::from_str(&text)
+            .map_err(|e| errors.push(format!("state_file ({})", path.display()), e.to_string()))
+            .ok()?;
+        // Errors name the entry's position, never the VIN.
+        for (i, vin) in file.subjects.keys().enumerate() {
+            if Vin::parse(vin).is_err() {
+                errors.push(
+                    format!("state_file ({}) subject #{i}", path.display()),
+                    "not a VIN",
+                );
+            }
+        }
+        Some(file)
+    }
+
+    /// Never an admin API without a token: an open one would let anyone change consents.
+    fn admin_token(&self, errors: &mut ConfigErrors) -> Option<AdminToken> {
+        self.admin.listen?;
+        match self.admin.resolve_token() {
+            Ok(Some(t)) if t.len() >= 16 => Some(AdminToken(t)),
+            Ok(_) => {
+                errors.push(
+                    "admin.token",
+                    "admin.listen is set, but there is no admin token of at least 16 characters: \
+                     set admin.token, admin.token_file or TELEGATE_ADMIN_TOKEN",
+                );
+                None
+            }
+            Err(e) => {
+                errors.push("admin.token_file", e);
+                None
+            }
+        }
+    }
+
+    fn check_listeners(&self, errors: &mut ConfigErrors) {
+        let listeners = [
+            ("mqtt.listen", self.mqtt.v4_listen),
+            ("mqtt.listen_v5", self.mqtt.v5_listen),
+            ("metrics_listen", self.metrics_listen),
+            ("admin.listen", self.admin.listen),
+        ];
+        for (i, (name, addr)) in listeners.iter().enumerate() {
+            let Some(addr) = addr.filter(|a| a.port() != 0) else {
+                continue;
+            };
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| *a == Some(addr)) {
+                errors.push(*name, format!("{addr} is already {other}'s address"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    // figment's own test jail fixes the closure's error type.
+    #[allow(clippy::result_large_err)]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("telegate.toml");
+        std::fs::write(
+            &file,
+            "metrics_listen = \"127.0.0.1:1\"\n[kafka]\nbootstrap = \"file:1\"\nlinger_ms = 9\n[mqtt]\nlisten = \"127.0.0.1:2\"\n[validation]\nmax_age = \"2days\"\n",
+        )
+        .expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TELEGATE__KAFKA__LINGER_MS", "11");
+            let flags = serde_json::json!({ "kafka": { "bootstrap": "flag:1" } });
+            let s = Config::load(Some(&file), &flags).expect("loads");
+            assert_eq!(s.kafka.bootstrap, "flag:1");
+            assert_eq!(s.kafka.linger_ms, 11);
+            assert_eq!(s.mqtt.v4_listen, Some("127.0.0.1:2".parse().expect("addr")));
+            assert_eq!(s.metrics_listen, Some("127.0.0.1:1".parse().expect("addr")));
+            assert_eq!(s.validation.max_age_ms, 2 * 86_400_000);
+            assert_eq!(s.kafka.compression, "lz4", "defaults fill the rest");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[kafka]\nbootstrapp = \"x\"\n").expect("write");
+        let err = Config::load(Some(&file), &serde_json::json!({})).expect_err("typo");
+        assert!(err.to_string().contains("bootstrapp"), "{err}");
+        let missing = Config::load(Some(&dir.path().join("nope.toml")), &serde_json::json!({}));
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn check_reports_every_problem_at_once_before_anything_starts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pack = dir.path().join("pack.toml");
+        std::fs::write(&pack, "id = \"x\"\n").expect("write");
+        let config = Config {
+            policy: Some(pack),
+            key_file: Some(dir.path().join("missing-keys.toml")),
+            state_file: Some(dir.path().join("missing-state.json")),
+            metrics_listen: Some("127.0.0.1:7001".parse().expect("addr")),
+            admin: AdminConfig {
+                listen: Some("127.0.0.1:7001".parse().expect("addr")),
+                token: Some("short".into()),
+                ..AdminConfig::default()
+            },
+            kafka: KafkaConfig {
+                topic_namespace: "bad ns".into(),
+                ..KafkaConfig::default()
+            },
+            ..Config::default()
+        };
+        let errors = config.check(&PackSource::Config).expect_err("invalid");
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "kafka.topic_namespace",
+            "key_file",
+            "state_file",
+            "admin.token",
+            "admin.listen",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {errors}");
+        }
+        assert!(
+            paths.iter().any(|p| p.starts_with("policy (")),
+            "the pack's own errors are listed: {errors}"
+        );
+        assert!(!errors.to_string().contains("short"), "no token in errors");
+    }
+
+    #[test]
+    fn a_valid_configuration_checks_with_its_pack_and_keys() {
+        let config = Config::default();
+        let checked = config
+            .check(&PackSource::Inline {
+                name: "reference".into(),
+                text: crate::REFERENCE_PACK.into(),
+            })
+            .expect("valid");
+        assert!(checked.keys.is_ephemeral());
+        assert!(checked.admin_token.is_none());
+    }
+}

@@ -1,0 +1,284 @@
+//! The wiring point: builds the running gateway from a checked configuration (policy, keys,
+//! Kafka topics and sink, consent state, MQTT ingress, pipeline, endpoints) and shuts it down
+//! in order.
+
+use crate::admin::{self, AdminContext};
+use crate::config::{Checked, Config, PackSource};
+use crate::http;
+use crate::ledger::Ledger;
+use crate::pipeline::Pipeline;
+use crate::state::StateStore;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use telegate_kafka::{KafkaSink, LogWriter, SinkStats, ensure_topics};
+use telegate_mqtt::Ingress;
+use telegate_policy::{Pack, TopicSpec};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The topics telegate keeps besides the pack's, behind the namespace.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Compacted: every vehicle's settings, consents and key material.
+    pub state: String,
+    /// Append-only audit of every change.
+    pub ledger: String,
+}
+
+impl Topics {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            state: format!("{namespace}telegate.consent-state"),
+            ledger: format!("{namespace}telegate.consent-ledger"),
+        }
+    }
+}
+
+/// A running gateway. It owns every task it started and stops them in order.
+#[derive(Debug)]
+pub struct Gateway {
+    ingress: Arc<Ingress>,
+    admin_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    pack: Arc<Pack>,
+    /// Stops the pipeline: drain what arrived, flush the sink.
+    stop_pipeline: watch::Sender<bool>,
+    pipeline: JoinHandle<()>,
+    /// Stops the admin API and its sweeper.
+    stop_admin: watch::Sender<bool>,
+    admin_tasks: Vec<JoinHandle<()>>,
+    /// Stops the HTTP endpoints, last.
+    stop_http: watch::Sender<bool>,
+    http: Option<JoinHandle<()>>,
+    ready: Arc<AtomicBool>,
+    sink_stats: Arc<SinkStats>,
+    state: Arc<StateStore>,
+    ledger: Arc<Ledger>,
+    ephemeral_keys: bool,
+    shutdown_timeout: Duration,
+}
+
+impl Gateway {
+    /// Checks the whole configuration (every problem at once), then starts.
+    pub async fn start(config: &Config, pack: PackSource) -> anyhow::Result<Self> {
+        let checked = config.check(&pack)?;
+        Self::start_checked(checked).await
+    }
+
+    pub async fn start_checked(checked: Checked) -> anyhow::Result<Self> {
+        let Checked {
+            config,
+            pack,
+            keys,
+            admin_token,
+            state: state_file,
+        } = checked;
+        // The recorder must exist before any counter is registered.
+        let _ = http::metrics_handle();
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stop_http, http_stopped) = watch::channel(false);
+        let (metrics_addr, http) = match config.metrics_listen {
+            None => (None, None),
+            Some(addr) => {
+                let (addr, task) = http::serve(addr, ready.clone(), http_stopped)
+                    .await
+                    .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
+                (Some(addr), Some(task))
+            }
+        };
+        let pack = Arc::new(pack);
+        let ephemeral_keys = keys.is_ephemeral();
+        if ephemeral_keys {
+            tracing::warn!(
+                "no key file: pseudonyms use an ephemeral key and change at every restart"
+            );
+        }
+
+        let topics = Topics::new(&config.kafka.topic_namespace);
+        let mut specs = pack.topics();
+        specs.push(TopicSpec {
+            name: topics.state.clone(),
+            retention: Duration::ZERO,
+            compact: true,
+        });
+        specs.push(TopicSpec {
+            name: topics.ledger.clone(),
+            retention: config.ledger_retention,
+            compact: false,
+        });
+        if config.kafka.manage_topics {
+            create_topics(&config, &specs).await?;
+        }
+        // Decisions need everyone's state: read it in full before taking a single frame.
+        let state =
+            StateStore::replicated(&config.kafka, &topics.state, config.kafka_startup_timeout)
+                .await?;
+        if let Some(file) = &state_file {
+            state.load(file)?;
+        }
+        let ledger = Arc::new(Ledger::new(
+            LogWriter::new(&config.kafka).context("ledger writer")?,
+            topics.ledger.clone(),
+            keys.clone(),
+        ));
+        let sink = KafkaSink::new(&config.kafka).context("Kafka producer")?;
+        let sink_stats = sink.stats();
+        let ingress_cfg = config.mqtt.clone();
+        let (ingress, rx) = tokio::task::spawn_blocking(move || Ingress::start(&ingress_cfg))
+            .await
+            .context("ingress start-up")??;
+
+        let ingress = Arc::new(ingress);
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let mut admin_tasks = Vec::new();
+        let admin_addr = match (config.admin.listen, admin_token) {
+            (Some(listen), Some(token)) => {
+                let ctx = Arc::new(AdminContext {
+                    pack: pack.clone(),
+                    state: state.clone(),
+                    ledger: ledger.clone(),
+                    ingress: ingress.clone(),
+                    kafka: config.kafka.clone(),
+                    keys: keys.clone(),
+                    block_grace: config.admin.block_grace,
+                });
+                admin_tasks.push(tokio::spawn(admin::sweep_blocked(
+                    ctx.clone(),
+                    config.admin.sweep_interval,
+                    admin_stopped.clone(),
+                )));
+                let (addr, task) = admin::serve(listen, token.0, ctx, admin_stopped)
+                    .await
+                    .with_context(|| format!("cannot serve the admin API on {listen}"))?;
+                admin_tasks.push(task);
+                tracing::info!(%addr, "admin API listening");
+                Some(addr)
+            }
+            _ => None,
+        };
+        let pipeline = Pipeline::new(
+            pack.clone(),
+            keys,
+            config.validation.clone(),
+            state.clone(),
+            ledger.clone(),
+            sink,
+        );
+        let (stop_pipeline, pipeline_stopped) = watch::channel(false);
+        let pipeline = tokio::spawn(pipeline.run(rx, pipeline_stopped, config.shutdown_timeout));
+        ready.store(true, Ordering::Release);
+        tracing::info!(policy = %pack.label(), "telegate ready");
+        Ok(Self {
+            ingress,
+            admin_addr,
+            metrics_addr,
+            pack,
+            stop_pipeline,
+            pipeline,
+            stop_admin,
+            admin_tasks,
+            stop_http,
+            http,
+            ready,
+            sink_stats,
+            state,
+            ledger,
+            ephemeral_keys,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    pub fn pack(&self) -> &Pack {
+        &self.pack
+    }
+
+    pub fn ingress(&self) -> &Ingress {
+        &self.ingress
+    }
+
+    /// The vehicles' settings and consents the decisions read.
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn sink_stats(&self) -> &SinkStats {
+        &self.sink_stats
+    }
+
+    /// Where the admin API listens, if it does.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn ephemeral_keys(&self) -> bool {
+        self.ephemeral_keys
+    }
+
+    /// Stops in order: not ready; the admin API and its sweeper (calls under way finish);
+    /// the pipeline (frames already read are processed, records flushed to Kafka); the
+    /// consent state (every change written to its topic); the HTTP endpoints last. The
+    /// embedded broker's threads cannot be stopped (rumqttd has no shutdown); nothing reads
+    /// from them afterwards.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.stop_admin.send(true);
+        for task in self.admin_tasks {
+            if task.await.is_err() {
+                tracing::error!("admin task failed during shutdown");
+            }
+        }
+        let _ = self.stop_pipeline.send(true);
+        if self.pipeline.await.is_err() {
+            tracing::error!("pipeline task failed during shutdown");
+        }
+        self.state.close(self.shutdown_timeout).await;
+        let _ = self.stop_http.send(true);
+        if let Some(http) = self.http
+            && http.await.is_err()
+        {
+            tracing::error!("HTTP endpoint task failed during shutdown");
+        }
+        tracing::info!(
+            delivered = self.sink_stats.delivered(),
+            failed = self.sink_stats.failed(),
+            lost_in_broker = self.ingress.stats().lost(),
+            "telegate stopped"
+        );
+    }
+}
+
+/// Creates telegate's topics, retrying while Kafka is not reachable yet.
+async fn create_topics(config: &Config, specs: &[TopicSpec]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + config.kafka_startup_timeout;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ensure_topics(&config.kafka, specs).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "Kafka not ready; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "Kafka at {} did not accept telegate's topics within {:?}",
+                        config.kafka.bootstrap, config.kafka_startup_timeout
+                    )
+                });
+            }
+        }
+    }
+}

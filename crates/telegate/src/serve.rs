@@ -1,0 +1,81 @@
+//! `telegate serve`: the gateway. Every option is defined once, here: its flag (the field), its
+//! environment variable, and by where it sits, its key in the config file (`--mqtt-listen` is
+//! `mqtt.listen`). Flags and their variables override `TELEGATE__SECTION__KEY` variables, which
+//! override the file, which overrides the defaults. The whole configuration is checked before
+//! anything starts, and every problem is reported at once.
+
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use telegate_gateway::{Config, Gateway, PackSource};
+
+#[derive(clap::Args, Serialize, Debug)]
+pub struct Args {
+    /// TOML config file; flags and TELEGATE_* variables override it.
+    #[arg(long, env = "TELEGATE_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Policy pack (TOML).
+    #[arg(long, env = "TELEGATE_POLICY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<PathBuf>,
+    /// /metrics, /healthz, /readyz [default: 0.0.0.0:9898]
+    #[arg(long, env = "TELEGATE_METRICS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<SocketAddr>,
+    /// Pseudonymisation key file; without one, TELEGATE_KEYS or an ephemeral key.
+    #[arg(long, env = "TELEGATE_KEY_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_file: Option<PathBuf>,
+    /// Consents, activations and settings to start from (JSON).
+    #[arg(long, env = "TELEGATE_STATE_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_file: Option<PathBuf>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(clap::Args, Serialize, Debug)]
+struct MqttArgs {
+    /// MQTT 3.1.1 listener [default: 0.0.0.0:1883]
+    #[arg(long = "mqtt-listen", env = "TELEGATE_MQTT_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// MQTT 5 listener [default: 0.0.0.0:1884]
+    #[arg(long = "mqtt5-listen", env = "TELEGATE_MQTT5_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_v5: Option<SocketAddr>,
+}
+
+#[derive(clap::Args, Serialize, Debug)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092]
+    #[arg(long = "kafka-bootstrap", env = "TELEGATE_KAFKA_BOOTSTRAP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap: Option<String>,
+}
+
+#[derive(clap::Args, Serialize, Debug)]
+struct AdminArgs {
+    /// Admin API (gRPC); needs a token (admin.token, admin.token_file or TELEGATE_ADMIN_TOKEN).
+    #[arg(long = "admin-listen", env = "TELEGATE_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    crate::process::init_tracing();
+    let config = Config::load(a.config.as_deref(), &a)?;
+    // Each vehicle is a connection: hold as many as the system allows.
+    let fds = crate::process::raise_fd_limit(1 << 20);
+    tracing::info!(fds, "open-file limit");
+    let gateway = Gateway::start(&config, PackSource::Config).await?;
+    crate::process::shutdown_signal().await;
+    tracing::info!("shutting down: draining and flushing");
+    gateway.shutdown().await;
+    Ok(())
+}
