@@ -2,8 +2,8 @@
 //! hand to Kafka. Every outcome is counted with a bounded label; the counters are
 //! registered once, so the hot path never allocates a label.
 
-use crate::ledger::{Change, Channel, Ledger};
-use crate::state::StateStore;
+use crate::ledger::{Action, Change, Channel, Ledger};
+use crate::state::{StateStore, fresh_secret};
 use metrics::Counter;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +13,8 @@ use telegate_frame::{Frame, FrameKind, RejectReason, ValidationConfig, Vin, vali
 use telegate_kafka::KafkaSink;
 use telegate_mqtt::Incoming;
 use telegate_policy::{
-    DropReason, Keyring, OutRecord, Pack, Verdict, contribution_period, decide_all, offline,
-    rejected_record, shape,
+    Admission, DropReason, Keyring, OutRecord, Outcome, Pack, Verdict, admit, offline,
+    rejected_record,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -152,10 +152,12 @@ impl Pipeline {
         let topic = std::str::from_utf8(&m.topic).unwrap_or_default();
         match validate(topic, &m.payload, now, &self.validation) {
             Ok(frame) => {
-                for rec in self.decide(&frame, now) {
-                    self.send(&rec).await;
+                let admission = self.admit(&frame, now);
+                for rec in &admission.records {
+                    self.send(rec).await;
                 }
-                if let Body::Privacy(settings) = frame.body() {
+                if let (true, Body::Privacy(settings)) = (admission.changes.settings, frame.body())
+                {
                     self.record_settings_change(&frame, settings).await;
                 }
             }
@@ -181,58 +183,38 @@ impl Pipeline {
         }
     }
 
-    /// The records a valid frame yields, after it updated the vehicle's state if it carries
-    /// settings. Synchronous: the state lock is never held across an await.
-    pub fn decide(&self, frame: &Frame, now: i64) -> Vec<OutRecord> {
-        if let Body::Privacy(settings) = frame.body() {
-            let horizon = now - self.validation.max_age_ms;
-            self.state
-                .record_settings(*frame.vin(), frame.captured_at_ms(), settings, horizon);
-        }
+    /// What policy makes of a valid frame, in one access to the vehicle's state, counted.
+    /// Synchronous: the state lock is never held across an await.
+    pub fn admit(&self, frame: &Frame, now: i64) -> Admission {
+        let horizon = now - self.validation.max_age_ms;
+        let admission = self.state.admit(*frame.vin(), |record| {
+            admit(
+                &self.pack,
+                &self.label,
+                &self.keys,
+                frame,
+                record,
+                horizon,
+                fresh_secret,
+            )
+        });
         let kind = frame.kind().index();
         self.counters.valid[kind].increment(1);
-        // Offline mode first: a frame captured then must not even create key material.
-        if self.state.with(frame.vin(), |s| {
-            offline(frame.captured_at_ms(), s).is_some()
-        }) {
-            self.counters.offline.increment(1);
-            return Vec::new();
-        }
-        self.state.ensure_secret(frame.vin());
-        let mut contributed = Vec::new();
-        let out = self.state.with(frame.vin(), |subject| {
-            let mut out = Vec::new();
-            let mut routed = false;
-            for (purpose, decision) in decide_all(&self.pack, frame, subject) {
-                routed = true;
-                match decision.verdict {
-                    Verdict::Forward(consent) => {
-                        self.counters.forwarded[purpose.index].increment(1);
-                        contributed.extend(contribution_period(purpose, frame));
-                        out.push(shape(
-                            &self.pack,
-                            &self.label,
-                            frame,
-                            purpose,
-                            consent,
-                            &self.keys,
-                            subject,
-                        ));
-                    }
-                    Verdict::Drop(reason) => {
-                        self.counters.dropped[purpose.index][reason.index()].increment(1);
+        match admission.outcome {
+            Outcome::Offline => self.counters.offline.increment(1),
+            Outcome::Unrouted => self.counters.unrouted[kind].increment(1),
+            Outcome::Routed => {
+                for &(purpose, verdict) in &admission.verdicts {
+                    match verdict {
+                        Verdict::Forward(_) => self.counters.forwarded[purpose].increment(1),
+                        Verdict::Drop(reason) => {
+                            self.counters.dropped[purpose][reason.index()].increment(1)
+                        }
                     }
                 }
             }
-            if !routed {
-                self.counters.unrouted[kind].increment(1);
-            }
-            out
-        });
-        for (key, start) in contributed {
-            self.state.record_contribution(*frame.vin(), key, start);
         }
-        out
+        admission
     }
 
     /// Settings changes made in the vehicle go to the consent ledger like any other.
@@ -242,7 +224,7 @@ impl Pipeline {
         settings: &telegate_frame::pb::PrivacySettings,
     ) {
         let change = Change {
-            action: "settings",
+            action: Action::Settings,
             target: "",
             value: serde_json::to_value(telegate_policy::Settings::from(settings))
                 .unwrap_or_default(),

@@ -12,9 +12,9 @@ use dashmap::{DashMap, DashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
-use telegate_frame::{Vin, pb};
+use telegate_frame::Vin;
 use telegate_kafka::{Entry, KafkaConfig, LogWriter, follow};
-use telegate_policy::{StateFile, SubjectRecord, SubjectSecret};
+use telegate_policy::{Admission, StateFile, SubjectRecord, SubjectSecret};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -47,7 +47,8 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
-fn fresh_secret() -> SubjectSecret {
+/// New key material for a vehicle seen for the first time.
+pub fn fresh_secret() -> SubjectSecret {
     SubjectSecret::from_random(rand::random(), rand::random())
 }
 
@@ -162,43 +163,26 @@ impl StateStore {
         self.mark(vin);
     }
 
-    /// Records a settings frame captured at `at_ms`; history older than `horizon_ms` (which
-    /// no admissible frame can ask about) is compacted away.
-    pub fn record_settings(
+    /// Admits a frame: runs `admit` (the policy core's [`telegate_policy::admit`]) on the
+    /// vehicle's record under its lock, the only state access a frame makes, and replicates
+    /// what changed. Keep `admit` synchronous and short: it holds a shard lock.
+    pub fn admit(
         &self,
         vin: Vin,
-        at_ms: i64,
-        settings: &pb::PrivacySettings,
-        horizon_ms: i64,
-    ) {
-        let mut subject = self.subjects.entry(vin).or_default();
-        subject.record_settings(at_ms, settings);
-        subject.compact(horizon_ms);
-        drop(subject);
-        self.mark(vin);
-    }
-
-    /// Records that the vehicle contributed a record for `key` in the period from `start`.
-    pub fn record_contribution(&self, vin: Vin, key: String, start: i64) {
-        let mut subject = self.subjects.entry(vin).or_default();
-        let last = subject.contributions.entry(key).or_insert(start);
-        *last = (*last).max(start);
-        drop(subject);
-        self.mark(vin);
-    }
-
-    /// Gives a vehicle key material the first time it is seen.
-    pub fn ensure_secret(&self, vin: &Vin) {
-        if self.subjects.get(vin).is_some_and(|r| r.secret.is_some()) {
-            return;
+        admit: impl FnOnce(&mut SubjectRecord) -> Admission,
+    ) -> Admission {
+        let admission = {
+            let mut record = self.subjects.entry(vin).or_default();
+            let admission = admit(&mut record);
+            if admission.changes.secret_created {
+                self.index(&vin, &record);
+            }
+            admission
+        };
+        if admission.changes.any() {
+            self.mark(vin);
         }
-        let mut r = self.subjects.entry(*vin).or_default();
-        if r.secret.is_none() {
-            r.secret = Some(fresh_secret());
-            self.index(vin, &r);
-            drop(r);
-            self.mark(*vin);
-        }
+        admission
     }
 
     /// Runs `f` on the vehicle's record (None for a vehicle nothing is known about). Keep `f`

@@ -4,6 +4,7 @@
 //! Pure like `telegate-frame`: no IO, no clock, no randomness, and never a dependency on
 //! tokio, rdkafka, rumqttd, rumqttc or tonic (CI checks its dependency tree).
 
+mod admit;
 mod decide;
 mod explain;
 mod fields;
@@ -14,6 +15,7 @@ mod raw;
 mod shape;
 mod state;
 
+pub use admit::{Admission, Changes, Outcome, admit};
 pub use decide::{
     ConsentState, Decision, DropReason, Rule, Verdict, When, contribution_period, decide,
     decide_all, offline,
@@ -23,8 +25,9 @@ pub use fields::FieldMask;
 pub use ids::{KeyId, PurposeId, ServiceId};
 pub use keys::{KeyError, Keyring, seal, sealed_subject, unseal};
 pub use pack::{
-    ConsentRule, EventScope, Identity, LegalBasis, LocationPrecision, OffCondition, Pack,
-    PackError, PackErrors, Purpose, REJECTED_TOPIC, Service, TopicSpec, format_duration,
+    CONSENT_LEDGER_TOPIC, CONSENT_STATE_TOPIC, ConsentRule, EventScope, Identity, LegalBasis,
+    LocationPrecision, OffCondition, Pack, PackError, PackErrors, Purpose, REJECTED_TOPIC, Service,
+    TopicSpec, format_duration,
 };
 pub use shape::{OutRecord, header, rejected_record, shape};
 pub use state::{
