@@ -2,7 +2,7 @@
 //! data-subject rights. Every call needs the bearer token; every change is written to the
 //! replicated state and to the consent ledger before the call returns.
 
-use crate::ledger::{Change, Channel, Ledger, LedgerEntry};
+use crate::ledger::{Action, Change, Channel, Ledger, LedgerEntry};
 use crate::state::StateStore;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -137,7 +137,7 @@ impl AdminService {
         &self,
         vin: Vin,
         who: &Who,
-        action: &str,
+        action: Action,
         target: &str,
         value: serde_json::Value,
         apply: impl FnOnce(&mut SubjectRecord),
@@ -187,7 +187,7 @@ impl Admin for AdminService {
         }
         let who = who(r.origin);
         let (p, on, at) = (r.purpose.clone(), r.granted, who.at_ms);
-        self.change(vin, &who, "consent", &r.purpose, json!(on), |s| {
+        self.change(vin, &who, Action::Consent, &r.purpose, json!(on), |s| {
             s.consents.entry(p).or_default().set(at, on)
         })
         .await
@@ -202,7 +202,7 @@ impl Admin for AdminService {
         self.purpose(&r.purpose)?;
         let who = who(r.origin);
         let (p, on, at) = (r.purpose.clone(), r.on, who.at_ms);
-        self.change(vin, &who, "objection", &r.purpose, json!(on), |s| {
+        self.change(vin, &who, Action::Objection, &r.purpose, json!(on), |s| {
             s.objections.entry(p).or_default().set(at, on)
         })
         .await
@@ -216,7 +216,7 @@ impl Admin for AdminService {
         let vin = vin(&r.vin)?;
         let who = who(r.origin);
         let (on, at) = (r.on, who.at_ms);
-        self.change(vin, &who, "restriction", "", json!(on), |s| {
+        self.change(vin, &who, Action::Restriction, "", json!(on), |s| {
             s.restricted.set(at, on)
         })
         .await
@@ -242,7 +242,7 @@ impl Admin for AdminService {
         }
         let who = who(r.origin);
         let (f, on, at) = (r.feature.clone(), r.active, who.at_ms);
-        self.change(vin, &who, "activation", &r.feature, json!(on), |s| {
+        self.change(vin, &who, Action::Activation, &r.feature, json!(on), |s| {
             s.activations.entry(f).or_default().set(at, on)
         })
         .await
@@ -264,9 +264,16 @@ impl Admin for AdminService {
         };
         let call = r.call_id.clone();
         let reply = self
-            .change(vin, &who, "call-consent", &r.call_id, json!(scopes), |s| {
-                s.call_consents.insert(call, scopes);
-            })
+            .change(
+                vin,
+                &who,
+                Action::CallConsent,
+                &r.call_id,
+                json!(scopes),
+                |s| {
+                    s.call_consents.insert(call, scopes);
+                },
+            )
             .await?;
         if r.request_snapshot {
             // A call placed in the app: the backend asks the vehicle for its data [002 L15].
@@ -325,7 +332,7 @@ impl Admin for AdminService {
         self.change(
             vin,
             &who,
-            "block",
+            Action::Block,
             "",
             json!({ "delete_after_ms": delete_after_ms }),
             |s| {
@@ -381,7 +388,7 @@ impl Admin for AdminService {
 /// Erases a vehicle: the ledger records it, then the state and key material go everywhere.
 pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> anyhow::Result<bool> {
     let change = Change {
-        action: "erase",
+        action: Action::Erase,
         target: "",
         value: json!(true),
         effective_at_ms: now_ms(),

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use telegate_kafka::{KafkaSink, LogWriter, SinkStats, ensure_topics};
 use telegate_mqtt::Ingress;
-use telegate_policy::{Pack, TopicSpec};
+use telegate_policy::{CONSENT_LEDGER_TOPIC, CONSENT_STATE_TOPIC, Pack, TopicSpec};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -31,8 +31,8 @@ pub struct Topics {
 impl Topics {
     pub fn new(namespace: &str) -> Self {
         Self {
-            state: format!("{namespace}telegate.consent-state"),
-            ledger: format!("{namespace}telegate.consent-ledger"),
+            state: format!("{namespace}{CONSENT_STATE_TOPIC}"),
+            ledger: format!("{namespace}{CONSENT_LEDGER_TOPIC}"),
         }
     }
 }

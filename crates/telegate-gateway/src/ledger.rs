@@ -19,14 +19,26 @@ pub enum Channel {
     Api,
 }
 
+/// What a ledger entry records; its kebab-case name is the `action` field on the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Consent,
+    Objection,
+    Restriction,
+    Activation,
+    CallConsent,
+    Settings,
+    Block,
+    Erase,
+}
+
 /// One ledger record, as JSON on the topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     pub subject_hash: String,
     pub key_id: String,
-    /// `consent`, `objection`, `restriction`, `activation`, `call-consent`, `settings`,
-    /// `block`, `erase`.
-    pub action: String,
+    pub action: Action,
     /// The purpose, feature or call id the change concerns, if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
@@ -47,7 +59,7 @@ pub struct LedgerEntry {
 /// A change to record, before the ledger adds the subject hash and times.
 #[derive(Debug, Clone)]
 pub struct Change<'a> {
-    pub action: &'a str,
+    pub action: Action,
     pub target: &'a str,
     pub value: serde_json::Value,
     pub effective_at_ms: i64,
@@ -86,7 +98,7 @@ impl Ledger {
         let entry = LedgerEntry {
             subject_hash: self.subject_hash(vin),
             key_id: self.keys.active_id().to_string(),
-            action: change.action.to_owned(),
+            action: change.action,
             target: change.target.to_owned(),
             value: change.value,
             effective_at_ms: change.effective_at_ms,

@@ -202,13 +202,15 @@ pub struct Pack {
     pub(crate) routes: [Vec<usize>; FrameKind::ALL.len()],
 }
 
-/// Topics telegate writes that are not a service's.
+/// The contract's topics that are not a service's (docs/contract.md); each gateway puts its
+/// `kafka.topic_namespace` in front.
 pub const REJECTED_TOPIC: &str = "telegate.rejected";
-pub(crate) const RESERVED_TOPICS: [&str; 3] = [
-    REJECTED_TOPIC,
-    "telegate.consent-state",
-    "telegate.consent-ledger",
-];
+/// Compacted: every vehicle's settings, consents and key material.
+pub const CONSENT_STATE_TOPIC: &str = "telegate.consent-state";
+/// Append-only audit of every consent and settings change.
+pub const CONSENT_LEDGER_TOPIC: &str = "telegate.consent-ledger";
+pub(crate) const RESERVED_TOPICS: [&str; 3] =
+    [REJECTED_TOPIC, CONSENT_STATE_TOPIC, CONSENT_LEDGER_TOPIC];
 
 impl Pack {
     /// `{id}@{version}`: the `telegate-policy` header.
