@@ -2,6 +2,7 @@
 //! three services, one per identity form (VIN, pseudonym, anonymous with coarsening).
 
 use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
+use telegate_policy::{SubjectRecord, SubjectSecret};
 
 pub const VIN: &str = "WP0ZZZ99ZTS392124";
 pub const NOW: i64 = 1_790_000_000_000;
@@ -47,4 +48,22 @@ pub fn status_frame() -> VehicleFrame {
             ..Default::default()
         })),
     }
+}
+
+/// A vehicle the gateway already knows: key material and a settings history with both
+/// service groups on.
+pub fn known_vehicle() -> SubjectRecord {
+    let mut subject = SubjectRecord {
+        secret: Some(SubjectSecret::from_random([1; 16], [2; 32])),
+        ..Default::default()
+    };
+    subject.record_settings(
+        NOW - 60_000,
+        &pb::PrivacySettings {
+            location_services: true,
+            non_location_services: true,
+            ..Default::default()
+        },
+    );
+    subject
 }

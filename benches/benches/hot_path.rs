@@ -3,11 +3,11 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use telegate_benches::{NOW, THREE_SERVICES, VIN, status_frame};
+use telegate_benches::{NOW, THREE_SERVICES, VIN, known_vehicle, status_frame};
 use telegate_frame::{
     FrameKind, PayloadFormat, ValidationConfig, classify, decode, encode, validate, vehicle_topic,
 };
-use telegate_policy::{Keyring, Pack, SubjectRecord, Verdict, decide_all, shape};
+use telegate_policy::{Keyring, Pack, Verdict, admit, decide_all, shape};
 
 fn hot_path(c: &mut Criterion) {
     let frame = status_frame();
@@ -19,21 +19,7 @@ fn hot_path(c: &mut Criterion) {
     let label = pack.label();
     let keys = Keyring::ephemeral([7; 32]);
     let valid = validate(&topic, &proto, NOW, &cfg).expect("valid");
-    // A vehicle with a settings history, as the gateway would hold it.
-    let mut subject = SubjectRecord {
-        secret: Some(telegate_policy::SubjectSecret::from_random(
-            [1; 16], [2; 32],
-        )),
-        ..Default::default()
-    };
-    subject.record_settings(
-        NOW - 60_000,
-        &telegate_frame::pb::PrivacySettings {
-            location_services: true,
-            non_location_services: true,
-            ..Default::default()
-        },
-    );
+    let subject = known_vehicle();
 
     c.bench_function("decode/protobuf", |b| b.iter(|| decode(black_box(&proto))));
     c.bench_function("decode/json", |b| b.iter(|| decode(black_box(&json))));
@@ -62,6 +48,27 @@ fn hot_path(c: &mut Criterion) {
             (cats, out)
         })
     });
+    // What the gateway runs per frame since admission became one function: the same policy
+    // work plus the state changes, on the vehicle's record as its lock holds it.
+    c.bench_function(
+        "policy/admit status -> 3 services (one state access)",
+        |b| {
+            let mut record = subject.clone();
+            b.iter(|| {
+                let admission = admit(
+                    &pack,
+                    &label,
+                    &keys,
+                    black_box(&valid),
+                    &mut record,
+                    0,
+                    || unreachable!("the vehicle has key material"),
+                );
+                assert_eq!(admission.records.len(), 3);
+                admission
+            })
+        },
+    );
     let shaped = {
         let purpose = pack.purpose("vin-status").expect("purpose");
         shape(
