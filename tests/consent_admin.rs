@@ -285,9 +285,9 @@ async fn erasure_makes_earlier_records_unlinkable_and_later_ones_unjoinable() {
         .expect_err("gone");
     assert_eq!(err.code(), tonic::Code::NotFound);
     // 2. Try it as an attacker with the operator's key file and every secret the state topic
-    //    holds once compacted (the latest record per key: what compaction leaves, within
-    //    max.compaction.lag.ms on Kafka; tansu does not compact, so the test compacts its
-    //    read): neither the key nor the sealed VIN can be tied to the VIN any more.
+    //    holds once compacted (the latest record per key, which is what compaction leaves):
+    //    neither the key nor the sealed VIN can be tied to the VIN any more. Step 3 shows
+    //    Kafka's compaction really removes the earlier records from the log.
     let keys = Keyring::from_toml(&std::fs::read_to_string(key_file(dir.path())).expect("keys"))
         .expect("keys");
     let state_topic = format!("{ns}telegate.consent-state");
@@ -326,11 +326,52 @@ async fn erasure_makes_earlier_records_unlinkable_and_later_ones_unjoinable() {
         keys.pseudonym(&purpose, &vin, None).as_bytes(),
         old_key.as_slice()
     );
-    // 3. Every instance forgets: a new one starts without the vehicle.
+    // 3. Compaction takes the vehicle's earlier state records, and the key material in them,
+    //    out of the log itself. telegate bounds that by max.compaction.lag.ms (1 h); here the
+    //    topic is set to compact within seconds, and the log is read record by record.
+    assert!(
+        records
+            .iter()
+            .any(|r| r.key == vin_s.as_bytes() && r.value.is_some()),
+        "before compaction the log still holds the erased vehicle's state"
+    );
+    compact_within_seconds(&cfg, &state_topic).await;
+    let writer = telegate_kafka::LogWriter::new(&cfg).expect("writer");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // A write after segment.ms rolls the segment holding the erased records, so the
+        // cleaner may take it (it never cleans the active segment). A tombstone for a vehicle
+        // nobody knows changes nothing.
+        writer
+            .put(&state_topic, Some(unique_vin().as_bytes()), None)
+            .await
+            .expect("roll the segment");
+        let log = telegate_kafka::scan(&cfg, &state_topic, |_| true)
+            .await
+            .expect("scan");
+        let left = log
+            .iter()
+            .filter(|r| r.key == vin_s.as_bytes() && r.value.is_some())
+            .count();
+        if left == 0 {
+            assert!(
+                log.iter()
+                    .any(|r| r.key == vin_s.as_bytes() && r.value.is_none()),
+                "the tombstone stays for delete.retention.ms, so every follower sees it"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} state records of the erased vehicle are still in the log"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // 4. Every instance forgets: a new one starts without the vehicle.
     let b = start(&settings("porsche-connect", &ns, dir.path())).await;
     assert!(b.gw.state().get(&vin).is_none());
     assert!(a.gw.state().get(&vin).is_none());
-    // 4. The vehicle comes back: its new records cannot be joined to the old ones.
+    // 5. The vehicle comes back: its new records cannot be joined to the old ones.
     send(a.mqtt, &[status(&vin_s, 2, now_ms() - 1_000)]).await;
     let after = collect(&c, 1, Duration::from_secs(20), |_| true).await;
     assert_eq!(after.len(), 1);
@@ -576,4 +617,26 @@ async fn an_app_breakdown_call_asks_the_vehicle_and_uses_the_recorded_consent() 
     assert!(got[0].topic.ends_with("breakdown-call"));
     assert_eq!(got[0].header("telegate-consent"), Some("granted"));
     a.gw.shutdown().await;
+}
+
+/// Makes a compacted topic roll segments and compact within seconds. AlterConfigs replaces
+/// the topic's own settings, so the compaction ones telegate set are given again.
+async fn compact_within_seconds(cfg: &telegate_kafka::KafkaConfig, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.bootstrap)
+        .create()
+        .expect("admin client");
+    let fast = [AlterConfig::new(ResourceSpecifier::Topic(topic))
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "1000")
+        .set("min.compaction.lag.ms", "0")
+        .set("max.compaction.lag.ms", "1000")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("delete.retention.ms", "86400000")];
+    let done = admin
+        .alter_configs(&fast, &AdminOptions::new())
+        .await
+        .expect("alter request");
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
 }

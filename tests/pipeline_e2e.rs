@@ -15,7 +15,7 @@ async fn start(dir: &std::path::Path) -> (Gateway, Config) {
     s.metrics_listen = Some(free_addr());
     s.kafka.bootstrap = kafka();
     s.kafka.linger_ms = 1;
-    s.policy = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packs/reference.toml").into());
+    s.policy = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../packs/reference.toml").into());
     s.key_file = Some(key_file(dir));
     let g = Gateway::start(&s, PackSource::Config)
         .await
@@ -304,5 +304,43 @@ async fn consent_purposes_drop_and_the_drop_is_counted() {
     assert!(!body.contains(&vin), "no VIN in metrics");
     assert_eq!(http_get(metrics, "/healthz").expect("healthz").0, 200);
     assert_eq!(http_get(metrics, "/readyz").expect("readyz").0, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_keeps_records_longer_than_policy_is_tightened_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ns = format!("r{:08x}.", rand::random::<u32>());
+    let config = gateway_config("reference", &ns, dir.path());
+    let kafka_cfg = config.kafka.clone();
+    let topic = format!("{ns}telegate.rejected");
+    // Someone created the topic before telegate, keeping records for 400 days.
+    telegate_kafka::ensure_topics(
+        &kafka_cfg,
+        &[telegate_policy::TopicSpec {
+            name: topic.clone(),
+            retention: Duration::from_secs(400 * 86_400),
+            compact: false,
+        }],
+    )
+    .await
+    .expect("pre-existing topic");
+    let gw = Gateway::start(&config, PackSource::Config)
+        .await
+        .expect("gateway starts");
+    let policy = gw
+        .pack()
+        .topics()
+        .into_iter()
+        .find(|t| t.name == topic)
+        .expect("the pack writes the topic");
+    assert!(policy.retention < Duration::from_secs(400 * 86_400));
+    assert_eq!(
+        telegate_kafka::topic_retention_ms(&kafka_cfg, &topic)
+            .await
+            .expect("described"),
+        Some(policy.retention.as_millis() as i64),
+        "the topic keeps records only as long as policy allows"
+    );
     gw.shutdown().await;
 }

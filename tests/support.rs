@@ -71,8 +71,13 @@ impl Got {
 /// Reads every partition of `topics` from the beginning. Partitions are assigned directly,
 /// not through a consumer group: no join or rebalance to wait for.
 pub fn consumer(topics: &[&str]) -> StreamConsumer {
+    consumer_on(&kafka(), topics)
+}
+
+/// [`consumer`] on another cluster than the suite's.
+pub fn consumer_on(bootstrap: &str, topics: &[&str]) -> StreamConsumer {
     let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
+        .set("bootstrap.servers", bootstrap)
         .set(
             "group.id",
             format!("telegate-test-{:016x}", rand::random::<u64>()),
@@ -214,7 +219,7 @@ pub fn gateway_config(
     s.kafka.linger_ms = 1;
     s.kafka.partitions = 1;
     s.kafka.topic_namespace = namespace.to_owned();
-    s.policy = Some(format!("{}/../../packs/{pack}.toml", env!("CARGO_MANIFEST_DIR")).into());
+    s.policy = Some(format!("{}/../packs/{pack}.toml", env!("CARGO_MANIFEST_DIR")).into());
     s.key_file = Some(key_file(dir));
     s
 }

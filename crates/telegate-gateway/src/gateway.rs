@@ -208,8 +208,9 @@ impl Gateway {
         &self.ledger
     }
 
-    pub fn sink_stats(&self) -> &SinkStats {
-        &self.sink_stats
+    /// What the Kafka sink delivered and lost; shared, so it can be watched from elsewhere.
+    pub fn sink_stats(&self) -> Arc<SinkStats> {
+        self.sink_stats.clone()
     }
 
     /// Where the admin API listens, if it does.

@@ -14,4 +14,4 @@ mod topics;
 pub use config::KafkaConfig;
 pub use sink::{KafkaSink, SinkError, SinkStats};
 pub use statelog::{Entry, LogWriter, Scanned, Start, assign_all, follow, scan};
-pub use topics::{TopicError, ensure_topics, topic_retention_ms};
+pub use topics::{TopicError, ensure_topics, topic_config, topic_retention_ms};

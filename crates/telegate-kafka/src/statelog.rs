@@ -9,6 +9,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -137,8 +138,15 @@ pub async fn scan(
     let mut pending: BTreeSet<i32> = partitions.into_iter().collect();
     let mut out = Vec::new();
     while !pending.is_empty() {
+        // A broker that is down (a node of the cluster killed, a leader moving) shows as
+        // errors the consumer recovers from; only 30 s without progress ends the scan, and
+        // then as an error: a scan never returns part of a topic as if it were all of it.
         match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            Err(_) => break,
+            Err(_) => {
+                return Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::OperationTimedOut,
+                ));
+            }
             Ok(Ok(m)) => {
                 let key = m.key().unwrap_or_default();
                 if keep(key) {
@@ -164,7 +172,7 @@ pub async fn scan(
             Ok(Err(KafkaError::PartitionEOF(p))) => {
                 pending.remove(&p);
             }
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => tracing::warn!(%topic, error = %e, "scanning; retrying"),
         }
     }
     Ok(out)

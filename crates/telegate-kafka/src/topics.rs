@@ -3,7 +3,8 @@
 
 use crate::config::KafkaConfig;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigEntry, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -104,12 +105,26 @@ async fn reconcile_retention(
     opts: &AdminOptions,
 ) -> Result<(), TopicError> {
     let want = spec.retention.as_millis().min(i64::MAX as u128) as i64;
-    let have = describe_retention(admin, cfg, &spec.name).await?;
+    let own = describe_topic_configs(admin, cfg, &spec.name).await?;
+    let have = own
+        .iter()
+        .find(|(k, _)| k == "retention.ms")
+        .and_then(|(_, v)| v.parse().ok());
     if have == Some(want) {
         return Ok(());
     }
+    // AlterConfigs replaces every setting of the topic's own with the set it is given (rdkafka
+    // offers no IncrementalAlterConfigs): send the topic's own settings back with the two
+    // changed, so an operator's min.insync.replicas or segment size survives.
     let want_text = want.to_string();
-    let alter = [AlterConfig::new(ResourceSpecifier::Topic(&spec.name))
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&spec.name));
+    for (k, v) in own
+        .iter()
+        .filter(|(k, _)| k != "retention.ms" && k != "cleanup.policy")
+    {
+        alter = alter.set(k, v);
+    }
+    let alter = [alter
         .set("retention.ms", &want_text)
         .set("cleanup.policy", "delete")];
     let outcome = match admin.alter_configs(&alter, opts).await {
@@ -140,11 +155,11 @@ async fn reconcile_retention(
     }
 }
 
-async fn describe_retention(
+async fn describe_configs(
     admin: &AdminClient<DefaultClientContext>,
     cfg: &KafkaConfig,
     topic: &str,
-) -> Result<Option<i64>, TopicError> {
+) -> Result<Vec<ConfigEntry>, TopicError> {
     let described = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
         .await
@@ -156,9 +171,49 @@ async fn describe_retention(
         .into_iter()
         .flatten()
         .flat_map(|r| r.entries)
+        .collect())
+}
+
+/// The settings set on the topic itself (not inherited from the broker), by name.
+async fn describe_topic_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    cfg: &KafkaConfig,
+    topic: &str,
+) -> Result<Vec<(String, String)>, TopicError> {
+    Ok(describe_configs(admin, cfg, topic)
+        .await?
+        .into_iter()
+        .filter(|e| e.source == ConfigSource::DynamicTopic && !e.is_sensitive)
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect())
+}
+
+async fn describe_retention(
+    admin: &AdminClient<DefaultClientContext>,
+    cfg: &KafkaConfig,
+    topic: &str,
+) -> Result<Option<i64>, TopicError> {
+    Ok(describe_configs(admin, cfg, topic)
+        .await?
+        .into_iter()
         .find(|e| e.name == "retention.ms")
         .and_then(|e| e.value)
         .and_then(|v| v.parse().ok()))
+}
+
+/// A setting of a topic, as the broker describes it (for tests and operators' checks).
+pub async fn topic_config(
+    cfg: &KafkaConfig,
+    topic: &str,
+    name: &str,
+) -> Result<Option<String>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.client_config().create().map_err(TopicError::Client)?;
+    Ok(describe_configs(&admin, cfg, topic)
+        .await?
+        .into_iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value))
 }
 
 /// The `retention.ms` a topic has now, as the broker describes it.

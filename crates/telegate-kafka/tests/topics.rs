@@ -1,7 +1,9 @@
 //! Topic creation and retention against the real Kafka-protocol broker.
 
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use std::time::Duration;
-use telegate_kafka::{KafkaConfig, ensure_topics, topic_retention_ms};
+use telegate_kafka::{KafkaConfig, ensure_topics, topic_config, topic_retention_ms};
 use telegate_policy::TopicSpec;
 
 fn cfg() -> KafkaConfig {
@@ -48,33 +50,49 @@ async fn topics_are_created_with_policy_retention() {
 }
 
 #[tokio::test]
-async fn an_existing_topic_never_keeps_longer_than_policy() {
+async fn an_existing_topic_that_keeps_records_longer_is_altered_and_keeps_its_own_settings() {
     let name = unique("tighten");
     ensure_topics(&cfg(), &spec(&name, 30 * DAY))
         .await
         .expect("created");
-    // The policy tightened. Either the broker takes the new retention, or start-up stops:
-    // there is no outcome where the topic silently keeps 30 days.
-    match ensure_topics(&cfg(), &spec(&name, 7 * DAY)).await {
-        Ok(()) => assert_eq!(
-            topic_retention_ms(&cfg(), &name).await.expect("described"),
-            Some(7 * 86_400_000)
-        ),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(&name) && msg.contains("retention.ms=604800000"),
-                "{msg}"
-            );
-        }
-    }
-    // A looser policy over a stricter topic is fine either way.
+    // An operator's own setting on the topic: telegate's change must not wipe it (Kafka's
+    // AlterConfigs replaces the topic's whole set of settings).
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cfg().bootstrap)
+        .create()
+        .expect("admin client");
+    let own = [AlterConfig::new(ResourceSpecifier::Topic(&name))
+        .set("retention.ms", "2592000000")
+        .set("max.message.bytes", "123456")];
+    let altered = admin
+        .alter_configs(&own, &AdminOptions::new())
+        .await
+        .expect("alter request");
+    assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+
+    // The policy tightened: Kafka takes the new retention.
+    ensure_topics(&cfg(), &spec(&name, 7 * DAY))
+        .await
+        .expect("tightened");
+    assert_eq!(
+        topic_retention_ms(&cfg(), &name).await.expect("described"),
+        Some(7 * 86_400_000)
+    );
+    assert_eq!(
+        topic_config(&cfg(), &name, "max.message.bytes")
+            .await
+            .expect("described")
+            .as_deref(),
+        Some("123456"),
+        "the topic's own settings survive the change"
+    );
+    // A looser policy sets the topic to the policy's retention too: the topic's retention is
+    // the policy's, whichever way it moved.
     ensure_topics(&cfg(), &spec(&name, 60 * DAY))
         .await
-        .expect("stricter topic accepted");
-    let have = topic_retention_ms(&cfg(), &name)
-        .await
-        .expect("described")
-        .expect("set");
-    assert!(have <= 60 * 86_400_000);
+        .expect("loosened");
+    assert_eq!(
+        topic_retention_ms(&cfg(), &name).await.expect("described"),
+        Some(60 * 86_400_000)
+    );
 }

@@ -64,3 +64,14 @@ async fn main() -> anyhow::Result<()> {
         Command::KafkaMock => tools::kafka_mock().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -42,11 +42,20 @@ pub struct Args {
 #[derive(clap::Args, Serialize, Debug)]
 struct MqttArgs {
     /// MQTT 3.1.1 listener [default: 0.0.0.0:1883]
-    #[arg(long = "mqtt-listen", env = "TELEGATE_MQTT_LISTEN")]
+    #[arg(
+        id = "mqtt_listen",
+        long = "mqtt-listen",
+        value_name = "MQTT_LISTEN",
+        env = "TELEGATE_MQTT_LISTEN"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
     /// MQTT 5 listener [default: 0.0.0.0:1884]
-    #[arg(long = "mqtt5-listen", env = "TELEGATE_MQTT5_LISTEN")]
+    #[arg(
+        id = "mqtt5_listen",
+        long = "mqtt5-listen",
+        env = "TELEGATE_MQTT5_LISTEN"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen_v5: Option<SocketAddr>,
 }
@@ -54,7 +63,11 @@ struct MqttArgs {
 #[derive(clap::Args, Serialize, Debug)]
 struct KafkaArgs {
     /// Kafka bootstrap servers [default: 127.0.0.1:9092]
-    #[arg(long = "kafka-bootstrap", env = "TELEGATE_KAFKA_BOOTSTRAP")]
+    #[arg(
+        id = "kafka_bootstrap",
+        long = "kafka-bootstrap",
+        env = "TELEGATE_KAFKA_BOOTSTRAP"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     bootstrap: Option<String>,
 }
@@ -62,7 +75,11 @@ struct KafkaArgs {
 #[derive(clap::Args, Serialize, Debug)]
 struct AdminArgs {
     /// Admin API (gRPC); needs a token (admin.token, admin.token_file or TELEGATE_ADMIN_TOKEN).
-    #[arg(long = "admin-listen", env = "TELEGATE_ADMIN_LISTEN")]
+    #[arg(
+        id = "admin_listen",
+        long = "admin-listen",
+        env = "TELEGATE_ADMIN_LISTEN"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
 }

@@ -147,6 +147,15 @@ async fn serve_takes_mosquitto_pub_json_and_rejects_bad_vins_without_logging_the
         }
     }
 
+    // A privacy frame right before SIGTERM: the settings change it makes must reach
+    // telegate.consent-state before the process exits, or a restart would judge the vehicle's
+    // later frames by its old settings.
+    let switched_at = now_ms() - 1_000;
+    let privacy = format!(
+        r#"{{"vin":"{vin}","seq":"8","capturedAtMs":"{switched_at}","privacy":{{"locationServices":false,"nonLocationServices":true}}}}"#
+    );
+    mosquitto_pub(mqtt.port(), &format!("/tenants/{vin}/v1/privacy"), &privacy);
+
     // Graceful shutdown: SIGTERM drains, flushes and exits cleanly.
     let pid = serve.child.id().to_string();
     assert!(
@@ -172,6 +181,46 @@ async fn serve_takes_mosquitto_pub_json_and_rejects_bad_vins_without_logging_the
     );
     for v in [&vin, &bad, &other] {
         assert!(!log.contains(v.as_str()), "a VIN reached the log:\n{log}");
+    }
+    let state = consumer(&["telegate.consent-state"]);
+    let records = collect(&state, usize::MAX, Duration::from_secs(8), |g| {
+        g.key.as_deref() == Some(vin.as_bytes())
+    })
+    .await;
+    let last = records.last().expect("the vehicle's state record");
+    let record: serde_json::Value = serde_json::from_slice(&last.payload).expect("state JSON");
+    assert_eq!(
+        record["settings"][0][0].as_i64(),
+        Some(switched_at),
+        "the settings change made before SIGTERM is in telegate.consent-state: {record}"
+    );
+}
+
+#[test]
+fn serve_reports_every_configuration_problem_before_it_starts_anything() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let metrics = free_addr().to_string();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_telegate"))
+        .args(["serve", "--mqtt-listen", &free_addr().to_string()])
+        .args(["--mqtt5-listen", &free_addr().to_string()])
+        .args(["--metrics-listen", &metrics, "--admin-listen", &metrics])
+        .arg("--key-file")
+        .arg(dir.path().join("no-such-keys.toml"))
+        .args(["--policy", "/no/such/pack.toml"])
+        // Nothing listens here: a check made after connecting to Kafka would hang, not fail.
+        .args(["--kafka-bootstrap", "127.0.0.1:9"])
+        .env_remove("TELEGATE_ADMIN_TOKEN")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the configuration is checked before Kafka is contacted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in ["policy:", "key_file:", "admin.token:", "admin.listen:"] {
+        assert!(err.contains(path), "{path} missing from:\n{err}");
     }
 }
 
