@@ -42,6 +42,10 @@ pub struct Report {
     pub cpu_s: Option<f64>,
     pub cpu_us_per_frame: Option<f64>,
     pub rss_bytes: Option<u64>,
+    /// The Kafka broker's CPU per delivered frame and largest resident memory over the same
+    /// window, when its pid was given.
+    pub broker_cpu_us_per_frame: Option<f64>,
+    pub broker_rss_bytes: Option<u64>,
     pub series: Vec<Second>,
 }
 
@@ -56,6 +60,7 @@ impl Report {
         measured_s: f64,
         tracker: &Tracker,
         cpu: Option<(ProcSample, ProcSample)>,
+        broker: Option<(ProcSample, ProcSample)>,
     ) -> Self {
         let (delivered, lost, duplicates, _) = tracker.totals();
         let series: Vec<Second> = tracker
@@ -73,6 +78,7 @@ impl Report {
         let measured_delivered: u64 = series.iter().map(|s| s.delivered).sum();
         let h = tracker.latency();
         let cpu_s = cpu.map(|(a, b)| b.cpu_s - a.cpu_s);
+        let per_frame = |cpu_s: f64| cpu_s * 1e6 / measured_delivered.max(1) as f64;
         Self {
             target: target.to_owned(),
             vehicles,
@@ -93,9 +99,11 @@ impl Report {
                 p999_us: h.value_at_quantile(0.999),
                 max_us: h.max(),
             },
-            cpu_us_per_frame: cpu_s.map(|c| c * 1e6 / measured_delivered.max(1) as f64),
+            cpu_us_per_frame: cpu_s.map(per_frame),
             cpu_s,
             rss_bytes: cpu.map(|(a, b)| a.rss_bytes.max(b.rss_bytes)),
+            broker_cpu_us_per_frame: broker.map(|(a, b)| per_frame(b.cpu_s - a.cpu_s)),
+            broker_rss_bytes: broker.map(|(a, b)| a.rss_bytes.max(b.rss_bytes)),
             series,
         }
     }
@@ -114,7 +122,8 @@ pub fn table(reports: &[Report]) -> String {
         .max()
         .unwrap_or(0)
         .max(24);
-    let _ = writeln!(
+    let broker = reports.iter().any(|r| r.broker_rss_bytes.is_some());
+    let _ = write!(
         s,
         "{:<w$} {:>10} {:>10} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  telegate/this",
         "target",
@@ -129,14 +138,20 @@ pub fn table(reports: &[Report]) -> String {
         "CPU µs/f",
         "RSS MiB",
     );
+    if broker {
+        let _ = write!(s, "  {:>14} {:>13}", "Kafka CPU µs/f", "Kafka RSS MiB");
+    }
+    s.push('\n');
     let base = reports
         .first()
         .map(|r| r.delivered_rate)
         .unwrap_or_default();
+    let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.0}", b as f64 / 1048576.0));
+    let us = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.1}"));
     for r in reports {
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "{:<w$} {:>10.0} {:>10.0} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  {:.2}",
+            "{:<w$} {:>10.0} {:>10.0} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  {:>13.2}",
             r.target,
             r.publish_rate,
             r.delivered_rate,
@@ -146,11 +161,19 @@ pub fn table(reports: &[Report]) -> String {
             ms(r.latency.p99_us),
             ms(r.latency.p999_us),
             ms(r.latency.max_us),
-            r.cpu_us_per_frame.map_or("-".into(), |c| format!("{c:.1}")),
-            r.rss_bytes
-                .map_or("-".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
+            us(r.cpu_us_per_frame),
+            mib(r.rss_bytes),
             base / r.delivered_rate.max(1e-9),
         );
+        if broker {
+            let _ = write!(
+                s,
+                "  {:>14} {:>13}",
+                us(r.broker_cpu_us_per_frame),
+                mib(r.broker_rss_bytes)
+            );
+        }
+        s.push('\n');
     }
     s
 }

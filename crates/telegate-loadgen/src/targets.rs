@@ -30,6 +30,8 @@ pub struct LoadArgs {
     pub producer: Vec<(String, String)>,
     /// The telegate binary to start targets with.
     pub exe: PathBuf,
+    /// The Kafka broker's pid, to report its CPU and memory beside each target's.
+    pub broker_pid: Option<i32>,
 }
 
 pub const LOAD_PACK: &str = include_str!("../../../packs/loadgen.toml");
@@ -377,28 +379,9 @@ async fn measure(
         },
         (None, Observer::Mqtt { .. }) => bail!("an MQTT observer needs an MQTT target"),
     };
-    // CPU over the measured window, resident memory at its largest.
-    let pid = target.pid;
     let window = (a.load.warm_up, a.load.duration);
-    let sampler = tokio::spawn(async move {
-        let pid = pid?;
-        tokio::time::sleep(window.0).await;
-        let first = ProcSample::read(pid)?;
-        let mut max_rss = first.rss_bytes;
-        let end = Instant::now() + window.1;
-        while Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            max_rss = max_rss.max(ProcSample::read(pid).map_or(0, |s| s.rss_bytes));
-        }
-        let last = ProcSample::read(pid)?;
-        Some((
-            first,
-            ProcSample {
-                rss_bytes: max_rss.max(last.rss_bytes),
-                ..last
-            },
-        ))
-    });
+    let sampler = tokio::spawn(sample(target.pid, window));
+    let broker_sampler = tokio::spawn(sample(a.broker_pid, window));
     let progress = progress_bar(a, label);
     let ticker = {
         let tracker = tracker.clone();
@@ -416,6 +399,7 @@ async fn measure(
     };
     crate::run(&a.load, &sink, vins, tracker.clone()).await?;
     let cpu = sampler.await.ok().flatten();
+    let broker = broker_sampler.await.ok().flatten();
     // Let what is in flight arrive: a frame counts as lost only if it has not arrived when
     // nothing has moved for 10 s (a loaded broker can lag by seconds), and at most 60 s.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -445,6 +429,32 @@ async fn measure(
         a.load.duration.as_secs_f64(),
         &tracker,
         cpu,
+        broker,
+    ))
+}
+
+/// A process's CPU over the measured window (after the warm-up), and its resident memory at
+/// its largest.
+async fn sample(
+    pid: Option<i32>,
+    (warm_up, duration): (Duration, Duration),
+) -> Option<(ProcSample, ProcSample)> {
+    let pid = pid?;
+    tokio::time::sleep(warm_up).await;
+    let first = ProcSample::read(pid)?;
+    let mut max_rss = first.rss_bytes;
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        max_rss = max_rss.max(ProcSample::read(pid).map_or(0, |s| s.rss_bytes));
+    }
+    let last = ProcSample::read(pid)?;
+    Some((
+        first,
+        ProcSample {
+            rss_bytes: max_rss.max(last.rss_bytes),
+            ..last
+        },
     ))
 }
 

@@ -58,6 +58,9 @@ pub struct Args {
     /// Repeatable.
     #[arg(long = "producer", value_name = "KEY=VALUE", value_parser = key_value)]
     producer: Vec<(String, String)>,
+    /// The Kafka broker's pid: its CPU per frame and memory go beside each target's.
+    #[arg(long)]
+    broker_pid: Option<i32>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -108,6 +111,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         quiet: false,
         producer: a.producer,
         exe: std::env::current_exe().context("locating the telegate binary")?,
+        broker_pid: a.broker_pid,
     })
     .await?;
     crate::process::print_all(&telegate_loadgen::table(&reports));

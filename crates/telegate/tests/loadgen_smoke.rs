@@ -29,6 +29,7 @@ async fn a_short_comparison_accounts_for_every_frame_on_every_target() {
         quiet: true,
         producer: vec![("linger.ms".into(), "20".into())],
         exe: env!("CARGO_BIN_EXE_telegate").into(),
+        broker_pid: None,
     })
     .await
     .expect("load run (needs mosquitto: scripts/test installs it)");
@@ -87,6 +88,7 @@ async fn the_mock_cluster_stands_in_for_kafka_for_telegate_and_the_direct_produc
             quiet: true,
             producer: vec![],
             exe: env!("CARGO_BIN_EXE_telegate").into(),
+            broker_pid: None,
         })
         .await
         .expect("load run against the mock cluster");
