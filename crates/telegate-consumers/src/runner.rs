@@ -181,6 +181,11 @@ pub async fn run<S: Service>(
         emit(&writer, &cfg.output, &out, &stats).await?;
     }
     publish_view(&cfg, &stats, service.view())?;
+    // Commits go out asynchronously while running; on a clean stop the last ones must land,
+    // or the group's next member would take those records again.
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "nothing left to commit");
+    }
     Ok(service)
 }
 

@@ -229,25 +229,52 @@ pub fn assign_all<C: rdkafka::consumer::ConsumerContext>(
     let mut assignment = TopicPartitionList::new();
     let mut assigned = Vec::new();
     for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        for t in metadata.topics().iter().filter(|t| t.name() == *topic) {
-            for p in t.partitions() {
-                let offset = match start {
-                    Start::Beginning => Offset::Beginning,
-                    // Resolved now, so nothing written after this call is skipped.
-                    Start::End => Offset::Offset(
-                        consumer
-                            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))?
-                            .1,
-                    ),
-                };
-                assignment.add_partition_offset(topic, p.id(), offset)?;
-                assigned.push(((*topic).to_owned(), p.id()));
-            }
+        for p in partitions_of(consumer, topic)? {
+            let offset = match start {
+                Start::Beginning => Offset::Beginning,
+                // Resolved now, so nothing written after this call is skipped.
+                Start::End => Offset::Offset(
+                    consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(10))?
+                        .1,
+                ),
+            };
+            assignment.add_partition_offset(topic, p, offset)?;
+            assigned.push(((*topic).to_owned(), p));
         }
     }
     consumer.assign(&assignment)?;
     Ok(assigned)
+}
+
+/// The partitions of `topic`. A topic created a moment ago may not be in every broker's
+/// metadata yet (Kafka answers CreateTopics before its brokers have all learnt of the topic):
+/// asks again for up to 10 s, then fails rather than follow nothing.
+fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+) -> Result<Vec<i32>, KafkaError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            .filter(|p| !p.is_empty());
+        match found {
+            Some(partitions) => return Ok(partitions),
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None => {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
+            }
+        }
+    }
 }
 
 fn rand_id() -> u64 {
