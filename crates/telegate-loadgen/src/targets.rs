@@ -66,11 +66,13 @@ struct KafkaMock {
 }
 
 impl KafkaMock {
-    fn start(exe: &std::path::Path) -> anyhow::Result<Self> {
+    /// A mock holding `topics` (it has no CreateTopics, so telegate cannot make them).
+    fn start(exe: &std::path::Path, topics: &[String]) -> anyhow::Result<Self> {
         use std::io::BufRead;
         let mut process = Process(
             Command::new(exe)
                 .arg("kafka-mock")
+                .args(topics.iter().flat_map(|t| ["--topic", t.as_str()]))
                 .env("TELEGATE_LOG", "error")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -122,7 +124,23 @@ fn http_ok(addr: SocketAddr, path: &str) -> bool {
     text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200")
 }
 
-fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Target> {
+/// The topics a telegate target writes behind namespace `ns`: its pack's and its own.
+fn telegate_topics(ns: &str) -> anyhow::Result<Vec<String>> {
+    let pack = telegate_policy::Pack::from_toml(LOAD_PACK)
+        .map_err(|e| anyhow::anyhow!("the load pack: {e}"))?
+        .with_topic_namespace(ns);
+    Ok(pack
+        .topics()
+        .into_iter()
+        .map(|t| t.name)
+        .chain([
+            format!("{ns}{}", telegate_policy::CONSENT_STATE_TOPIC),
+            format!("{ns}{}", telegate_policy::CONSENT_LEDGER_TOPIC),
+        ])
+        .collect())
+}
+
+fn start_target(name: &str, a: &LoadArgs, bootstrap: &str, ns: &str) -> anyhow::Result<Target> {
     let exe = &a.exe;
     let dir = tempfile::tempdir()?;
     // The target's own log: shown only if it fails to start.
@@ -136,7 +154,6 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Tar
             // Producer properties under study reach telegate's sink through its config file.
             let config = dir.path().join("telegate.toml");
             std::fs::write(&config, producer_config(&a.producer)?)?;
-            let ns = format!("lg{:08x}.", rand::random::<u32>());
             let child = Command::new(exe)
                 .arg("serve")
                 .args([
@@ -155,8 +172,8 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str) -> anyhow::Result<Tar
                 .arg(&pack)
                 .arg("--config")
                 .arg(&config)
-                .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", &ns)
-                // The mock cluster makes topics on first use and has no CreateTopics.
+                .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", ns)
+                // The mock cluster has no CreateTopics: the load generator had it make them.
                 .env(
                     "TELEGATE__KAFKA__MANAGE_TOPICS",
                     (a.kafka_bootstrap != MOCK).to_string(),
@@ -274,9 +291,12 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
     for name in targets {
         // A fresh mock cluster for each target, so no target inherits another's backlog.
-        let mock = (a.kafka_bootstrap == MOCK)
-            .then(|| KafkaMock::start(&a.exe))
-            .transpose()?;
+        let ns = format!("lg{:08x}.", rand::random::<u32>());
+        let mock = match (a.kafka_bootstrap == MOCK, name) {
+            (false, _) => None,
+            (true, "telegate") => Some(KafkaMock::start(&a.exe, &telegate_topics(&ns)?)?),
+            (true, _) => Some(KafkaMock::start(&a.exe, &[])?),
+        };
         let bootstrap = mock
             .as_ref()
             .map_or(a.kafka_bootstrap.as_str(), |m| m.bootstrap.as_str());
@@ -291,7 +311,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
                 },
                 _dir: None,
             },
-            None => start_target(name, &a, bootstrap)?,
+            None => start_target(name, &a, bootstrap, &ns)?,
         };
         // The Kafka ceiling writes to a topic of its own, made here (the mock makes it on
         // first use).

@@ -43,10 +43,10 @@ enum Command {
     #[command(hide = true)]
     Broker(tools::BrokerArgs),
     /// librdkafka's in-memory mock Kafka cluster in a process of its own, for load studies
-    /// where the Kafka-protocol broker must not be the bound. Prints its bootstrap address;
-    /// topics are created on first use. Nothing is durable.
+    /// where the Kafka-protocol broker must not be the bound. Prints its bootstrap address.
+    /// Nothing is durable.
     #[command(hide = true)]
-    KafkaMock,
+    KafkaMock(tools::KafkaMockArgs),
 }
 
 #[tokio::main]
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin(a) => admin::run(a).await,
         Command::Policy(a) => policy::run(a).await,
         Command::Broker(a) => tools::broker(a).await,
-        Command::KafkaMock => tools::kafka_mock().await,
+        Command::KafkaMock(a) => tools::kafka_mock(a).await,
     }
 }
 

@@ -26,11 +26,21 @@ pub async fn broker(a: BrokerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// librdkafka's in-memory mock cluster; prints its bootstrap address. Topics are created on
-/// first use; nothing is durable.
-pub async fn kafka_mock() -> anyhow::Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct KafkaMockArgs {
+    /// A topic to create at start (repeatable); others are created on first produce.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+}
+
+/// librdkafka's in-memory mock cluster; prints its bootstrap address. Nothing is durable.
+pub async fn kafka_mock(a: KafkaMockArgs) -> anyhow::Result<()> {
     crate::process::init_tracing();
     let mock = rdkafka::mocking::MockCluster::new(1).context("starting the mock cluster")?;
+    for topic in &a.topics {
+        mock.create_topic(topic, 6, 1)
+            .with_context(|| format!("creating {topic} in the mock cluster"))?;
+    }
     crate::process::print_all(&format!("{}\n", mock.bootstrap_servers()));
     crate::process::shutdown_signal().await;
     drop(mock);
