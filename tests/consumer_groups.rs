@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
-use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
-use telegate_frame::{FrameKind, PayloadFormat, encode, vehicle_topic};
+use telegate_frame::pb::{self, vehicle_frame::Body};
 use telegate_gateway::{Gateway, PackSource};
 use telegate_tests::*;
 use tokio::sync::watch;
@@ -59,19 +58,11 @@ impl Member {
 }
 
 fn status(vin: &str, seq: u64) -> (String, Vec<u8>) {
-    let f = VehicleFrame {
-        vin: vin.to_owned(),
-        seq,
-        captured_at_ms: now_ms() - 1_000,
-        body: Some(Body::Status(pb::Status {
-            odometer_km: Some(10_000.0 + seq as f64),
-            ..Default::default()
-        })),
-    };
-    (
-        vehicle_topic(vin, FrameKind::Status),
-        encode(&f, PayloadFormat::Protobuf),
-    )
+    let body = Body::Status(pb::Status {
+        odometer_km: Some(10_000.0 + seq as f64),
+        ..Default::default()
+    });
+    message(vin, seq, now_ms() - 1_000, body)
 }
 
 /// Waits until `taken()` reaches `want`, or fails after 60 s.

@@ -11,8 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
-use telegate_frame::{FrameKind, PayloadFormat, encode, vehicle_topic};
+use telegate_frame::pb::{self, vehicle_frame::Body};
 use telegate_gateway::{Gateway, PackSource};
 use telegate_tests::*;
 
@@ -77,36 +76,20 @@ fn leader(bootstrap: &str, topic: &str) -> i32 {
 }
 
 fn status(vin: &str, seq: u64) -> (String, Vec<u8>) {
-    let f = VehicleFrame {
-        vin: vin.to_owned(),
-        seq,
-        captured_at_ms: now_ms() - 500,
-        body: Some(Body::Status(pb::Status {
-            odometer_km: Some(1000.0 + seq as f64),
-            ..Default::default()
-        })),
-    };
-    (
-        vehicle_topic(vin, FrameKind::Status),
-        encode(&f, PayloadFormat::Protobuf),
-    )
+    let body = Body::Status(pb::Status {
+        odometer_km: Some(1000.0 + seq as f64),
+        ..Default::default()
+    });
+    message(vin, seq, now_ms() - 500, body)
 }
 
 fn privacy(vin: &str, seq: u64) -> (String, Vec<u8>) {
-    let f = VehicleFrame {
-        vin: vin.to_owned(),
-        seq,
-        captured_at_ms: now_ms() - 60_000,
-        body: Some(Body::Privacy(pb::PrivacySettings {
-            location_services: true,
-            non_location_services: true,
-            ..Default::default()
-        })),
-    };
-    (
-        vehicle_topic(vin, FrameKind::Privacy),
-        encode(&f, PayloadFormat::Protobuf),
-    )
+    let body = Body::Privacy(pb::PrivacySettings {
+        location_services: true,
+        non_location_services: true,
+        ..Default::default()
+    });
+    message(vin, seq, now_ms() - 60_000, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -223,3 +223,23 @@ pub fn gateway_config(
     s.key_file = Some(key_file(dir));
     s
 }
+
+/// A frame as its vehicle publishes it: the topic for its kind and the protobuf payload.
+pub fn message(
+    vin: &str,
+    seq: u64,
+    captured_at_ms: i64,
+    body: telegate_frame::pb::vehicle_frame::Body,
+) -> (String, Vec<u8>) {
+    let kind = telegate_frame::FrameKind::of_body(&body);
+    let frame = telegate_frame::pb::VehicleFrame {
+        vin: vin.to_owned(),
+        seq,
+        captured_at_ms,
+        body: Some(body),
+    };
+    (
+        telegate_frame::vehicle_topic(vin, kind),
+        telegate_frame::encode(&frame, telegate_frame::PayloadFormat::Protobuf),
+    )
+}

@@ -24,9 +24,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The policy pack (TOML).
     pub policy: Option<PathBuf>,
-    /// Pseudonymisation keys (TOML, see README). Without one, `TELEGATE_KEYS` or ephemeral.
+    /// Pseudonymisation keys (TOML, docs/operations.md). Without one, `TELEGATE_KEYS` or ephemeral.
     pub key_file: Option<PathBuf>,
-    /// Consents, activations and settings to start from (JSON, see README).
+    /// Consents, activations and settings to start from (JSON, docs/operations.md).
     pub state_file: Option<PathBuf>,
     /// `/metrics`, `/healthz`, `/readyz`; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
