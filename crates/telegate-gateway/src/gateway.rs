@@ -15,27 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use telegate_kafka::{KafkaSink, LogWriter, SinkStats, ensure_topics};
 use telegate_mqtt::Ingress;
-use telegate_policy::{CONSENT_LEDGER_TOPIC, CONSENT_STATE_TOPIC, Pack, TopicSpec};
+use telegate_policy::{Pack, TopicSpec, consent_topics};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// The topics telegate keeps besides the pack's, behind the namespace.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    /// Compacted: every vehicle's settings, consents and key material.
-    pub state: String,
-    /// Append-only audit of every change.
-    pub ledger: String,
-}
-
-impl Topics {
-    pub fn new(namespace: &str) -> Self {
-        Self {
-            state: format!("{namespace}{CONSENT_STATE_TOPIC}"),
-            ledger: format!("{namespace}{CONSENT_LEDGER_TOPIC}"),
-        }
-    }
-}
 
 /// A running gateway. It owns every task it started and stops them in order.
 #[derive(Debug)]
@@ -97,31 +79,26 @@ impl Gateway {
             );
         }
 
-        let topics = Topics::new(&config.kafka.topic_namespace);
+        let [state_topic, ledger_topic] =
+            consent_topics(&config.kafka.topic_namespace, config.ledger_retention);
         let mut specs = pack.topics();
-        specs.push(TopicSpec {
-            name: topics.state.clone(),
-            retention: Duration::ZERO,
-            compact: true,
-        });
-        specs.push(TopicSpec {
-            name: topics.ledger.clone(),
-            retention: config.ledger_retention,
-            compact: false,
-        });
+        specs.extend([state_topic.clone(), ledger_topic.clone()]);
         if config.kafka.manage_topics {
             create_topics(&config, &specs).await?;
         }
         // Decisions need everyone's state: read it in full before taking a single frame.
-        let state =
-            StateStore::replicated(&config.kafka, &topics.state, config.kafka_startup_timeout)
-                .await?;
+        let state = StateStore::replicated(
+            &config.kafka,
+            &state_topic.name,
+            config.kafka_startup_timeout,
+        )
+        .await?;
         if let Some(file) = &state_file {
             state.load(file)?;
         }
         let ledger = Arc::new(Ledger::new(
             LogWriter::new(&config.kafka).context("ledger writer")?,
-            topics.ledger.clone(),
+            ledger_topic.name,
             keys.clone(),
         ));
         let sink = KafkaSink::new(&config.kafka).context("Kafka producer")?;

@@ -132,11 +132,8 @@ fn telegate_topics(ns: &str) -> anyhow::Result<Vec<String>> {
     Ok(pack
         .topics()
         .into_iter()
+        .chain(telegate_policy::consent_topics(ns, Duration::ZERO))
         .map(|t| t.name)
-        .chain([
-            format!("{ns}{}", telegate_policy::CONSENT_STATE_TOPIC),
-            format!("{ns}{}", telegate_policy::CONSENT_LEDGER_TOPIC),
-        ])
         .collect())
 }
 

@@ -27,7 +27,7 @@ pub use keys::{KeyError, Keyring, seal, sealed_subject, unseal};
 pub use pack::{
     CONSENT_LEDGER_TOPIC, CONSENT_STATE_TOPIC, ConsentRule, EventScope, Identity, LegalBasis,
     LocationPrecision, OffCondition, Pack, PackError, PackErrors, Purpose, REJECTED_TOPIC, Service,
-    TopicSpec, format_duration,
+    TopicSpec, consent_topics, format_duration,
 };
 pub use shape::{OutRecord, header, rejected_record, shape};
 pub use state::{

@@ -212,6 +212,23 @@ pub const CONSENT_LEDGER_TOPIC: &str = "telegate.consent-ledger";
 pub(crate) const RESERVED_TOPICS: [&str; 3] =
     [REJECTED_TOPIC, CONSENT_STATE_TOPIC, CONSENT_LEDGER_TOPIC];
 
+/// The topics a gateway keeps besides its pack's, behind `namespace`: the compacted consent
+/// state, then the consent ledger, which keeps its records for `ledger_retention`.
+pub fn consent_topics(namespace: &str, ledger_retention: Duration) -> [TopicSpec; 2] {
+    [
+        TopicSpec {
+            name: format!("{namespace}{CONSENT_STATE_TOPIC}"),
+            retention: Duration::ZERO,
+            compact: true,
+        },
+        TopicSpec {
+            name: format!("{namespace}{CONSENT_LEDGER_TOPIC}"),
+            retention: ledger_retention,
+            compact: false,
+        },
+    ]
+}
+
 impl Pack {
     /// `{id}@{version}`: the `telegate-policy` header.
     pub fn label(&self) -> String {

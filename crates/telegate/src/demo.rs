@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
-use telegate_gateway::gateway::Topics;
 use telegate_gateway::http::{metrics_handle, samples};
 use telegate_gateway::{Config, Gateway, PackSource, REFERENCE_PACK};
+use telegate_policy::consent_topics;
 use telegate_sim::{Behaviour, Fleet, FleetConfig};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -110,13 +110,12 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     }
     let checked = config.check(&source_for(&args))?;
     if let Some(mock) = &mock {
-        let own = Topics::new("");
         let names = checked
             .pack
             .topics()
             .into_iter()
+            .chain(consent_topics("", config.ledger_retention))
             .map(|t| t.name)
-            .chain([own.state, own.ledger])
             .chain(Reference::ALL.map(|r| r.output("")));
         for name in names {
             mock.create_topic(&name, 1, 1)
