@@ -105,11 +105,17 @@ async fn reconcile_retention(
     opts: &AdminOptions,
 ) -> Result<(), TopicError> {
     let want = spec.retention.as_millis().min(i64::MAX as u128) as i64;
-    let own = describe_topic_configs(admin, cfg, &spec.name).await?;
-    let have = own
+    let entries = describe_configs(admin, cfg, &spec.name).await?;
+    // What the topic keeps records for now, whether set on it or inherited from the broker.
+    let have: Option<i64> = entries
         .iter()
-        .find(|(k, _)| k == "retention.ms")
-        .and_then(|(_, v)| v.parse().ok());
+        .find(|e| e.name == "retention.ms")
+        .and_then(|e| e.value.as_deref()?.parse().ok());
+    // The settings made on the topic itself.
+    let own = entries
+        .iter()
+        .filter(|e| e.source == ConfigSource::DynamicTopic && !e.is_sensitive)
+        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)));
     if have == Some(want) {
         return Ok(());
     }
@@ -118,10 +124,7 @@ async fn reconcile_retention(
     // changed, so an operator's min.insync.replicas or segment size survives.
     let want_text = want.to_string();
     let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&spec.name));
-    for (k, v) in own
-        .iter()
-        .filter(|(k, _)| k != "retention.ms" && k != "cleanup.policy")
-    {
+    for (k, v) in own.filter(|(k, _)| !matches!(*k, "retention.ms" | "cleanup.policy")) {
         alter = alter.set(k, v);
     }
     let alter = [alter
@@ -174,33 +177,6 @@ async fn describe_configs(
         .collect())
 }
 
-/// The settings set on the topic itself (not inherited from the broker), by name.
-async fn describe_topic_configs(
-    admin: &AdminClient<DefaultClientContext>,
-    cfg: &KafkaConfig,
-    topic: &str,
-) -> Result<Vec<(String, String)>, TopicError> {
-    Ok(describe_configs(admin, cfg, topic)
-        .await?
-        .into_iter()
-        .filter(|e| e.source == ConfigSource::DynamicTopic && !e.is_sensitive)
-        .filter_map(|e| Some((e.name, e.value?)))
-        .collect())
-}
-
-async fn describe_retention(
-    admin: &AdminClient<DefaultClientContext>,
-    cfg: &KafkaConfig,
-    topic: &str,
-) -> Result<Option<i64>, TopicError> {
-    Ok(describe_configs(admin, cfg, topic)
-        .await?
-        .into_iter()
-        .find(|e| e.name == "retention.ms")
-        .and_then(|e| e.value)
-        .and_then(|v| v.parse().ok()))
-}
-
 /// A setting of a topic, as the broker describes it (for tests and operators' checks).
 pub async fn topic_config(
     cfg: &KafkaConfig,
@@ -218,7 +194,7 @@ pub async fn topic_config(
 
 /// The `retention.ms` a topic has now, as the broker describes it.
 pub async fn topic_retention_ms(cfg: &KafkaConfig, topic: &str) -> Result<Option<i64>, TopicError> {
-    let admin: AdminClient<DefaultClientContext> =
-        cfg.client_config().create().map_err(TopicError::Client)?;
-    describe_retention(&admin, cfg, topic).await
+    Ok(topic_config(cfg, topic, "retention.ms")
+        .await?
+        .and_then(|v| v.parse().ok()))
 }
