@@ -156,8 +156,7 @@ impl Pipeline {
                 for rec in &admission.records {
                     self.send(rec).await;
                 }
-                if let (true, Body::Privacy(settings)) = (admission.changes.settings, frame.body())
-                {
+                if let Body::Privacy(settings) = frame.body() {
                     self.record_settings_change(&frame, settings).await;
                 }
             }

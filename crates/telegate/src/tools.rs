@@ -37,8 +37,10 @@ pub struct KafkaMockArgs {
 pub async fn kafka_mock(a: KafkaMockArgs) -> anyhow::Result<()> {
     crate::process::init_tracing();
     let mock = rdkafka::mocking::MockCluster::new(1).context("starting the mock cluster")?;
+    // As many partitions as the gateway gives the topics it creates itself.
+    let partitions = telegate_kafka::KafkaConfig::default().partitions;
     for topic in &a.topics {
-        mock.create_topic(topic, 6, 1)
+        mock.create_topic(topic, partitions, 1)
             .with_context(|| format!("creating {topic} in the mock cluster"))?;
     }
     crate::process::print_all(&format!("{}\n", mock.bootstrap_servers()));
