@@ -1,0 +1,63 @@
+//! `telegate pki`: the fleet's certificates, offline. Prints each path it wrote, one a line;
+//! a vehicle's file names contain its VIN, which is what the operator asked for.
+
+use anyhow::Context;
+use clap::Subcommand;
+use std::path::PathBuf;
+use telegate_frame::Vin;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: PkiCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PkiCommand {
+    /// Create a fleet CA, the gateway's server certificate and an empty revocation list in
+    /// DIR (refused if DIR already has a CA).
+    Init {
+        dir: PathBuf,
+        /// A further name the gateway is reached by (besides localhost and 127.0.0.1); an IP
+        /// address or a DNS name. Repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+    /// Issue a vehicle's client certificate (CN = VIN); re-issuing renews it.
+    Issue { dir: PathBuf, vin: String },
+    /// Revoke a vehicle's current certificate: add its serial to DIR/crl.pem.
+    Revoke { dir: PathBuf, vin: String },
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let written = match a.command {
+        PkiCommand::Init { dir, hosts } => {
+            telegate_pki::init(&dir, &hosts)?;
+            [
+                telegate_pki::CA_CERT,
+                telegate_pki::CA_KEY,
+                telegate_pki::SERVER_CERT,
+                telegate_pki::SERVER_KEY,
+                telegate_pki::CRL,
+            ]
+            .map(|name| dir.join(name))
+            .to_vec()
+        }
+        PkiCommand::Issue { dir, vin } => {
+            let files = telegate_pki::issue(&dir, &parse_vin(&vin)?)?;
+            vec![files.cert, files.key]
+        }
+        PkiCommand::Revoke { dir, vin } => vec![telegate_pki::revoke(&dir, &parse_vin(&vin)?)?],
+    };
+    let lines: String = written
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
+    crate::process::print_all(&lines);
+    Ok(())
+}
+
+fn parse_vin(s: &str) -> anyhow::Result<Vin> {
+    // The error names the rule broken, never the input.
+    Vin::parse(s).context("the VIN argument")
+}
