@@ -87,7 +87,7 @@ async fn members_share_partitions_take_over_and_resume_from_committed_offsets() 
     let gw = Gateway::start(&config, PackSource::Config)
         .await
         .expect("gateway");
-    let mqtt = config.mqtt.v4_listen.expect("mqtt");
+    let mqtt = config.mqtt.listen.expect("mqtt");
     let group = format!("{ns}smart-service");
     let vins: Vec<String> = (0..24).map(|_| unique_vin()).collect();
 

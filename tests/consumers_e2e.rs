@@ -48,7 +48,7 @@ async fn consumers_agree_with_what_the_fleet_did() {
         consumers.push((service, stats, tokio::spawn(run)));
     }
 
-    let mqtt = s.mqtt.v4_listen.expect("mqtt");
+    let mqtt = s.mqtt.listen.expect("mqtt");
     let fleet = Fleet::start(FleetConfig {
         host: "127.0.0.1".into(),
         port: mqtt.port(),

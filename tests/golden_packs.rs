@@ -38,7 +38,7 @@ async fn start(pack: &str, state: Option<StateFile>) -> Run {
         .expect("gateway starts");
     Run {
         gw,
-        mqtt: s.mqtt.v4_listen.expect("v4"),
+        mqtt: s.mqtt.listen.expect("v4"),
         metrics: s.metrics_listen.expect("metrics"),
         ns: s.kafka.topic_namespace.clone(),
         _dir: dir,

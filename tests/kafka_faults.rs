@@ -103,7 +103,7 @@ async fn killing_a_partition_leader_loses_and_doubles_nothing() {
     let gw = Gateway::start(&config, PackSource::Config)
         .await
         .expect("gateway starts on the cluster");
-    let mqtt = config.mqtt.v4_listen.expect("mqtt");
+    let mqtt = config.mqtt.listen.expect("mqtt");
     let topic = format!("{ns}telegate.smart-service");
 
     // Each vehicle's settings first: the consent state and the ledger have something to lose.

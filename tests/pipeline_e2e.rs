@@ -10,8 +10,9 @@ use telegate_tests::*;
 
 async fn start(dir: &std::path::Path) -> (Gateway, Config) {
     let mut s = Config::default();
-    s.mqtt.v4_listen = Some(free_addr());
-    s.mqtt.v5_listen = Some(free_addr());
+    s.mqtt.listen = Some(free_addr());
+    s.mqtt.listen_v5 = Some(free_addr());
+    s.mqtt.allow_anonymous = true;
     s.metrics_listen = Some(free_addr());
     s.kafka.bootstrap = kafka();
     s.kafka.linger_ms = 1;
@@ -25,6 +26,12 @@ async fn start(dir: &std::path::Path) -> (Gateway, Config) {
 
 /// Publishes with MQTT 5 and waits for the PUBACKs.
 async fn publish_v5(addr: std::net::SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
+    for vehicle in by_vehicle(msgs) {
+        publish_v5_one(addr, vehicle).await;
+    }
+}
+
+async fn publish_v5_one(addr: std::net::SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
     use rumqttc::v5::mqttbytes::QoS as QoS5;
     use rumqttc::v5::mqttbytes::v5::Packet as P5;
     use rumqttc::v5::{AsyncClient as C5, Event as E5, MqttOptions as O5};
@@ -80,7 +87,7 @@ async fn protobuf_over_mqtt3_reaches_each_service_in_its_form() {
     let f = frame(&vin, 11, status());
     let c = consumer(&["telegate.smart-service", "telegate.trip-log"]);
     publish_v4(
-        s.mqtt.v4_listen.expect("v4"),
+        s.mqtt.listen.expect("v4"),
         vec![(topic_of(&f), encode(&f, PayloadFormat::Protobuf))],
     )
     .await;
@@ -155,7 +162,7 @@ async fn json_over_mqtt5_is_accepted_and_routed_by_kind() {
     );
     let c = consumer(&["telegate.smart-service", "telegate.product-insights"]);
     publish_v5(
-        s.mqtt.v5_listen.expect("v5"),
+        s.mqtt.listen_v5.expect("v5"),
         vec![(
             vehicle_topic(&vin, FrameKind::Diagnostics),
             json.into_bytes(),
@@ -212,7 +219,7 @@ async fn bad_frames_become_rejected_records_without_the_vin() {
             encode(&frame(&vin, 2, status()), PayloadFormat::Protobuf),
         ),
     ];
-    publish_v4(s.mqtt.v4_listen.expect("v4"), msgs).await;
+    publish_v4(s.mqtt.listen.expect("v4"), msgs).await;
     let hashes = [keys.subject_hash(&vin), keys.subject_hash(&bad_vin)];
     let got = collect(&c, 4, Duration::from_secs(30), |g| {
         g.key
@@ -273,7 +280,7 @@ async fn consent_purposes_drop_and_the_drop_is_counted() {
     let after = frame(&vin, 6, status());
     let c = consumer(&["telegate.breakdown-call", "telegate.smart-service"]);
     publish_v4(
-        s.mqtt.v4_listen.expect("v4"),
+        s.mqtt.listen.expect("v4"),
         vec![
             (topic_of(&call), encode(&call, PayloadFormat::Protobuf)),
             (topic_of(&after), encode(&after, PayloadFormat::Protobuf)),

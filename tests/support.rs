@@ -174,8 +174,36 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body))
 }
 
-/// Publishes with MQTT 3.1.1 (QoS 1) and waits for every PUBACK.
+/// A topic and its payload.
+pub type Outbound = (String, Vec<u8>);
+
+/// Splits messages by the vehicle their topic names (`/tenants/{VIN}/…`), keeping each
+/// vehicle's order: the edge holds a connection to one vehicle's topics.
+pub fn by_vehicle(msgs: Vec<Outbound>) -> Vec<Vec<Outbound>> {
+    let mut tenants: Vec<String> = Vec::new();
+    let mut groups: Vec<Vec<Outbound>> = Vec::new();
+    for (topic, payload) in msgs {
+        let tenant = topic.split('/').nth(2).unwrap_or_default().to_owned();
+        match tenants.iter().position(|t| *t == tenant) {
+            Some(i) => groups[i].push((topic, payload)),
+            None => {
+                tenants.push(tenant);
+                groups.push(vec![(topic, payload)]);
+            }
+        }
+    }
+    groups
+}
+
+/// Publishes with MQTT 3.1.1 (QoS 1), one connection per vehicle, and waits for every
+/// PUBACK.
 pub async fn publish_v4(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
+    for vehicle in by_vehicle(msgs) {
+        publish_v4_one(addr, vehicle).await;
+    }
+}
+
+async fn publish_v4_one(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let mut o = MqttOptions::new(
         format!("t-{:x}", rand::random::<u32>()),
@@ -201,7 +229,11 @@ pub async fn publish_v4(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
             other => panic!("MQTT v4 publish failed after {acked} acks: {other:?}"),
         }
     }
-    drop(sender.await);
+    if let Ok(c) = sender.await {
+        let _ = c.disconnect().await;
+        // Let the DISCONNECT go out before the event loop is dropped.
+        let _ = tokio::time::timeout(Duration::from_millis(200), ev.poll()).await;
+    }
 }
 
 /// Settings for a gateway under test: loopback ports, the broker under test, one partition,
@@ -212,8 +244,10 @@ pub fn gateway_config(
     dir: &std::path::Path,
 ) -> telegate_gateway::Config {
     let mut s = telegate_gateway::Config::default();
-    s.mqtt.v4_listen = Some(free_addr());
-    s.mqtt.v5_listen = None;
+    s.mqtt.listen = Some(free_addr());
+    s.mqtt.listen_v5 = None;
+    // Test clients connect without certificates (the closed edge has its own tests).
+    s.mqtt.allow_anonymous = true;
     s.metrics_listen = None;
     s.kafka.bootstrap = kafka();
     s.kafka.linger_ms = 1;

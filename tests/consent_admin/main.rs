@@ -35,7 +35,7 @@ async fn start(s: &Config) -> Instance {
         .await
         .expect("gateway starts");
     Instance {
-        mqtt: s.mqtt.v4_listen.expect("mqtt"),
+        mqtt: s.mqtt.listen.expect("mqtt"),
         admin: gw.admin_addr().expect("admin API"),
         gw,
     }

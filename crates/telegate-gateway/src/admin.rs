@@ -14,7 +14,7 @@ use telegate_frame::Vin;
 use telegate_frame::now_ms;
 use telegate_frame::pb::PlatformRequest;
 use telegate_kafka::{KafkaConfig, scan};
-use telegate_mqtt::Ingress;
+use telegate_mqtt::{Delivery, Edge, Refusal};
 use telegate_policy::{
     Account, ConsentRule, Identity, Keyring, Pack, StateFile, SubjectRecord, sealed_subject, unseal,
 };
@@ -28,7 +28,7 @@ pub struct AdminContext {
     pub pack: Arc<Pack>,
     pub state: Arc<StateStore>,
     pub ledger: Arc<Ledger>,
-    pub ingress: Arc<Ingress>,
+    pub edge: Arc<Edge>,
     pub kafka: KafkaConfig,
     pub keys: Keyring,
     /// How long a blocked account's data waits for the retention check before erasure.
@@ -284,11 +284,12 @@ impl Admin for AdminService {
                 issued_at_ms: now_ms(),
             };
             let payload = serde_json::to_vec(&request).map_err(|e| internal(e.into()))?;
-            let topic = format!("/tenants/{}/v1/request", vin.expose());
-            self.ctx
-                .ingress
-                .publish(topic, payload)
-                .map_err(|e| internal(e.into()))?;
+            let topic = telegate_mqtt::request_topic(&vin);
+            match self.ctx.edge.send(&vin, topic, payload.into()) {
+                Delivery::Sent | Delivery::Queued => {}
+                // Counted by the edge; the consent stands, the vehicle was not reachable.
+                d => tracing::info!(delivery = ?d, "snapshot request not delivered"),
+            }
         }
         Ok(reply)
     }
@@ -329,20 +330,24 @@ impl Admin for AdminService {
         let who = who(None);
         let at = who.at_ms;
         let delete_after_ms = at + self.ctx.block_grace.as_millis() as i64;
-        self.change(
-            vin,
-            &who,
-            Action::Block,
-            "",
-            json!({ "delete_after_ms": delete_after_ms }),
-            |s| {
-                s.account = Account::Blocked {
-                    at_ms: at,
-                    delete_after_ms,
-                }
-            },
-        )
-        .await
+        let reply = self
+            .change(
+                vin,
+                &who,
+                Action::Block,
+                "",
+                json!({ "delete_after_ms": delete_after_ms }),
+                |s| {
+                    s.account = Account::Blocked {
+                        at_ms: at,
+                        delete_after_ms,
+                    }
+                },
+            )
+            .await?;
+        // The edge refuses it from now on; its live connection goes too.
+        self.ctx.edge.close(&vin, Refusal::VehicleBlocked);
+        Ok(reply)
     }
 
     async fn erase(&self, req: Request<pb::Subject>) -> Result<Response<pb::EraseReply>, Status> {
@@ -397,7 +402,9 @@ pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> anyhow::Result
         actor,
     };
     ctx.ledger.append(vin, change).await?;
-    ctx.state.erase(vin).await
+    let existed = ctx.state.erase(vin).await?;
+    ctx.edge.close(vin, Refusal::VehicleBlocked);
+    Ok(existed)
 }
 
 /// Access and portability: the vehicle's state, its ledger, and what each purpose's topic

@@ -11,16 +11,16 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use telegate_frame::{VEHICLE_TOPIC_FILTER, ValidationConfig, Vin};
+use telegate_frame::{ValidationConfig, Vin};
 use telegate_kafka::KafkaConfig;
-use telegate_mqtt::IngressConfig;
+use telegate_mqtt::EdgeConfig;
 use telegate_policy::{Keyring, Pack, StateFile};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The MQTT listeners and the ingress behind them.
-    pub mqtt: IngressConfig,
+    /// The MQTT edge: listeners, vehicle identity, limits.
+    pub mqtt: EdgeConfig,
     pub kafka: KafkaConfig,
     /// The policy pack (TOML).
     pub policy: Option<PathBuf>,
@@ -101,11 +101,11 @@ impl AdminConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            mqtt: IngressConfig {
-                v4_listen: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
-                v5_listen: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
-                filter: VEHICLE_TOPIC_FILTER.to_owned(),
-                ..IngressConfig::default()
+            // The plain listeners run only with mqtt.allow_anonymous (development).
+            mqtt: EdgeConfig {
+                listen: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+                listen_v5: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
+                ..EdgeConfig::default()
             },
             kafka: KafkaConfig::default(),
             policy: None,
@@ -240,6 +240,12 @@ impl Config {
         let state = self.state(&mut errors);
         let admin_token = self.admin_token(&mut errors);
         self.check_listeners(&mut errors);
+        for (key, message) in self.mqtt.problems() {
+            errors.push(key, message);
+        }
+        if let Err(e) = telegate_mqtt::check_tls(&self.mqtt) {
+            errors.push("mqtt (TLS)", e.to_string());
+        }
         if self.mqtt.max_packet_bytes <= self.validation.max_payload_bytes {
             errors.push(
                 "mqtt.max_packet_bytes",
@@ -350,9 +356,15 @@ impl Config {
     }
 
     fn check_listeners(&self, errors: &mut ConfigErrors) {
+        let tls = self.mqtt.tls().then(|| {
+            self.mqtt
+                .tls_listen
+                .unwrap_or(telegate_mqtt::DEFAULT_TLS_LISTEN)
+        });
         let listeners = [
-            ("mqtt.listen", self.mqtt.v4_listen),
-            ("mqtt.listen_v5", self.mqtt.v5_listen),
+            ("mqtt.listen", self.mqtt.listen),
+            ("mqtt.listen_v5", self.mqtt.listen_v5),
+            ("mqtt.tls_listen", tls),
             ("metrics_listen", self.metrics_listen),
             ("admin.listen", self.admin.listen),
         ];
@@ -388,7 +400,7 @@ mod tests {
             let s = Config::load(Some(&file), &flags).expect("loads");
             assert_eq!(s.kafka.bootstrap, "flag:1");
             assert_eq!(s.kafka.linger_ms, 11);
-            assert_eq!(s.mqtt.v4_listen, Some("127.0.0.1:2".parse().expect("addr")));
+            assert_eq!(s.mqtt.listen, Some("127.0.0.1:2".parse().expect("addr")));
             assert_eq!(s.metrics_listen, Some("127.0.0.1:1".parse().expect("addr")));
             assert_eq!(s.validation.max_age_ms, 2 * 86_400_000);
             assert_eq!(s.kafka.compression, "lz4", "defaults fill the rest");
@@ -447,8 +459,39 @@ mod tests {
     }
 
     #[test]
+    fn no_vehicle_can_connect_without_tls_or_the_development_setting() {
+        let errors = Config::default()
+            .check(&PackSource::Inline {
+                name: "reference".into(),
+                text: crate::REFERENCE_PACK.into(),
+            })
+            .expect_err("closed by default");
+        assert!(errors.to_string().contains("allow_anonymous"), "{errors}");
+        let tls_without_ca = Config {
+            mqtt: EdgeConfig {
+                tls_cert: Some("server.crt".into()),
+                tls_key: Some("server.key".into()),
+                ..Config::default().mqtt
+            },
+            ..Config::default()
+        };
+        let errors = tls_without_ca
+            .check(&PackSource::Config)
+            .expect_err("no client CA");
+        assert!(
+            errors.0.iter().any(|e| e.path == "mqtt.client_ca"),
+            "{errors}"
+        );
+        assert!(
+            errors.0.iter().any(|e| e.path == "mqtt (TLS)"),
+            "unreadable files: {errors}"
+        );
+    }
+
+    #[test]
     fn a_valid_configuration_checks_with_its_pack_and_keys() {
-        let config = Config::default();
+        let mut config = Config::default();
+        config.mqtt.allow_anonymous = true;
         let checked = config
             .check(&PackSource::Inline {
                 name: "reference".into(),

@@ -13,16 +13,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use telegate_frame::Vin;
 use telegate_kafka::{KafkaSink, LogWriter, SinkStats, ensure_topics};
-use telegate_mqtt::Ingress;
-use telegate_policy::{Pack, TopicSpec, consent_topics};
+use telegate_mqtt::{Edge, VehicleGate};
+use telegate_policy::{Account, Pack, TopicSpec, consent_topics};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// A running gateway. It owns every task it started and stops them in order.
 #[derive(Debug)]
 pub struct Gateway {
-    ingress: Arc<Ingress>,
+    edge: Arc<Edge>,
     admin_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     pack: Arc<Pack>,
@@ -103,12 +104,17 @@ impl Gateway {
         ));
         let sink = KafkaSink::new(&config.kafka).context("Kafka producer")?;
         let sink_stats = sink.stats();
-        let ingress_cfg = config.mqtt.clone();
-        let (ingress, rx) = tokio::task::spawn_blocking(move || Ingress::start(&ingress_cfg))
+        // A blocked vehicle may not connect; its live connection is closed when it is blocked.
+        let gate_state = state.clone();
+        let gate: VehicleGate = Arc::new(move |vin: &Vin| {
+            gate_state.with(vin, |r| {
+                !r.is_some_and(|r| matches!(r.account, Account::Blocked { .. }))
+            })
+        });
+        let (edge, rx) = Edge::start(&config.mqtt, gate)
             .await
-            .context("ingress start-up")??;
-
-        let ingress = Arc::new(ingress);
+            .context("starting the MQTT edge")?;
+        let edge = Arc::new(edge);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let mut admin_tasks = Vec::new();
         let admin_addr = match (config.admin.listen, admin_token) {
@@ -117,7 +123,7 @@ impl Gateway {
                     pack: pack.clone(),
                     state: state.clone(),
                     ledger: ledger.clone(),
-                    ingress: ingress.clone(),
+                    edge: edge.clone(),
                     kafka: config.kafka.clone(),
                     keys: keys.clone(),
                     block_grace: config.admin.block_grace,
@@ -149,7 +155,7 @@ impl Gateway {
         ready.store(true, Ordering::Release);
         tracing::info!(policy = %pack.label(), "telegate ready");
         Ok(Self {
-            ingress,
+            edge,
             admin_addr,
             metrics_addr,
             pack,
@@ -172,8 +178,9 @@ impl Gateway {
         &self.pack
     }
 
-    pub fn ingress(&self) -> &Ingress {
-        &self.ingress
+    /// The MQTT edge: where it listens, what it counted.
+    pub fn edge(&self) -> &Edge {
+        &self.edge
     }
 
     /// The vehicles' settings and consents the decisions read.
@@ -205,10 +212,10 @@ impl Gateway {
     }
 
     /// Stops in order: not ready; the admin API and its sweeper (calls under way finish);
-    /// the pipeline (frames already read are processed, records flushed to Kafka); the
-    /// consent state (every change written to its topic); the HTTP endpoints last. The
-    /// embedded broker's threads cannot be stopped (rumqttd has no shutdown); nothing reads
-    /// from them afterwards.
+    /// the MQTT edge (no new connections, every connection closed; unacknowledged QoS 1
+    /// frames stay with their vehicles); the pipeline (frames already read are processed,
+    /// records flushed to Kafka); the consent state (every change written to its topic); the
+    /// HTTP endpoints last.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
         let _ = self.stop_admin.send(true);
@@ -216,6 +223,10 @@ impl Gateway {
             if task.await.is_err() {
                 tracing::error!("admin task failed during shutdown");
             }
+        }
+        match Arc::try_unwrap(self.edge) {
+            Ok(edge) => edge.shutdown().await,
+            Err(_) => tracing::error!("the MQTT edge is still shared at shutdown"),
         }
         let _ = self.stop_pipeline.send(true);
         if self.pipeline.await.is_err() {
@@ -231,7 +242,6 @@ impl Gateway {
         tracing::info!(
             delivered = self.sink_stats.delivered(),
             failed = self.sink_stats.failed(),
-            lost_in_broker = self.ingress.stats().lost(),
             "telegate stopped"
         );
     }

@@ -11,7 +11,7 @@ use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
 use telegate_frame::{Frame, FrameKind, RejectReason, ValidationConfig, Vin, validate};
 use telegate_kafka::KafkaSink;
-use telegate_mqtt::Incoming;
+use telegate_mqtt::{AckOutcome, Incoming};
 use telegate_policy::{
     Admission, DropReason, Keyring, OutRecord, Outcome, Pack, Verdict, admit, offline,
     rejected_record,
@@ -133,32 +133,47 @@ impl Pipeline {
                 biased;
                 _ = stop.changed() => break,
                 m = rx.recv() => match m {
-                    Some(m) => self.process(&m).await,
+                    Some(m) => self.process(m).await,
                     None => break,
                 },
             }
         }
         rx.close();
         while let Ok(m) = rx.try_recv() {
-            self.process(&m).await;
+            self.process(m).await;
         }
         self.sink.close(flush_timeout).await;
     }
 
-    /// One MQTT message, start to finish.
-    pub async fn process(&self, m: &Incoming) {
+    /// One MQTT message, start to finish; then its QoS 1 acknowledgement is completed:
+    /// accepted once every record it produced is handed to the Kafka producer.
+    pub async fn process(&self, m: Incoming) {
+        let handed = self.handle(&m).await;
+        if let Some(ack) = m.ack {
+            ack.complete(match handed {
+                true => AckOutcome::Accepted,
+                false => AckOutcome::Failed,
+            });
+        }
+    }
+
+    /// Validates, decides and hands the records to Kafka; false if a record could not be
+    /// handed over.
+    async fn handle(&self, m: &Incoming) -> bool {
         let now = now_ms();
         // A topic that is not UTF-8 cannot be a vehicle topic; it fails as malformed.
         let topic = std::str::from_utf8(&m.topic).unwrap_or_default();
         match validate(topic, &m.payload, now, &self.validation) {
             Ok(frame) => {
                 let admission = self.admit(&frame, now);
+                let mut handed = true;
                 for rec in &admission.records {
-                    self.send(rec).await;
+                    handed &= self.send(rec).await;
                 }
                 if let Body::Privacy(settings) = frame.body() {
-                    self.record_settings_change(&frame, settings).await;
+                    handed &= self.record_settings_change(&frame, settings).await;
                 }
+                handed
             }
             Err(rej) => {
                 self.counters.rejected[rej.reason.index()].increment(1);
@@ -167,7 +182,7 @@ impl Pipeline {
                 let at = rej.captured_at_ms.unwrap_or(now);
                 if vin.is_some_and(|v| self.state.with(&v, |s| offline(at, s).is_some())) {
                     self.counters.rejected_offline.increment(1);
-                    return;
+                    return true;
                 }
                 let rec = rejected_record(
                     &self.pack,
@@ -177,7 +192,7 @@ impl Pipeline {
                     m.payload.len(),
                     &self.keys,
                 );
-                self.send(&rec).await;
+                self.send(&rec).await
             }
         }
     }
@@ -221,7 +236,7 @@ impl Pipeline {
         &self,
         frame: &Frame,
         settings: &telegate_frame::pb::PrivacySettings,
-    ) {
+    ) -> bool {
         let change = Change {
             action: Action::Settings,
             target: "",
@@ -232,16 +247,24 @@ impl Pipeline {
             text_version: "",
             actor: "vehicle",
         };
-        if let Err(e) = self.ledger.append(frame.vin(), change).await {
-            self.counters.ledger_errors.increment(1);
-            tracing::error!(error = %e, "settings change not written to the consent ledger");
+        match self.ledger.append(frame.vin(), change).await {
+            Ok(_) => true,
+            Err(e) => {
+                self.counters.ledger_errors.increment(1);
+                tracing::error!(error = %e, "settings change not written to the consent ledger");
+                false
+            }
         }
     }
 
-    async fn send(&self, rec: &OutRecord) {
-        if let Err(e) = self.sink.send(rec).await {
-            self.counters.sink_errors.increment(1);
-            tracing::error!(error = %e, "record not handed to Kafka");
+    async fn send(&self, rec: &OutRecord) -> bool {
+        match self.sink.send(rec).await {
+            Ok(_) => true,
+            Err(e) => {
+                self.counters.sink_errors.increment(1);
+                tracing::error!(error = %e, "record not handed to Kafka");
+                false
+            }
         }
     }
 }

@@ -158,6 +158,7 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str, ns: &str) -> anyhow::
                     &mqtt.to_string(),
                     "--mqtt5-listen",
                     &free_addr()?.to_string(),
+                    "--mqtt-allow-anonymous",
                 ])
                 .args([
                     "--metrics-listen",

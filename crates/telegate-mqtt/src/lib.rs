@@ -1,11 +1,53 @@
-//! MQTT ingress: runs the embedded rumqttd broker (MQTT 3.1.1 and 5 listeners, configured in
-//! code) and reads every vehicle frame through the broker's local link into a bounded
-//! channel. rumqttd cannot push back on publishers and evicts old segments of its in-memory
-//! log when a reader falls behind; this crate detects each frame lost that way from the
-//! link's cursor and counts it. It knows nothing of frames, policy or Kafka.
+//! telegate's MQTT edge: an ingestion adapter, not a broker. It owns the sockets (plain TCP
+//! and TLS with one client certificate per vehicle), ties each connection to one VIN, lets a
+//! vehicle publish only under its own `/tenants/{VIN}/` prefix and subscribe only to the
+//! platform's topics for it, and hands every publish straight to the pipeline. The
+//! pipeline completes each QoS 1 publish's [`Ack`]; PUBACKs go out in the order the
+//! publishes arrived. No vehicle-to-vehicle routing, no retained messages, no wills.
+//!
+//! It knows VINs (to bind identities) but nothing of frames, policy or Kafka.
 
-mod broker;
-mod reader;
+mod codec;
+mod config;
+mod conn;
+mod edge;
+mod refusal;
+mod rules;
+mod sessions;
+mod tls;
 
-pub use broker::{Ingress, IngressConfig, IngressError};
-pub use reader::{Incoming, IngressStats};
+pub use codec::AckOutcome;
+pub use config::{DEFAULT_TLS_LISTEN, EdgeConfig, Listener};
+pub use edge::{Delivery, Edge, EdgeError, EdgeStats, VehicleGate};
+pub use refusal::Refusal;
+pub use rules::request_topic;
+pub use tls::{TlsError, check_tls, vin_of_certificate};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+/// One publish from a vehicle, as received.
+#[derive(Debug)]
+pub struct Incoming {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    /// Present for QoS 1: the vehicle's PUBACK waits for it.
+    pub ack: Option<Ack>,
+}
+
+/// Completes one QoS 1 publish. Dropping it without [`Ack::complete`] counts as
+/// [`AckOutcome::Failed`]: the vehicle never gets a success for a frame nobody took.
+#[derive(Debug)]
+pub struct Ack(oneshot::Sender<AckOutcome>);
+
+impl Ack {
+    pub(crate) fn new() -> (Self, oneshot::Receiver<AckOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(tx), rx)
+    }
+
+    pub fn complete(self, outcome: AckOutcome) {
+        // The connection may be gone; then nobody waits for the answer.
+        let _ = self.0.send(outcome);
+    }
+}

@@ -193,12 +193,15 @@ async fn publish_broken(
     };
     let kind = FrameKind::of_body(body);
     let (topic, payload) = match rng.random_range(0..3) {
-        // A VIN with a forbidden letter.
+        // A frame whose VIN has a forbidden letter, on the vehicle's own topic (the edge
+        // holds a vehicle to its own topics, so only the frame can be wrong).
         0 => {
-            let bad = format!("{}O", &frame.vin[..16]);
             let mut f = frame.clone();
-            f.vin = bad.clone();
-            (vehicle_topic(&bad, kind), encode(&f, PayloadFormat::Json))
+            f.vin = format!("{}O", &frame.vin[..16]);
+            (
+                vehicle_topic(&frame.vin, kind),
+                encode(&f, PayloadFormat::Json),
+            )
         }
         // A frame for another vehicle on this vehicle's topic.
         1 => {

@@ -62,7 +62,8 @@ pub struct DemoSummary {
     pub broken_published: u64,
     pub delivered: u64,
     pub failed: u64,
-    pub lost_in_broker: u64,
+    /// Connections, packets and subscriptions the MQTT edge refused.
+    pub refused_at_edge: u64,
     pub topics: BTreeMap<String, TopicView>,
     pub metrics: String,
     /// Each reference consumer's results (its view) at the end.
@@ -76,12 +77,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let summary = summarize(args).await?;
     println!(
-        "\ndemo finished: {} frames published (+{} broken), {} records delivered to Kafka, {} failed, {} lost in the MQTT broker",
+        "\ndemo finished: {} frames published (+{} broken), {} records delivered to Kafka, {} failed, {} refused at the MQTT edge",
         summary.published,
         summary.broken_published,
         summary.delivered,
         summary.failed,
-        summary.lost_in_broker
+        summary.refused_at_edge
     );
     Ok(())
 }
@@ -101,8 +102,11 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     let mut config = Config::default();
     config.kafka.bootstrap = bootstrap.clone();
     config.policy = args.policy.clone();
-    config.mqtt.v4_listen = Some(args.mqtt_listen);
-    config.mqtt.v5_listen = None;
+    // The demo's simulated fleet connects without certificates, on loopback: the
+    // development setting, announced in the header.
+    config.mqtt.listen = Some(args.mqtt_listen);
+    config.mqtt.listen_v5 = None;
+    config.mqtt.allow_anonymous = true;
     config.metrics_listen = args.metrics_listen;
     if mock.is_some() {
         // The mock has no CreateTopics; it takes topics through its own API.
@@ -181,7 +185,7 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
         format!("Kafka at {bootstrap}")
     };
     let header = format!(
-        "telegate demo: {} simulated vehicles -> MQTT {} -> policy {} -> {}\nkeys: {}\n",
+        "telegate demo: {} simulated vehicles -> MQTT {} -> policy {} -> {}\nkeys: {}\nMQTT: anonymous vehicles on loopback (development setting; a fleet uses TLS with one certificate per VIN, see docs/operations.md)\n",
         args.vehicles,
         args.mqtt_listen,
         gateway.pack().label(),
@@ -250,7 +254,7 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let delivered = gateway.sink_stats().delivered();
     let failed = gateway.sink_stats().failed();
-    let lost = gateway.ingress().stats().lost();
+    let refused_at_edge = refused_at_edge(&gateway);
     gateway.shutdown().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let _ = stop_consumers.send(true);
@@ -268,13 +272,21 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
         broken_published: broken,
         delivered,
         failed,
-        lost_in_broker: lost,
+        refused_at_edge,
         topics: view.lock().map(|v| v.clone()).unwrap_or_default(),
         metrics: metrics_handle().render(),
         consumers: results,
     };
     drop(mock);
     Ok(summary)
+}
+
+fn refused_at_edge(gateway: &Gateway) -> u64 {
+    let stats = gateway.edge().stats();
+    telegate_mqtt::Refusal::ALL
+        .iter()
+        .map(|r| stats.refused(*r))
+        .sum()
 }
 
 fn source_for(args: &Args) -> PackSource {
@@ -366,13 +378,13 @@ fn render(v: &Screen<'_>) -> String {
     let _ = writeln!(s, "{}", v.header);
     let _ = writeln!(
         s,
-        "uptime {}s | vehicles published {} frames (+{} deliberately broken) | Kafka delivered {} failed {} | lost in MQTT broker {}\n",
+        "uptime {}s | vehicles published {} frames (+{} deliberately broken) | Kafka delivered {} failed {} | refused at the MQTT edge {}\n",
         v.uptime.as_secs(),
         v.published,
         v.broken,
         v.gateway.sink_stats().delivered(),
         v.gateway.sink_stats().failed(),
-        v.gateway.ingress().stats().lost(),
+        refused_at_edge(v.gateway),
     );
     let _ = writeln!(
         s,

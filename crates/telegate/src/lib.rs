@@ -7,6 +7,7 @@ pub mod connections;
 pub mod consume;
 pub mod demo;
 pub mod loadgen;
+pub mod pki;
 pub mod policy;
 pub mod process;
 pub mod serve;

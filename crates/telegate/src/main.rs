@@ -1,7 +1,7 @@
 //! The `telegate` command line: parses and dispatches, nothing else.
 
 use clap::{Parser, Subcommand};
-use telegate::{admin, connections, consume, demo, loadgen, policy, serve, simulate, tools};
+use telegate::{admin, connections, consume, demo, loadgen, pki, policy, serve, simulate, tools};
 
 /// jemalloc keeps its bookkeeping apart from the memory it hands out, so buffers reserved but
 /// never written stay unbacked: an idle connection costs 25 KB resident instead of 44 KB with
@@ -39,6 +39,8 @@ enum Command {
     Admin(admin::Args),
     /// Policy pack tools.
     Policy(policy::Args),
+    /// The fleet's certificates: CA and server certificate, vehicle certificates, revocation.
+    Pki(pki::Args),
     /// The bare embedded MQTT broker, no pipeline: the MQTT ceiling for comparisons.
     #[command(hide = true)]
     Broker(tools::BrokerArgs),
@@ -60,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Consume(a) => consume::run(a).await,
         Command::Admin(a) => admin::run(a).await,
         Command::Policy(a) => policy::run(a).await,
+        Command::Pki(a) => pki::run(a),
         Command::Broker(a) => tools::broker(a).await,
         Command::KafkaMock(a) => tools::kafka_mock(a).await,
     }

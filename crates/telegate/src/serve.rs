@@ -41,7 +41,7 @@ pub struct Args {
 
 #[derive(clap::Args, Serialize, Debug)]
 struct MqttArgs {
-    /// MQTT 3.1.1 listener [default: 0.0.0.0:1883]
+    /// Plain MQTT 3.1.1 listener, anonymous clients only [default: 0.0.0.0:1883]
     #[arg(
         id = "mqtt_listen",
         long = "mqtt-listen",
@@ -50,7 +50,7 @@ struct MqttArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
-    /// MQTT 5 listener [default: 0.0.0.0:1884]
+    /// Plain MQTT 5 listener, anonymous clients only [default: 0.0.0.0:1884]
     #[arg(
         id = "mqtt5_listen",
         long = "mqtt5-listen",
@@ -58,6 +58,54 @@ struct MqttArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen_v5: Option<SocketAddr>,
+    /// MQTT 3.1.1 and 5 over TLS [default: 0.0.0.0:8883 once a certificate is set]
+    #[arg(
+        id = "mqtt_tls_listen",
+        long = "mqtt-tls-listen",
+        env = "TELEGATE_MQTT_TLS_LISTEN"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_listen: Option<SocketAddr>,
+    /// The server's certificate chain (PEM), e.g. server.crt from `telegate pki init`.
+    #[arg(
+        id = "mqtt_tls_cert",
+        long = "mqtt-tls-cert",
+        env = "TELEGATE_MQTT_TLS_CERT"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(
+        id = "mqtt_tls_key",
+        long = "mqtt-tls-key",
+        env = "TELEGATE_MQTT_TLS_KEY"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    /// The fleet CA (PEM) vehicle certificates chain to; each names its VIN in the subject CN.
+    #[arg(
+        id = "mqtt_client_ca",
+        long = "mqtt-client-ca",
+        env = "TELEGATE_MQTT_CLIENT_CA"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ca: Option<PathBuf>,
+    /// Revoked vehicle certificates (PEM CRL), re-read while running when the file changes.
+    #[arg(
+        id = "mqtt_client_crl",
+        long = "mqtt-client-crl",
+        env = "TELEGATE_MQTT_CLIENT_CRL"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_crl: Option<PathBuf>,
+    /// Development only: admit clients without a certificate (and run the plain listeners).
+    #[arg(
+        id = "mqtt_allow_anonymous",
+        long = "mqtt-allow-anonymous",
+        env = "TELEGATE_MQTT_ALLOW_ANONYMOUS"
+    )]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_anonymous: bool,
 }
 
 #[derive(clap::Args, Serialize, Debug)]

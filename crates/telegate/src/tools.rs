@@ -10,18 +10,47 @@ pub struct BrokerArgs {
     mqtt_listen: SocketAddr,
 }
 
-/// The bare embedded MQTT broker, no pipeline: the MQTT ceiling for comparisons.
+/// rumqttd's general-purpose broker, no pipeline: what a broker costs, for the load
+/// generator's comparisons with telegate's own edge. Nothing else uses rumqttd.
 pub async fn broker(a: BrokerArgs) -> anyhow::Result<()> {
+    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
     crate::process::init_tracing();
     crate::process::raise_fd_limit(1 << 20);
-    let cfg = telegate_mqtt::IngressConfig {
-        v4_listen: Some(a.mqtt_listen),
+    let server = ServerSettings {
+        name: "v4".into(),
+        listen: a.mqtt_listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: 256 * 1024,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 1_000_000,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 64 * 1024 * 1024,
+            max_segment_count: 8,
+            ..Default::default()
+        },
+        v4: Some(std::collections::HashMap::from([("v4".to_owned(), server)])),
         ..Default::default()
     };
-    let (_ingress, mut rx) =
-        tokio::task::spawn_blocking(move || telegate_mqtt::Ingress::start(&cfg)).await??;
-    // Drain the link like the gateway does, without a pipeline behind it.
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    // rumqttd's start() blocks for ever; the process ends on a signal.
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            if let Err(e) = Broker::new(config).start() {
+                tracing::error!(error = %e, "rumqttd stopped");
+            }
+        })
+        .context("starting rumqttd")?;
     crate::process::shutdown_signal().await;
     Ok(())
 }

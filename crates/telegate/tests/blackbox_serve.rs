@@ -45,6 +45,8 @@ async fn serve_takes_mosquitto_pub_json_and_rejects_bad_vins_without_logging_the
         ])
         // Flags and TELEGATE_* variables are interchangeable: these two come from the env.
         .env("TELEGATE_MQTT5_LISTEN", mqtt5.to_string())
+        // mosquitto_pub without a certificate: the development setting.
+        .env("TELEGATE_MQTT_ALLOW_ANONYMOUS", "true")
         .env("TELEGATE_KAFKA_BOOTSTRAP", kafka())
         .env(
             "TELEGATE_LOG",

@@ -21,7 +21,7 @@ async fn the_demo_moves_frames_to_every_contract_topic() {
     .expect("demo runs");
     assert!(summary.published > 50, "{summary:?}");
     assert_eq!(summary.failed, 0);
-    assert_eq!(summary.lost_in_broker, 0);
+    assert_eq!(summary.refused_at_edge, 0);
     for topic in [
         "telegate.smart-service",
         "telegate.trip-log",

@@ -116,7 +116,7 @@ async fn idle_connections_are_held_and_measured() {
         "127.0.0.3".parse().expect("ip"),
     ];
     let r = telegate_loadgen::connections::hold(
-        s.mqtt.v4_listen.expect("mqtt"),
+        s.mqtt.listen.expect("mqtt"),
         std::process::id() as i32,
         300,
         &sources,

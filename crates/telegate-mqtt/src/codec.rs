@@ -1,0 +1,548 @@
+//! MQTT 3.1.1 and 5 on the wire, through rumqttc's codec (`rumqttc::mqttbytes`), which
+//! reads and writes every packet of both versions with public fields. rumqttd's codec
+//! (`rumqttd::protocol`) keeps a publish's QoS and packet id crate-private, so a server built
+//! on it could not acknowledge a publish by its packet id.
+//!
+//! The edge speaks in the version-neutral terms below; this module is the only place that
+//! knows which version a connection speaks.
+
+use crate::Refusal;
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::{self as m4, v4};
+use rumqttc::v5::mqttbytes::{self as m5, v5};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Version {
+    /// MQTT 3.1.1 (and 3.1).
+    V4,
+    V5,
+}
+
+/// What a CONNECT asks for.
+#[derive(Debug)]
+pub(crate) struct Hello {
+    pub version: Version,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    /// MQTT 5 only; 3.1.1 sessions that are not clean never expire on their own.
+    pub session_expiry: Option<u32>,
+    /// MQTT 5 only: how many unacknowledged QoS 1 publishes the client takes from us.
+    pub receive_maximum: Option<u16>,
+}
+
+/// A packet from a vehicle, after CONNECT.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Publish {
+        qos: u8,
+        pkid: u16,
+        retain: bool,
+        topic: Bytes,
+        payload: Bytes,
+    },
+    PubAck {
+        pkid: u16,
+    },
+    Subscribe {
+        pkid: u16,
+        /// Filter and requested QoS.
+        filters: Vec<(String, u8)>,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: Vec<String>,
+    },
+    PingReq,
+    Disconnect,
+    /// A packet a client never sends to a server after CONNECT (a second CONNECT, QoS 2
+    /// flow, server packets, MQTT 5 AUTH).
+    Unexpected,
+}
+
+/// Why a read produced no packet.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// Not a whole packet yet: read more bytes.
+    Incomplete,
+    /// A refusal that ends the connection.
+    Refused(Refusal),
+}
+
+fn read_error_v4(e: m4::Error) -> ReadError {
+    match e {
+        m4::Error::InsufficientBytes(_) => ReadError::Incomplete,
+        m4::Error::PayloadSizeLimitExceeded(_) => ReadError::Refused(Refusal::PacketTooLarge),
+        _ => ReadError::Refused(Refusal::MalformedPacket),
+    }
+}
+
+fn read_error_v5(e: m5::Error) -> ReadError {
+    match e {
+        m5::Error::InsufficientBytes(_) => ReadError::Incomplete,
+        m5::Error::PayloadSizeLimitExceeded { .. } => ReadError::Refused(Refusal::PacketTooLarge),
+        _ => ReadError::Refused(Refusal::MalformedPacket),
+    }
+}
+
+/// Reads the CONNECT that opens every connection, in whichever version the client speaks:
+/// the protocol level byte decides before the packet is decoded.
+pub(crate) fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Hello, ReadError> {
+    // Frame first (length and size limit), then look at the level: fixed header, then
+    // the protocol name (2 + 4 bytes for "MQTT", 2 + 6 for 3.1's "MQIsdp"), then the level.
+    m4::check(buf.iter(), max).map_err(read_error_v4)?;
+    if buf[0] >> 4 != 1 {
+        return Err(ReadError::Refused(Refusal::ProtocolError));
+    }
+    let header = 1 + buf[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
+    let name_len = buf
+        .get(header..header + 2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or(ReadError::Refused(Refusal::MalformedPacket))?;
+    let level = *buf
+        .get(header + 2 + name_len)
+        .ok_or(ReadError::Refused(Refusal::MalformedPacket))?;
+    match level {
+        3 | 4 => match v4::Packet::read(buf, max).map_err(read_error_v4)? {
+            v4::Packet::Connect(c) => Ok(Hello {
+                version: Version::V4,
+                clean_start: c.clean_session,
+                keep_alive: c.keep_alive,
+                session_expiry: None,
+                receive_maximum: None,
+            }),
+            _ => Err(ReadError::Refused(Refusal::ProtocolError)),
+        },
+        5 => match v5::Packet::read(buf, Some(max_u32(max))).map_err(read_error_v5)? {
+            v5::Packet::Connect(c, _, _) => Ok(Hello {
+                version: Version::V5,
+                clean_start: c.clean_start,
+                keep_alive: c.keep_alive,
+                session_expiry: c
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval),
+                receive_maximum: c.properties.as_ref().and_then(|p| p.receive_maximum),
+            }),
+            _ => Err(ReadError::Refused(Refusal::ProtocolError)),
+        },
+        _ => Err(ReadError::Refused(Refusal::ProtocolVersion)),
+    }
+}
+
+fn max_u32(max: usize) -> u32 {
+    u32::try_from(max).unwrap_or(u32::MAX)
+}
+
+/// Reads the next packet after CONNECT.
+pub(crate) fn read(version: Version, buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
+    match version {
+        Version::V4 => read_v4(buf, max),
+        Version::V5 => read_v5(buf, max),
+    }
+}
+
+fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
+    Ok(match v4::Packet::read(buf, max).map_err(read_error_v4)? {
+        v4::Packet::Publish(p) => Inbound::Publish {
+            qos: p.qos as u8,
+            pkid: p.pkid,
+            retain: p.retain,
+            topic: Bytes::from(p.topic),
+            payload: p.payload,
+        },
+        v4::Packet::PubAck(a) => Inbound::PubAck { pkid: a.pkid },
+        v4::Packet::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, f.qos as u8))
+                .collect(),
+        },
+        v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics,
+        },
+        v4::Packet::PingReq => Inbound::PingReq,
+        v4::Packet::Disconnect => Inbound::Disconnect,
+        _ => Inbound::Unexpected,
+    })
+}
+
+fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
+    // A DISCONNECT without a reason code (remaining length 0) is a normal disconnection;
+    // the codec only takes the long form.
+    if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
+        let _ = buf.split_to(2);
+        return Ok(Inbound::Disconnect);
+    }
+    Ok(
+        match v5::Packet::read(buf, Some(max_u32(max))).map_err(read_error_v5)? {
+            v5::Packet::Publish(p) => {
+                // Topic aliases are not offered (topic alias maximum 0): a publish must name
+                // its topic.
+                if p.topic.is_empty() {
+                    return Err(ReadError::Refused(Refusal::ProtocolError));
+                }
+                Inbound::Publish {
+                    qos: p.qos as u8,
+                    pkid: p.pkid,
+                    retain: p.retain,
+                    topic: p.topic,
+                    payload: p.payload,
+                }
+            }
+            v5::Packet::PubAck(a) => Inbound::PubAck { pkid: a.pkid },
+            v5::Packet::Subscribe(s) => Inbound::Subscribe {
+                pkid: s.pkid,
+                filters: s
+                    .filters
+                    .into_iter()
+                    .map(|f| (f.path, f.qos as u8))
+                    .collect(),
+            },
+            v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+                pkid: u.pkid,
+                filters: u.filters,
+            },
+            v5::Packet::PingReq(_) => Inbound::PingReq,
+            v5::Packet::Disconnect(_) => Inbound::Disconnect,
+            _ => Inbound::Unexpected,
+        },
+    )
+}
+
+/// How a CONNECT is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectCode {
+    Accepted,
+    NotAuthorized,
+    UnsupportedVersion,
+}
+
+/// What the edge tells an MQTT 5 client it supports, in the CONNACK.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offer {
+    pub receive_maximum: u16,
+    pub max_packet_bytes: usize,
+    /// Set when the edge imposes a keep-alive other than the client's.
+    pub server_keep_alive: Option<u16>,
+    /// Set when the edge caps the session expiry the client asked for.
+    pub session_expiry: Option<u32>,
+}
+
+/// How a QoS 1 publish from a vehicle ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The pipeline has taken the frame.
+    Accepted,
+    /// The pipeline could not take it; the vehicle must keep it and send it again.
+    Failed,
+    /// The vehicle may not publish there.
+    NotAuthorized,
+}
+
+/// Encodes packets for one connection's version into its write buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Encoder(pub Version);
+
+impl Encoder {
+    fn put4(buf: &mut BytesMut, p: v4::Packet) {
+        // Everything written here is small and well-formed; a failure would be a bug in
+        // the edge, and the connection is closed by the caller's next read anyway.
+        if let Err(e) = p.write(buf, usize::MAX) {
+            tracing::error!(error = %e, "encoding an MQTT 3.1.1 packet failed");
+        }
+    }
+
+    fn put5(buf: &mut BytesMut, p: v5::Packet) {
+        if let Err(e) = p.write(buf, None) {
+            tracing::error!(error = %e, "encoding an MQTT 5 packet failed");
+        }
+    }
+
+    pub(crate) fn connack(
+        self,
+        buf: &mut BytesMut,
+        code: ConnectCode,
+        session_present: bool,
+        o: Offer,
+    ) {
+        match self.0 {
+            Version::V4 => {
+                let code = match code {
+                    ConnectCode::Accepted => v4::ConnectReturnCode::Success,
+                    ConnectCode::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
+                    ConnectCode::UnsupportedVersion => {
+                        v4::ConnectReturnCode::RefusedProtocolVersion
+                    }
+                };
+                Self::put4(
+                    buf,
+                    v4::Packet::ConnAck(v4::ConnAck::new(code, session_present)),
+                );
+            }
+            Version::V5 => {
+                let code = match code {
+                    ConnectCode::Accepted => v5::ConnectReturnCode::Success,
+                    ConnectCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
+                    ConnectCode::UnsupportedVersion => {
+                        v5::ConnectReturnCode::UnsupportedProtocolVersion
+                    }
+                };
+                let properties = v5::ConnAckProperties {
+                    session_expiry_interval: o.session_expiry,
+                    receive_max: Some(o.receive_maximum),
+                    max_qos: Some(1),
+                    retain_available: Some(0),
+                    max_packet_size: Some(max_u32(o.max_packet_bytes)),
+                    assigned_client_identifier: None,
+                    topic_alias_max: None,
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                    wildcard_subscription_available: Some(1),
+                    subscription_identifiers_available: Some(0),
+                    shared_subscription_available: Some(0),
+                    server_keep_alive: o.server_keep_alive,
+                    response_information: None,
+                    server_reference: None,
+                    authentication_method: None,
+                    authentication_data: None,
+                };
+                Self::put5(
+                    buf,
+                    v5::Packet::ConnAck(v5::ConnAck {
+                        session_present,
+                        code,
+                        properties: (code == v5::ConnectReturnCode::Success).then_some(properties),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// The PUBACK for a QoS 1 publish. An MQTT 3.1.1 PUBACK can only mean success: the
+    /// caller disconnects instead of sending one for anything else.
+    pub(crate) fn puback(self, buf: &mut BytesMut, pkid: u16, outcome: AckOutcome) {
+        match self.0 {
+            Version::V4 => Self::put4(buf, v4::Packet::PubAck(v4::PubAck::new(pkid))),
+            Version::V5 => {
+                let mut ack = v5::PubAck::new(pkid, None);
+                ack.reason = match outcome {
+                    AckOutcome::Accepted => v5::PubAckReason::Success,
+                    AckOutcome::Failed => v5::PubAckReason::ImplementationSpecificError,
+                    AckOutcome::NotAuthorized => v5::PubAckReason::NotAuthorized,
+                };
+                Self::put5(buf, v5::Packet::PubAck(ack));
+            }
+        }
+    }
+
+    /// `granted[i]` is the QoS granted for the i-th filter, or `None` if it was refused.
+    pub(crate) fn suback(self, buf: &mut BytesMut, pkid: u16, granted: &[Option<u8>]) {
+        match self.0 {
+            Version::V4 => {
+                let codes = granted
+                    .iter()
+                    .map(|g| match g {
+                        Some(0) => v4::SubscribeReasonCode::Success(m4::QoS::AtMostOnce),
+                        Some(_) => v4::SubscribeReasonCode::Success(m4::QoS::AtLeastOnce),
+                        None => v4::SubscribeReasonCode::Failure,
+                    })
+                    .collect();
+                Self::put4(buf, v4::Packet::SubAck(v4::SubAck::new(pkid, codes)));
+            }
+            Version::V5 => {
+                let return_codes = granted
+                    .iter()
+                    .map(|g| match g {
+                        Some(0) => v5::SubscribeReasonCode::Success(m5::QoS::AtMostOnce),
+                        Some(_) => v5::SubscribeReasonCode::Success(m5::QoS::AtLeastOnce),
+                        None => v5::SubscribeReasonCode::NotAuthorized,
+                    })
+                    .collect();
+                Self::put5(
+                    buf,
+                    v5::Packet::SubAck(v5::SubAck {
+                        pkid,
+                        return_codes,
+                        properties: None,
+                    }),
+                );
+            }
+        }
+    }
+
+    pub(crate) fn unsuback(self, buf: &mut BytesMut, pkid: u16, existed: &[bool]) {
+        match self.0 {
+            Version::V4 => Self::put4(buf, v4::Packet::UnsubAck(v4::UnsubAck::new(pkid))),
+            Version::V5 => {
+                let reasons = existed
+                    .iter()
+                    .map(|&e| match e {
+                        true => v5::UnsubAckReason::Success,
+                        false => v5::UnsubAckReason::NoSubscriptionExisted,
+                    })
+                    .collect();
+                Self::put5(
+                    buf,
+                    v5::Packet::UnsubAck(v5::UnsubAck {
+                        pkid,
+                        reasons,
+                        properties: None,
+                    }),
+                );
+            }
+        }
+    }
+
+    pub(crate) fn pingresp(self, buf: &mut BytesMut) {
+        match self.0 {
+            Version::V4 => Self::put4(buf, v4::Packet::PingResp),
+            Version::V5 => Self::put5(buf, v5::Packet::PingResp(v5::PingResp)),
+        }
+    }
+
+    /// A publish to the vehicle, at QoS 0 or 1.
+    pub(crate) fn publish(
+        self,
+        buf: &mut BytesMut,
+        qos: u8,
+        pkid: u16,
+        topic: &str,
+        payload: &Bytes,
+        dup: bool,
+    ) {
+        match self.0 {
+            Version::V4 => {
+                let qos = if qos == 0 {
+                    m4::QoS::AtMostOnce
+                } else {
+                    m4::QoS::AtLeastOnce
+                };
+                let mut p = v4::Publish::new(topic, qos, payload.to_vec());
+                p.pkid = pkid;
+                p.dup = dup;
+                Self::put4(buf, v4::Packet::Publish(p));
+            }
+            Version::V5 => {
+                let qos = if qos == 0 {
+                    m5::QoS::AtMostOnce
+                } else {
+                    m5::QoS::AtLeastOnce
+                };
+                let mut p = v5::Publish::new(topic, qos, payload.clone(), None);
+                p.pkid = pkid;
+                p.dup = dup;
+                Self::put5(buf, v5::Packet::Publish(p));
+            }
+        }
+    }
+
+    /// The server's DISCONNECT, MQTT 5 only: a 3.1.1 server just closes the connection.
+    pub(crate) fn disconnect(self, buf: &mut BytesMut, why: Refusal) {
+        if self.0 == Version::V5 {
+            Self::put5(
+                buf,
+                v5::Packet::Disconnect(v5::Disconnect::new(why.disconnect_code())),
+            );
+        }
+    }
+}
+
+impl Refusal {
+    fn disconnect_code(self) -> v5::DisconnectReasonCode {
+        use v5::DisconnectReasonCode as D;
+        match self {
+            Refusal::PublishNotPermitted | Refusal::SubscribeNotPermitted => D::NotAuthorized,
+            Refusal::VehicleBlocked | Refusal::CertificateRevoked => D::AdministrativeAction,
+            Refusal::PacketTooLarge => D::PacketTooLarge,
+            Refusal::MalformedPacket => D::MalformedPacket,
+            Refusal::QosNotSupported => D::QoSNotSupported,
+            Refusal::RetainNotSupported => D::RetainNotSupported,
+            Refusal::KeepAliveTimeout => D::KeepAliveTimeout,
+            Refusal::SessionTakenOver => D::SessionTakenOver,
+            Refusal::ShuttingDown => D::ServerShuttingDown,
+            Refusal::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded,
+            _ => D::ProtocolError,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_v4() -> BytesMut {
+        let mut buf = BytesMut::new();
+        let mut c = v4::Connect::new("car");
+        c.keep_alive = 30;
+        c.clean_session = false;
+        v4::Packet::Connect(c)
+            .write(&mut buf, 1024)
+            .expect("encodes");
+        buf
+    }
+
+    #[test]
+    fn the_protocol_level_picks_the_version() {
+        let mut buf = connect_v4();
+        let hello = read_connect(&mut buf, 1024).expect("reads");
+        assert_eq!(hello.version, Version::V4);
+        assert!(!hello.clean_start);
+        assert_eq!(hello.keep_alive, 30);
+        assert!(buf.is_empty());
+
+        let mut buf = BytesMut::new();
+        let connect = v5::Connect {
+            keep_alive: 5,
+            client_id: "car".into(),
+            clean_start: true,
+            properties: Some(v5::ConnectProperties {
+                session_expiry_interval: Some(60),
+                ..v5::ConnectProperties::new()
+            }),
+        };
+        v5::Packet::Connect(connect, None, None)
+            .write(&mut buf, None)
+            .expect("encodes");
+        let hello = read_connect(&mut buf, 1024).expect("reads");
+        assert_eq!(hello.version, Version::V5);
+        assert_eq!(hello.session_expiry, Some(60));
+    }
+
+    #[test]
+    fn partial_oversize_and_foreign_first_packets() {
+        let whole = connect_v4();
+        let mut part = BytesMut::from(&whole[..whole.len() - 1]);
+        assert_eq!(
+            read_connect(&mut part, 1024).expect_err("refused"),
+            ReadError::Incomplete
+        );
+        let mut small = whole.clone();
+        assert_eq!(
+            read_connect(&mut small, 4).expect_err("refused"),
+            ReadError::Refused(Refusal::PacketTooLarge)
+        );
+        let mut ping = BytesMut::from(&[0xC0u8, 0][..]);
+        assert_eq!(
+            read_connect(&mut ping, 1024).expect_err("refused"),
+            ReadError::Refused(Refusal::ProtocolError)
+        );
+        let mut level6 = whole.clone();
+        level6[2 + 6] = 6;
+        assert_eq!(
+            read_connect(&mut level6, 1024).expect_err("refused"),
+            ReadError::Refused(Refusal::ProtocolVersion)
+        );
+    }
+
+    #[test]
+    fn a_short_v5_disconnect_is_normal() {
+        let mut buf = BytesMut::from(&[0xE0u8, 0][..]);
+        assert!(matches!(
+            read(Version::V5, &mut buf, 1024),
+            Ok(Inbound::Disconnect)
+        ));
+    }
+}

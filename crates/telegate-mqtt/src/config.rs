@@ -1,0 +1,178 @@
+//! The edge's settings: the `[mqtt]` section of the gateway's config file.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Listeners, identity and limits. Plain listeners only ever take anonymous clients, so they
+/// run only with `allow_anonymous` (a development setting); TLS runs when `tls_cert` and
+/// `tls_key` are set, and with `client_ca` every vehicle presents a certificate naming its VIN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Plain MQTT 3.1.1 listener (anonymous clients only).
+    pub listen: Option<SocketAddr>,
+    /// Plain MQTT 5 listener (anonymous clients only).
+    pub listen_v5: Option<SocketAddr>,
+    /// TLS listener for MQTT 3.1.1 and 5 (the CONNECT's protocol level decides); 0.0.0.0:8883
+    /// when `tls_cert` is set and this is not.
+    pub tls_listen: Option<SocketAddr>,
+    /// The server's certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM, one or more certificates) vehicle certificates must chain to. Without it,
+    /// TLS clients are anonymous.
+    pub client_ca: Option<PathBuf>,
+    /// Revoked vehicle certificates (PEM CRLs), re-read while running when the file changes.
+    pub client_crl: Option<PathBuf>,
+    /// How often `client_crl` is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub crl_check_interval: Duration,
+    /// Development only: clients without a certificate are admitted. Each is bound to the
+    /// first vehicle its topics name and may use only that vehicle's topics.
+    pub allow_anonymous: bool,
+    /// Open connections, handshakes included.
+    pub max_connections: usize,
+    /// The largest packet a client may send; larger ones close the connection. Keep it above
+    /// the validation limit so that oversize frames get a counted rejection instead.
+    pub max_packet_bytes: usize,
+    /// Time from TCP accept to a complete TLS handshake and CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The longest keep-alive the edge accepts; also imposed on clients asking for none.
+    #[serde(with = "humantime_serde")]
+    pub max_keep_alive: Duration,
+    /// QoS 1 publishes per connection that may await their PUBACK (MQTT 5 receive maximum);
+    /// past it the edge stops reading from that connection.
+    pub max_inflight: u16,
+    /// Publishes per second one connection may send; above it the edge reads more slowly.
+    pub publish_rate: u32,
+    /// Publishes one connection may send at once above the rate.
+    pub publish_burst: u32,
+    /// The longest a persistent session outlives its connection.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Requests kept for a vehicle that is not connected (persistent sessions only).
+    pub max_queued_requests: usize,
+    /// How long a write to a client may block before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// The bounded channel from the connections to the pipeline.
+    pub channel_capacity: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            listen_v5: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            client_crl: None,
+            crl_check_interval: Duration::from_secs(5),
+            allow_anonymous: false,
+            max_connections: 1_000_000,
+            max_packet_bytes: 256 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_keep_alive: Duration::from_secs(1200),
+            max_inflight: 100,
+            publish_rate: 100,
+            publish_burst: 1000,
+            session_expiry: Duration::from_secs(86_400),
+            max_queued_requests: 16,
+            write_timeout: Duration::from_secs(30),
+            channel_capacity: 8_192,
+        }
+    }
+}
+
+/// The TLS listener's default address.
+pub const DEFAULT_TLS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8883);
+
+impl EdgeConfig {
+    /// Whether TLS is configured.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_listen.is_some()
+    }
+
+    /// Every problem with these settings, as (key, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.tls() {
+            for (key, value) in [
+                ("mqtt.tls_cert", &self.tls_cert),
+                ("mqtt.tls_key", &self.tls_key),
+            ] {
+                if value.is_none() {
+                    out.push((key, "TLS needs a server certificate and key".to_owned()));
+                }
+            }
+            if self.client_ca.is_none() && !self.allow_anonymous {
+                out.push((
+                    "mqtt.client_ca",
+                    "without a client CA no vehicle can prove its VIN: set the fleet's CA \
+                     (or mqtt.allow_anonymous for development)"
+                        .to_owned(),
+                ));
+            }
+        } else if !self.allow_anonymous {
+            out.push((
+                "mqtt",
+                "no listener can admit a vehicle: configure TLS with client certificates \
+                 (mqtt.tls_cert, mqtt.tls_key, mqtt.client_ca) or, for development, \
+                 mqtt.allow_anonymous = true for the plain listeners"
+                    .to_owned(),
+            ));
+        }
+        if self.client_crl.is_some() && self.client_ca.is_none() {
+            out.push(("mqtt.client_crl", "a CRL needs mqtt.client_ca".to_owned()));
+        }
+        if self.max_inflight == 0 || self.publish_rate == 0 || self.publish_burst == 0 {
+            out.push((
+                "mqtt",
+                "max_inflight, publish_rate and publish_burst must be at least 1".to_owned(),
+            ));
+        }
+        if self.listeners().is_empty() {
+            out.push(("mqtt", "no MQTT listener configured".to_owned()));
+        }
+        out
+    }
+
+    /// The listeners that will run: plain ones only with anonymous clients allowed.
+    pub fn listeners(&self) -> Vec<(SocketAddr, Listener)> {
+        let mut out = Vec::new();
+        if self.allow_anonymous {
+            out.extend(self.listen.map(|a| (a, Listener::PlainV4)));
+            out.extend(self.listen_v5.map(|a| (a, Listener::PlainV5)));
+        }
+        if self.tls() {
+            out.push((self.tls_listen.unwrap_or(DEFAULT_TLS_LISTEN), Listener::Tls));
+        }
+        out
+    }
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    PlainV4,
+    PlainV5,
+    /// MQTT 3.1.1 and 5 over TLS.
+    Tls,
+}
+
+impl Listener {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::PlainV4 => "mqtt",
+            Listener::PlainV5 => "mqtt5",
+            Listener::Tls => "mqtts",
+        }
+    }
+}

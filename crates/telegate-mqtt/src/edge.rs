@@ -1,0 +1,356 @@
+//! The running edge: listeners, the accept loops, the shared state of all connections, and
+//! the housekeeping (expired sessions, CRL reloads).
+
+use crate::config::{EdgeConfig, Listener};
+use crate::sessions::Registry;
+use crate::tls::{Tls, TlsError, TlsFiles};
+use crate::{Incoming, Refusal};
+use bytes::Bytes;
+use metrics::{Counter, Gauge};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use telegate_frame::Vin;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use crate::sessions::Delivery;
+
+/// Whether a vehicle may connect at all (false for a blocked or erased vehicle). Asked at
+/// every CONNECT and whenever an anonymous connection binds to a vehicle.
+pub type VehicleGate = Arc<dyn Fn(&Vin) -> bool + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("MQTT settings: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen for MQTT on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// What the edge counts, readable in process (tests) as well as through `/metrics`.
+#[derive(Debug)]
+pub struct EdgeStats {
+    received: AtomicU64,
+    open: AtomicUsize,
+    refused: [AtomicU64; Refusal::ALL.len()],
+    m: Metrics,
+}
+
+#[derive(Debug)]
+struct Metrics {
+    received: Counter,
+    received_qos0: Counter,
+    throttled: Counter,
+    accepted: Counter,
+    open: Gauge,
+    refused: Vec<Counter>,
+    requests: [Counter; 4],
+}
+
+impl EdgeStats {
+    fn new() -> Self {
+        let request = |result: &'static str| metrics::counter!("telegate_mqtt_requests_total", "result" => result);
+        let m = Metrics {
+            received: metrics::counter!("telegate_ingress_received_total"),
+            received_qos0: metrics::counter!("telegate_mqtt_received_qos0_total"),
+            throttled: metrics::counter!("telegate_mqtt_throttled_total"),
+            accepted: metrics::counter!("telegate_mqtt_connections_accepted_total"),
+            open: metrics::gauge!("telegate_mqtt_connections_open"),
+            refused: Refusal::ALL
+                .iter()
+                .map(|r| metrics::counter!("telegate_mqtt_refused_total", "reason" => r.as_str()))
+                .collect(),
+            requests: [
+                request("sent"),
+                request("queued"),
+                request("no-subscriber"),
+                request("queue-full"),
+            ],
+        };
+        // Register every series at zero, so that dashboards see them before the first event.
+        for c in m.refused.iter().chain(&m.requests) {
+            c.increment(0);
+        }
+        m.received.increment(0);
+        Self {
+            received: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
+            m,
+        }
+    }
+
+    /// Publishes handed to the pipeline.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Open connections, handshakes included.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn refused(&self, why: Refusal) -> u64 {
+        self.refused[why.index()].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_received(&self, qos: u8) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.m.received.increment(1);
+        if qos == 0 {
+            self.m.received_qos0.increment(1);
+        }
+    }
+
+    pub(crate) fn throttled(&self) {
+        self.m.throttled.increment(1);
+    }
+
+    pub(crate) fn request(&self, d: Delivery) {
+        let i = match d {
+            Delivery::Sent => 0,
+            Delivery::Queued => 1,
+            Delivery::NoSubscriber => 2,
+            Delivery::QueueFull => 3,
+        };
+        self.m.requests[i].increment(1);
+    }
+
+    fn count_refused(&self, why: Refusal) {
+        self.refused[why.index()].fetch_add(1, Ordering::Relaxed);
+        self.m.refused[why.index()].increment(1);
+    }
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub cfg: EdgeConfig,
+    pub tx: mpsc::Sender<Incoming>,
+    pub registry: Registry,
+    pub gate: VehicleGate,
+    pub tls: Option<Tls>,
+    pub stats: Arc<EdgeStats>,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.stats.count_refused(why);
+    }
+}
+
+/// Counts an open connection for as long as it lives.
+struct OpenGuard(Arc<Shared>);
+
+impl OpenGuard {
+    fn new(ctx: Arc<Shared>) -> Self {
+        ctx.stats.open.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.m.open.increment(1.0);
+        ctx.stats.m.accepted.increment(1);
+        Self(ctx)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.stats.m.open.decrement(1.0);
+    }
+}
+
+/// The running edge.
+pub struct Edge {
+    ctx: Arc<Shared>,
+    listeners: Vec<(SocketAddr, Listener)>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("listeners", &self.listeners)
+            .field("stats", &self.ctx.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Edge {
+    /// Reads the TLS files, binds every listener and starts accepting. Publishes arrive on
+    /// the returned channel.
+    pub async fn start(
+        cfg: &EdgeConfig,
+        gate: VehicleGate,
+    ) -> Result<(Self, mpsc::Receiver<Incoming>), EdgeError> {
+        let problems = cfg.problems();
+        if !problems.is_empty() {
+            let text: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+            return Err(EdgeError::Config(text.join("; ")));
+        }
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) if cfg.tls() => Some(
+                Tls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: cfg.client_ca.clone(),
+                    client_crl: cfg.client_crl.clone(),
+                    allow_anonymous: cfg.allow_anonymous,
+                })?
+                .0,
+            ),
+            _ => None,
+        };
+        let mut bound = Vec::new();
+        for (addr, kind) in cfg.listeners() {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| EdgeError::Bind(addr, e))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| EdgeError::Bind(addr, e))?;
+            bound.push((listener, local, kind));
+        }
+        let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
+        let (stop, stopped) = watch::channel(false);
+        let ctx = Arc::new(Shared {
+            cfg: cfg.clone(),
+            tx,
+            registry: Registry::default(),
+            gate,
+            tls,
+            stats: Arc::new(EdgeStats::new()),
+            stop: stopped,
+        });
+        let mut tasks = Vec::new();
+        let mut listeners = Vec::new();
+        for (listener, local, kind) in bound {
+            listeners.push((local, kind));
+            tasks.push(tokio::spawn(accept_loop(listener, kind, ctx.clone())));
+        }
+        tasks.push(tokio::spawn(housekeeping(ctx.clone())));
+        if cfg.allow_anonymous {
+            tracing::warn!(
+                "MQTT accepts anonymous clients (development setting): each is held to the \
+                 first vehicle its topics name"
+            );
+        }
+        tracing::info!(?listeners, "MQTT edge listening");
+        Ok((
+            Self {
+                ctx,
+                listeners,
+                stop,
+                tasks,
+            },
+            rx,
+        ))
+    }
+
+    /// Where each listener is bound (the real port when 0 was asked for).
+    pub fn listeners(&self) -> &[(SocketAddr, Listener)] {
+        &self.listeners
+    }
+
+    /// The bound address of the first listener of `kind`.
+    pub fn local_addr(&self, kind: Listener) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(_, k)| *k == kind)
+            .map(|(a, _)| *a)
+    }
+
+    /// Publishes a request to a vehicle on one of its platform topics (QoS 1 where it
+    /// subscribed with QoS 1).
+    pub fn send(&self, vin: &Vin, topic: String, payload: Bytes) -> Delivery {
+        let d = self
+            .ctx
+            .registry
+            .send(vin, topic, payload, self.ctx.cfg.max_queued_requests);
+        self.ctx.stats.request(d);
+        d
+    }
+
+    /// Closes a vehicle's live connection (blocked, erased). True if there was one.
+    pub fn close(&self, vin: &Vin, why: Refusal) -> bool {
+        self.ctx.registry.close(vin, why)
+    }
+
+    pub fn stats(&self) -> Arc<EdgeStats> {
+        self.ctx.stats.clone()
+    }
+
+    /// Stops accepting and closes every connection (MQTT 5 clients are told the server is
+    /// shutting down). QoS 1 publishes not yet acknowledged stay with their vehicles.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // Connections end on the stop signal; give them a moment to say so.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.ctx.stats.open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
+    let mut stop = ctx.stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            a = listener.accept() => a,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, mostly: wait for connections to close.
+                tracing::warn!(error = %e, listener = kind.as_str(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if ctx.stats.open() >= ctx.cfg.max_connections {
+            ctx.refused(Refusal::TooManyConnections);
+            continue;
+        }
+        let guard = OpenGuard::new(ctx.clone());
+        tokio::spawn(async move {
+            let ctx = guard.0.clone();
+            crate::conn::accept(tcp, kind, ctx).await;
+            drop(guard);
+        });
+    }
+}
+
+/// Expired sessions go; a changed CRL takes effect for new handshakes and closes the live
+/// connections of the certificates it revokes.
+async fn housekeeping(ctx: Arc<Shared>) {
+    let mut stop = ctx.stop.clone();
+    let period = ctx.cfg.crl_check_interval.max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        ctx.registry.sweep();
+        let Some(tls) = &ctx.tls else { continue };
+        match tls.reload_if_changed() {
+            Ok(None) => {}
+            Ok(Some(revoked)) => {
+                let closed = ctx.registry.close_revoked(&revoked);
+                tracing::info!(revoked = revoked.len(), closed, "client CRL reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "client CRL not reloaded; the previous one stays in force")
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Everything the edge refuses, as one bounded set of metric labels.
+
+/// Why the edge refused a connection, a packet or a subscription, or closed a connection.
+/// Each is counted in `telegate_mqtt_refused_total{reason}`; none names a vehicle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No client certificate, and anonymous clients are not allowed.
+    Anonymous,
+    /// The client certificate does not name exactly one valid VIN in its subject CN.
+    CertificateWithoutVin,
+    /// The certificate was revoked (at the handshake, or while connected).
+    CertificateRevoked,
+    /// The TLS handshake failed (unknown CA, expired certificate, not TLS at all).
+    HandshakeFailed,
+    /// TLS handshake and CONNECT did not complete within the connect timeout.
+    HandshakeTimeout,
+    /// The vehicle is blocked or erased.
+    VehicleBlocked,
+    /// A protocol version this listener does not serve.
+    ProtocolVersion,
+    TooManyConnections,
+    /// A publish outside the vehicle's own prefix.
+    PublishNotPermitted,
+    /// A subscription that matches none of the platform's topics for the vehicle.
+    SubscribeNotPermitted,
+    PacketTooLarge,
+    MalformedPacket,
+    /// A packet out of place (a second CONNECT, QoS 2 flow, a topic alias).
+    ProtocolError,
+    /// QoS 2: the edge offers QoS 0 and 1.
+    QosNotSupported,
+    /// MQTT 5 retained publish: the edge retains nothing.
+    RetainNotSupported,
+    /// More unacknowledged QoS 1 publishes than the receive maximum allows.
+    ReceiveMaximumExceeded,
+    KeepAliveTimeout,
+    /// Another connection of the same vehicle took over.
+    SessionTakenOver,
+    /// The client did not read what the edge had to send it.
+    WriteTimeout,
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 20] = [
+        Refusal::Anonymous,
+        Refusal::CertificateWithoutVin,
+        Refusal::CertificateRevoked,
+        Refusal::HandshakeFailed,
+        Refusal::HandshakeTimeout,
+        Refusal::VehicleBlocked,
+        Refusal::ProtocolVersion,
+        Refusal::TooManyConnections,
+        Refusal::PublishNotPermitted,
+        Refusal::SubscribeNotPermitted,
+        Refusal::PacketTooLarge,
+        Refusal::MalformedPacket,
+        Refusal::ProtocolError,
+        Refusal::QosNotSupported,
+        Refusal::RetainNotSupported,
+        Refusal::ReceiveMaximumExceeded,
+        Refusal::KeepAliveTimeout,
+        Refusal::SessionTakenOver,
+        Refusal::WriteTimeout,
+        Refusal::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Anonymous => "anonymous",
+            Refusal::CertificateWithoutVin => "certificate-without-vin",
+            Refusal::CertificateRevoked => "certificate-revoked",
+            Refusal::HandshakeFailed => "handshake-failed",
+            Refusal::HandshakeTimeout => "handshake-timeout",
+            Refusal::VehicleBlocked => "vehicle-blocked",
+            Refusal::ProtocolVersion => "protocol-version",
+            Refusal::TooManyConnections => "too-many-connections",
+            Refusal::PublishNotPermitted => "publish-not-permitted",
+            Refusal::SubscribeNotPermitted => "subscribe-not-permitted",
+            Refusal::PacketTooLarge => "packet-too-large",
+            Refusal::MalformedPacket => "malformed-packet",
+            Refusal::ProtocolError => "protocol-error",
+            Refusal::QosNotSupported => "qos-not-supported",
+            Refusal::RetainNotSupported => "retain-not-supported",
+            Refusal::ReceiveMaximumExceeded => "receive-maximum-exceeded",
+            Refusal::KeepAliveTimeout => "keep-alive-timeout",
+            Refusal::SessionTakenOver => "session-taken-over",
+            Refusal::WriteTimeout => "write-timeout",
+            Refusal::ShuttingDown => "shutting-down",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+
+    #[test]
+    fn labels_are_distinct_and_indexed() {
+        let mut labels: Vec<_> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Refusal::ALL.len());
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}
