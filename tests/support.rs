@@ -203,6 +203,29 @@ pub async fn publish_v4(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
     }
 }
 
+/// Publishes one message with MQTT 3.1.1 (QoS 1); true if the edge refused it: the
+/// connection was refused or closed instead of a PUBACK.
+pub async fn publish_refused(addr: SocketAddr, topic: String, payload: Vec<u8>) -> bool {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let o = MqttOptions::new(
+        format!("t-{:x}", rand::random::<u32>()),
+        "127.0.0.1",
+        addr.port(),
+    );
+    let (c, mut ev) = AsyncClient::new(o, 8);
+    c.publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .expect("queued");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return false,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return true,
+            Err(_) => panic!("neither a PUBACK nor a refusal within 10 s"),
+        }
+    }
+}
+
 async fn publish_v4_one(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let mut o = MqttOptions::new(

@@ -323,7 +323,21 @@ async fn a_blocked_account_is_processed_no_more_and_deleted_after_the_retention_
         .expect("blocked")
         .into_inner();
     assert!(state.state_json.contains("blocked"), "{}", state.state_json);
-    send(a.mqtt, &[status(&vin_s, 2, now_ms() - 1_000)]).await;
+    // The edge no longer admits the vehicle.
+    let late = status(&vin_s, 2, now_ms() - 1_000);
+    let refused = publish_refused(
+        a.mqtt,
+        vehicle_topic(&vin_s, FrameKind::Status),
+        encode(&late, PayloadFormat::Protobuf),
+    )
+    .await;
+    assert!(refused, "a blocked vehicle's frame is refused at the edge");
+    assert_eq!(
+        a.gw.edge()
+            .stats()
+            .refused(telegate_mqtt::Refusal::VehicleBlocked),
+        1
+    );
     let topic = format!("{}telegate.vehicle-status", s.kafka.topic_namespace);
     let c = consumer(&[&topic]);
     let got = collect_expecting(&c, 1, Duration::from_secs(4), |_| true).await;

@@ -1,9 +1,12 @@
 //! The admin API (gRPC, `telegate.admin.v1.Admin`): consent and settings changes, and the
-//! data-subject rights. Every call needs the bearer token; every change is written to the
-//! replicated state and to the consent ledger before the call returns.
+//! data-subject rights. Every call needs the bearer token, over TLS (and with a client
+//! certificate) when configured; every change is written to the replicated state and to the
+//! consent ledger before the call returns.
 
+use crate::config::AdminAccess;
 use crate::ledger::{Action, Change, Channel, Ledger, LedgerEntry};
 use crate::state::StateStore;
+use anyhow::Context;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,17 +43,40 @@ pub struct AdminService {
     ctx: Arc<AdminContext>,
 }
 
-/// Serves the admin API on `listen`, behind the bearer token, until `stop` turns true (calls
-/// under way finish); returns the bound address and the task.
+/// Serves the admin API on `listen`, behind the bearer token and the TLS `access` sets, until
+/// `stop` turns true (calls under way finish); returns the bound address and the task.
 pub async fn serve(
     listen: SocketAddr,
-    token: String,
+    access: AdminAccess,
     ctx: Arc<AdminContext>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let mut server = tonic::transport::Server::builder();
+    match &access.tls {
+        Some(tls) => {
+            server = server
+                .tls_config(tls.server_config())
+                .context("the admin API's TLS settings")?;
+        }
+        // Allowed, for a TLS-terminating proxy or sidecar beside the gateway, but said.
+        None if !listen.ip().is_loopback() => tracing::warn!(
+            %listen,
+            "the admin API serves plain HTTP/2 beyond loopback: its bearer token crosses the \
+             network in clear; set admin.tls_cert and admin.tls_key, or listen on 127.0.0.1 \
+             behind a TLS-terminating proxy"
+        ),
+        None => {}
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let expected = format!("Bearer {token}");
+    if let Some(tls) = &access.tls {
+        tracing::info!(
+            %addr,
+            client_certificates = tls.requires_client_certificate(),
+            "admin API over TLS"
+        );
+    }
+    let expected = format!("Bearer {}", access.token);
     let service = AdminServer::with_interceptor(AdminService { ctx }, move |req: Request<()>| {
         let given = req
             .metadata()
@@ -71,7 +97,7 @@ pub async fn serve(
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = server
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, stopped)
             .await

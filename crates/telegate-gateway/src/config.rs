@@ -52,6 +52,13 @@ pub struct AdminConfig {
     /// The bearer token callers must present; or `token_file`, or `TELEGATE_ADMIN_TOKEN`.
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// The listener's certificate chain (PEM). With `tls_key`, the API speaks TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// The listener's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) a caller's client certificate must chain to: mutual TLS, on top
+    /// of the token. Needs `tls_cert` and `tls_key`.
+    pub client_ca: Option<PathBuf>,
     /// How long a blocked account's data waits for the retention check before erasure.
     #[serde(with = "humantime_serde")]
     pub block_grace: Duration,
@@ -66,6 +73,9 @@ impl Default for AdminConfig {
             listen: None,
             token: None,
             token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
             block_grace: Duration::from_secs(86_400),
             sweep_interval: Duration::from_secs(60),
         }
@@ -78,6 +88,9 @@ impl std::fmt::Debug for AdminConfig {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("client_ca", &self.client_ca)
             .field("block_grace", &self.block_grace)
             .finish_non_exhaustive()
     }
@@ -175,14 +188,138 @@ pub struct Checked {
     pub state: Option<StateFile>,
 }
 
-/// The admin API's bearer token; never printed.
+/// What the admin API asks of its callers, read and checked; never printed.
 #[derive(Clone)]
-pub struct AdminToken(pub String);
+pub struct AdminToken(pub AdminAccess);
 
 impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
+        f.debug_tuple("AdminToken").field(&self.0).finish()
     }
+}
+
+/// What every admin call must bring: the bearer token, over the transport `tls` sets.
+#[derive(Clone)]
+pub struct AdminAccess {
+    pub token: String,
+    /// `None`: plain HTTP/2 (loopback, or a TLS-terminating proxy in front).
+    pub tls: Option<AdminTls>,
+}
+
+impl fmt::Debug for AdminAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminAccess")
+            .field("token", &"<redacted>")
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// The admin listener's TLS material (PEM) as the check read it, so that what was checked
+/// is what is served. Built only by [`Config::check`].
+#[derive(Clone)]
+pub struct AdminTls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for AdminTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminTls")
+            .field("client_certificates", &self.requires_client_certificate())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A caller that opens a connection and stalls its handshake is dropped after this.
+const ADMIN_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AdminTls {
+    /// Callers must present a certificate that chains to `admin.client_ca`.
+    pub fn requires_client_certificate(&self) -> bool {
+        self.client_ca_pem.is_some()
+    }
+
+    /// tonic's settings for the listener (rustls with the ring provider).
+    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(ADMIN_TLS_HANDSHAKE_TIMEOUT);
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+/// What a PEM file of the admin listener must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdminPem {
+    CertificateChain,
+    PrivateKey,
+    CaCertificates,
+}
+
+/// Reads `path` and checks it holds what `kind` says; a problem goes to `errors` under `key`.
+/// Messages name the file and never quote it: a key file's lines are secret.
+fn read_admin_pem(
+    key: &str,
+    path: &Path,
+    kind: AdminPem,
+    errors: &mut ConfigErrors,
+) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let pem = std::fs::read(path)
+        .map_err(|e| errors.push(key, format!("cannot read {}: {e}", path.display())))
+        .ok()?;
+    let problem = match kind {
+        AdminPem::PrivateKey => PrivateKeyDer::from_pem_slice(&pem)
+            .err()
+            .map(|_| "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned()),
+        AdminPem::CertificateChain | AdminPem::CaCertificates => {
+            match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+                Err(_) => Some("is not valid PEM".to_owned()),
+                Ok(certs) if certs.is_empty() => Some("holds no PEM certificate".to_owned()),
+                Ok(certs) => certs.iter().enumerate().find_map(|(i, der)| {
+                    match x509_parser::parse_x509_certificate(der) {
+                        Err(_) => Some(format!("certificate #{} is not X.509", i + 1)),
+                        Ok((_, cert)) if kind == AdminPem::CaCertificates && !cert.is_ca() => {
+                            Some(format!(
+                                "certificate #{} is not a CA certificate (basicConstraints \
+                                 CA:TRUE): name the CA that issued the client certificates",
+                                i + 1
+                            ))
+                        }
+                        Ok(_) => None,
+                    }
+                }),
+            }
+        }
+    };
+    match problem {
+        Some(problem) => {
+            errors.push(key, format!("{} {problem}", path.display()));
+            None
+        }
+        None => Some(pem),
+    }
+}
+
+/// The causes of an error on one line; tonic's own message is only "transport error".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        parts.push(c.to_string());
+        cause = c.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    parts.join(": ")
 }
 
 impl Config {
@@ -336,23 +473,84 @@ impl Config {
     }
 
     /// Never an admin API without a token: an open one would let anyone change consents.
+    /// TLS, when configured, comes on top of the token; it never replaces it.
     fn admin_token(&self, errors: &mut ConfigErrors) -> Option<AdminToken> {
+        let tls = self.admin_tls(errors);
         self.admin.listen?;
-        match self.admin.resolve_token() {
-            Ok(Some(t)) if t.len() >= 16 => Some(AdminToken(t)),
+        let token = match self.admin.resolve_token() {
+            Ok(Some(t)) if t.len() >= 16 => t,
             Ok(_) => {
                 errors.push(
                     "admin.token",
                     "admin.listen is set, but there is no admin token of at least 16 characters: \
                      set admin.token, admin.token_file or TELEGATE_ADMIN_TOKEN",
                 );
-                None
+                return None;
             }
             Err(e) => {
                 errors.push("admin.token_file", e);
-                None
+                return None;
             }
+        };
+        Some(AdminToken(AdminAccess { token, tls }))
+    }
+
+    /// The admin listener's TLS files, read and checked as the listener will use them. Checked
+    /// whenever one is named, even with `admin.listen` unset, so that a mistake does not wait
+    /// for the day the API is switched on.
+    fn admin_tls(&self, errors: &mut ConfigErrors) -> Option<AdminTls> {
+        let a = &self.admin;
+        let cert = a
+            .tls_cert
+            .as_deref()
+            .map(|path| read_admin_pem("admin.tls_cert", path, AdminPem::CertificateChain, errors));
+        let key = a
+            .tls_key
+            .as_deref()
+            .map(|path| read_admin_pem("admin.tls_key", path, AdminPem::PrivateKey, errors));
+        let client_ca = a
+            .client_ca
+            .as_deref()
+            .map(|path| read_admin_pem("admin.client_ca", path, AdminPem::CaCertificates, errors));
+        match (&cert, &key) {
+            (Some(_), None) => errors.push(
+                "admin.tls_key",
+                "admin.tls_cert is set, but not its private key: set admin.tls_key too",
+            ),
+            (None, Some(_)) => errors.push(
+                "admin.tls_cert",
+                "admin.tls_key is set, but not the certificate: set admin.tls_cert too",
+            ),
+            _ => {}
         }
+        if client_ca.is_some() && cert.is_none() {
+            errors.push(
+                "admin.client_ca",
+                "client certificates need TLS: set admin.tls_cert and admin.tls_key too",
+            );
+        }
+        let tls = AdminTls {
+            cert_pem: cert??,
+            key_pem: key??,
+            client_ca_pem: match client_ca {
+                Some(pem) => Some(pem?),
+                None => None,
+            },
+        };
+        // Builds what the listener will: a key that does not belong to the certificate, or a
+        // CA rustls cannot use, shows here.
+        if let Err(e) = tonic::transport::Server::builder().tls_config(tls.server_config()) {
+            errors.push(
+                "admin (TLS)",
+                format!(
+                    "no TLS listener can be built from admin.tls_cert, admin.tls_key and \
+                     admin.client_ca: {}",
+                    causes(&e)
+                ),
+            );
+            return None;
+        }
+        Some(tls)
     }
 
     fn check_listeners(&self, errors: &mut ConfigErrors) {
@@ -500,5 +698,153 @@ mod tests {
             .expect("valid");
         assert!(checked.keys.is_ephemeral());
         assert!(checked.admin_token.is_none());
+    }
+
+    /// A fleet directory as `telegate pki init` writes it: ca.crt, ca.key, server.crt, server.key.
+    fn pki(dir: &Path) -> PathBuf {
+        let pki = dir.join("pki");
+        telegate_pki::init(&pki, &[]).expect("pki init");
+        pki
+    }
+
+    /// A configuration that checks but for its `[admin]` section.
+    fn with_admin(admin: AdminConfig) -> Config {
+        let mut config = Config::default();
+        config.mqtt.allow_anonymous = true;
+        config.admin = admin;
+        config
+    }
+
+    fn check_reference(config: &Config) -> Result<Checked, ConfigErrors> {
+        config.check(&PackSource::Inline {
+            name: "reference".into(),
+            text: crate::REFERENCE_PACK.into(),
+        })
+    }
+
+    fn listening(token: &str) -> AdminConfig {
+        AdminConfig {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            token: Some(token.into()),
+            ..AdminConfig::default()
+        }
+    }
+
+    fn error_paths(errors: &ConfigErrors) -> Vec<&str> {
+        errors.0.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn admin_tls_half_set_is_an_error_for_each_missing_half() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = pki(dir.path());
+        let cert_only = with_admin(AdminConfig {
+            tls_cert: Some(pki.join("server.crt")),
+            ..listening("0123456789abcdef")
+        });
+        let errors = check_reference(&cert_only).expect_err("no key");
+        assert_eq!(error_paths(&errors), ["admin.tls_key"], "{errors}");
+
+        let key_and_ca = with_admin(AdminConfig {
+            tls_key: Some(pki.join("server.key")),
+            client_ca: Some(pki.join("ca.crt")),
+            ..listening("0123456789abcdef")
+        });
+        let errors = check_reference(&key_and_ca).expect_err("no certificate");
+        assert_eq!(
+            error_paths(&errors),
+            ["admin.tls_cert", "admin.client_ca"],
+            "every problem at once: {errors}"
+        );
+
+        let ca_only = with_admin(AdminConfig {
+            client_ca: Some(pki.join("ca.crt")),
+            ..listening("0123456789abcdef")
+        });
+        let errors = check_reference(&ca_only).expect_err("client CA without TLS");
+        assert_eq!(error_paths(&errors), ["admin.client_ca"], "{errors}");
+        assert!(errors.to_string().contains("need TLS"), "{errors}");
+
+        // Named files are checked even while the API is off.
+        let off = with_admin(AdminConfig {
+            tls_cert: Some(pki.join("server.crt")),
+            ..AdminConfig::default()
+        });
+        let errors = check_reference(&off).expect_err("no key, API off");
+        assert_eq!(error_paths(&errors), ["admin.tls_key"], "{errors}");
+    }
+
+    #[test]
+    fn admin_tls_files_are_read_and_checked_without_quoting_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = pki(dir.path());
+        let not_a_key = dir.path().join("not-a-key.pem");
+        std::fs::write(&not_a_key, "SECRET-LOOKING-LINE\n").expect("write");
+        let config = with_admin(AdminConfig {
+            tls_cert: Some(dir.path().join("missing.crt")),
+            tls_key: Some(not_a_key),
+            // A leaf certificate where the CA belongs: the commonest mix-up.
+            client_ca: Some(pki.join("server.crt")),
+            ..listening("0123456789abcdef")
+        });
+        let errors = check_reference(&config).expect_err("three bad files");
+        assert_eq!(
+            error_paths(&errors),
+            ["admin.tls_cert", "admin.tls_key", "admin.client_ca"],
+            "{errors}"
+        );
+        let text = errors.to_string();
+        assert!(text.contains("cannot read"), "{text}");
+        assert!(text.contains("no PEM private key"), "{text}");
+        assert!(text.contains("not a CA certificate"), "{text}");
+        assert!(
+            !text.contains("SECRET"),
+            "a file's content is never quoted: {text}"
+        );
+
+        // Both files are PEM of the right kind, but the key is not the certificate's.
+        let mismatched = with_admin(AdminConfig {
+            tls_cert: Some(pki.join("server.crt")),
+            tls_key: Some(pki.join("ca.key")),
+            ..listening("0123456789abcdef")
+        });
+        let errors = check_reference(&mismatched).expect_err("key of another certificate");
+        assert_eq!(error_paths(&errors), ["admin (TLS)"], "{errors}");
+        assert!(!errors.to_string().contains("PRIVATE KEY"), "{errors}");
+    }
+
+    #[test]
+    fn admin_tls_checks_and_never_replaces_the_token() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = pki(dir.path());
+        let mutual = AdminConfig {
+            tls_cert: Some(pki.join("server.crt")),
+            tls_key: Some(pki.join("server.key")),
+            client_ca: Some(pki.join("ca.crt")),
+            ..listening("0123456789abcdef")
+        };
+        let short_token = AdminConfig {
+            token: Some("short".into()),
+            ..mutual.clone()
+        };
+        let errors = check_reference(&with_admin(short_token)).expect_err("token too short");
+        assert_eq!(error_paths(&errors), ["admin.token"], "{errors}");
+
+        let checked = check_reference(&with_admin(mutual.clone())).expect("valid");
+        let access = &checked.admin_token.as_ref().expect("admin API on").0;
+        assert_eq!(access.token, "0123456789abcdef");
+        let tls = access.tls.as_ref().expect("TLS on");
+        assert!(tls.requires_client_certificate());
+        let debug = format!("{checked:?}");
+        assert!(!debug.contains("0123456789abcdef"), "no token: {debug}");
+        assert!(!debug.contains("BEGIN"), "no PEM: {debug}");
+
+        let server_only = AdminConfig {
+            client_ca: None,
+            ..mutual
+        };
+        let checked = check_reference(&with_admin(server_only)).expect("valid");
+        let access = checked.admin_token.expect("admin API on").0;
+        assert!(!access.tls.expect("TLS on").requires_client_certificate());
     }
 }

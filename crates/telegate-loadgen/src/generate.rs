@@ -1,9 +1,11 @@
 //! The vehicles: each publishes its own frames at a fixed rate, on its own MQTT connection
-//! (or, for the Kafka ceiling, straight to Kafka), with ramp-up and warm-up.
+//! (anonymous, or over TLS with its own certificate; or, for the Kafka ceiling, straight to
+//! Kafka), with ramp-up and warm-up.
 
+use crate::tls::FleetTls;
 use crate::tracker::Tracker;
 use anyhow::Context;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS, TlsConfiguration, Transport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +38,9 @@ impl Default for Mix {
 pub enum Sink {
     Mqtt {
         addr: SocketAddr,
+        /// Each vehicle's TLS identity, in the order of the VINs; without it vehicles connect
+        /// anonymously.
+        tls: Option<Arc<FleetTls>>,
     },
     /// Straight to Kafka, as telegate would produce: the Kafka ceiling.
     Kafka {
@@ -57,6 +62,22 @@ pub struct LoadConfig {
     pub ramp_up: Duration,
     pub warm_up: Duration,
     pub duration: Duration,
+}
+
+/// The load's `n` vehicles: distinct VINs, the same ones on every call, so that a fleet
+/// directory prepared by one run serves the next.
+pub fn vins(n: usize) -> Vec<String> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let vin = telegate_sim::vin::generate(&mut rng, "WP0");
+        if seen.insert(vin.clone()) {
+            out.push(vin);
+        }
+    }
+    out
 }
 
 fn frame(vin: &str, seq: u64, mix: Mix) -> VehicleFrame {
@@ -110,7 +131,7 @@ fn frame(vin: &str, seq: u64, mix: Mix) -> VehicleFrame {
 /// What vehicles send through, resolved once from the sink.
 #[derive(Clone)]
 enum Out {
-    Mqtt(SocketAddr),
+    Mqtt(SocketAddr, Option<Arc<FleetTls>>),
     Kafka(Arc<KafkaSink>, String),
 }
 
@@ -132,7 +153,17 @@ pub async fn run(
     // One sink shared by every vehicle: telegate's own, with its producer settings.
     let out = match sink {
         Sink::Kafka { kafka, topic } => Out::Kafka(Arc::new(KafkaSink::new(kafka)?), topic.clone()),
-        Sink::Mqtt { addr } => Out::Mqtt(*addr),
+        Sink::Mqtt { addr, tls } => {
+            if let Some(tls) = tls {
+                anyhow::ensure!(
+                    tls.vehicles() == vins.len(),
+                    "{} TLS identities for {} vehicles",
+                    tls.vehicles(),
+                    vins.len()
+                );
+            }
+            Out::Mqtt(*addr, tls.clone())
+        }
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, vin) in vins.iter().enumerate() {
@@ -172,11 +203,17 @@ async fn vehicle(
         QoS::AtLeastOnce
     };
     let conn = match out {
-        Out::Mqtt(addr) => {
+        Out::Mqtt(addr, tls) => {
             let mut opts = MqttOptions::new(format!("lg-{i}"), addr.ip().to_string(), addr.port());
             opts.set_keep_alive(Duration::from_secs(60));
             opts.set_max_packet_size(64 * 1024, 64 * 1024);
             opts.set_inflight(1000);
+            if let Some(tls) = tls {
+                let config = tls
+                    .config(i)
+                    .with_context(|| format!("no TLS identity for vehicle {i}"))?;
+                opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+            }
             let (client, mut events) = AsyncClient::new(opts, 1024);
             tokio::spawn(async move {
                 loop {
@@ -235,4 +272,16 @@ async fn vehicle(
         let _ = c.disconnect().await;
     }
     Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vins_are_distinct_valid_and_repeatable() {
+        let a = super::vins(2_000);
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), 2_000);
+        assert!(a.iter().all(|v| telegate_frame::Vin::parse(v).is_ok()));
+        assert_eq!(super::vins(10), a[..10]);
+    }
 }

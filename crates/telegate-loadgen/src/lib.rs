@@ -5,7 +5,8 @@
 //! lost and duplicated frames, and the target process's CPU time and resident memory, as a
 //! table, JSON and a self-contained HTML page. [`targets`] starts what is compared (telegate,
 //! bare rumqttd, Mosquitto, Kafka directly) as processes of their own; [`connections`] holds idle
-//! connections to measure memory per vehicle.
+//! connections to measure memory per vehicle. With a fleet directory ([`tls`]) vehicles connect
+//! over mutual TLS, each with its own certificate, issued before anything is timed.
 
 pub mod connections;
 mod generate;
@@ -13,9 +14,10 @@ mod observe;
 mod procstat;
 mod report;
 pub mod targets;
+pub mod tls;
 mod tracker;
 
-pub use generate::{LoadConfig, Mix, Sink, run};
+pub use generate::{LoadConfig, Mix, Sink, run, vins};
 pub use observe::Observer;
 pub use procstat::ProcSample;
 pub use report::{Latency, Report, Second, html, table};

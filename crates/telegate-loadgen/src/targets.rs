@@ -1,7 +1,9 @@
 //! `telegate loadgen`: the same load against telegate, bare embedded rumqttd, Mosquitto and
 //! Kafka directly, one table. Targets run one after another on this machine; each is started
-//! fresh on loopback and stopped afterwards.
+//! fresh on loopback and stopped afterwards. With a fleet directory, telegate is started with
+//! its TLS listener only, and every vehicle connects with its own certificate.
 
+use crate::tls::{FleetTls, Pki};
 use crate::{LoadConfig, Observer, ProcSample, Report, Sink, Tracker};
 use anyhow::{Context, bail};
 use std::io::IsTerminal;
@@ -32,6 +34,10 @@ pub struct LoadArgs {
     pub exe: PathBuf,
     /// The Kafka broker's pid, to report its CPU and memory beside each target's.
     pub broker_pid: Option<i32>,
+    /// Vehicles connect over mutual TLS with certificates from this fleet directory: the
+    /// telegate target runs its TLS listener only (an external gateway must be one of this
+    /// fleet). Not for the other targets.
+    pub pki: Option<Pki>,
 }
 
 pub const LOAD_PACK: &str = include_str!("../../../packs/loadgen.toml");
@@ -53,6 +59,24 @@ struct Target {
     mqtt: Option<SocketAddr>,
     observer: Observer,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// `telegate serve`'s MQTT listener flags: the fleet's TLS listener, or plain anonymous
+/// listeners (a development setting) without a fleet.
+fn mqtt_listener_args(
+    mqtt: SocketAddr,
+    tls: Option<&FleetTls>,
+) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    Ok(match tls {
+        Some(tls) => tls.serve_args(mqtt),
+        None => vec![
+            "--mqtt-listen".into(),
+            mqtt.to_string().into(),
+            "--mqtt5-listen".into(),
+            free_addr()?.to_string().into(),
+            "--mqtt-allow-anonymous".into(),
+        ],
+    })
 }
 
 /// `--kafka-bootstrap mock`: librdkafka's in-memory mock cluster, one per target.
@@ -137,7 +161,13 @@ fn telegate_topics(ns: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn start_target(name: &str, a: &LoadArgs, bootstrap: &str, ns: &str) -> anyhow::Result<Target> {
+fn start_target(
+    name: &str,
+    a: &LoadArgs,
+    bootstrap: &str,
+    ns: &str,
+    tls: Option<&FleetTls>,
+) -> anyhow::Result<Target> {
     let exe = &a.exe;
     let dir = tempfile::tempdir()?;
     // The target's own log: shown only if it fails to start.
@@ -153,13 +183,7 @@ fn start_target(name: &str, a: &LoadArgs, bootstrap: &str, ns: &str) -> anyhow::
             std::fs::write(&config, producer_config(&a.producer)?)?;
             let child = Command::new(exe)
                 .arg("serve")
-                .args([
-                    "--mqtt-listen",
-                    &mqtt.to_string(),
-                    "--mqtt5-listen",
-                    &free_addr()?.to_string(),
-                    "--mqtt-allow-anonymous",
-                ])
+                .args(mqtt_listener_args(mqtt, tls)?)
                 .args([
                     "--metrics-listen",
                     &metrics.to_string(),
@@ -279,12 +303,24 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
         "compare" => vec!["telegate", "rumqttd", "mosquitto", "kafka"],
         t => vec![t],
     };
-    let vins: Vec<String> = {
-        use rand::SeedableRng;
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        (0..a.load.vehicles)
-            .map(|_| telegate_sim::vin::generate(&mut rng, "WP0"))
-            .collect()
+    if a.pki.is_some() && targets != ["telegate"] {
+        bail!(
+            "TLS (--pki, --tls) is for the telegate target, or a running gateway given with \
+             --mqtt; --target {} has other targets",
+            a.target
+        );
+    }
+    let vins = crate::vins(a.load.vehicles);
+    // Before anything is timed: issuing certificates is not what is measured.
+    let tls = match &a.pki {
+        Some(pki) => {
+            let tls = FleetTls::prepare(pki, &vins)?;
+            if !a.quiet {
+                eprintln!("{}", tls.summary());
+            }
+            Some(Arc::new(tls))
+        }
+        None => None,
     };
     let mut reports = Vec::new();
     for name in targets {
@@ -309,7 +345,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
                 },
                 _dir: None,
             },
-            None => start_target(name, &a, bootstrap, &ns)?,
+            None => start_target(name, &a, bootstrap, &ns, tls.as_deref())?,
         };
         // The Kafka ceiling writes to a topic of its own, made here (the mock makes it on
         // first use).
@@ -332,11 +368,14 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<Vec<Report>> {
         } else {
             label(name)
         };
+        if tls.is_some() {
+            label = format!("{label}, mutual TLS");
+        }
         if !a.producer.is_empty() && matches!(name, "telegate" | "kafka") {
             let props: Vec<String> = a.producer.iter().map(|(k, v)| format!("{k}={v}")).collect();
             label = format!("{label} [{}]", props.join(" "));
         }
-        reports.push(measure(&a, &label, &target, &vins).await?);
+        reports.push(measure(&a, &label, &target, &vins, tls.clone()).await?);
         drop(target);
         drop(mock);
     }
@@ -380,13 +419,14 @@ async fn measure(
     label: &str,
     target: &Target,
     vins: &[String],
+    tls: Option<Arc<FleetTls>>,
 ) -> anyhow::Result<Report> {
     let start = Instant::now();
     let tracker = Arc::new(Tracker::new(vins, start));
     let (stop, stop_rx) = watch::channel(false);
     let observer = target.observer.start(tracker.clone(), stop_rx).await?;
     let sink = match (&target.mqtt, &target.observer) {
-        (Some(addr), _) => Sink::Mqtt { addr: *addr },
+        (Some(addr), _) => Sink::Mqtt { addr: *addr, tls },
         (None, Observer::Kafka { topic, bootstrap }) => Sink::Kafka {
             kafka: telegate_kafka::KafkaConfig {
                 bootstrap: bootstrap.clone(),

@@ -1,9 +1,12 @@
-//! A fleet of simulated vehicles, each with its own MQTT connection.
+//! A fleet of simulated vehicles, each with its own MQTT connection: anonymous, or over TLS
+//! with the vehicle's own certificate.
 
+use crate::tls::{IdentityError, VehicleCertificates};
 use crate::vehicle::{Behaviour, Truth, Vehicle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -36,6 +39,10 @@ pub struct FleetConfig {
     pub seed: u64,
     /// World manufacturer identifiers to draw VINs from.
     pub wmis: Vec<String>,
+    /// A fleet directory (`telegate pki init`). With it every vehicle connects over TLS,
+    /// presenting its own certificate (issued the first time the vehicle needs it), and
+    /// `host` and `port` name the gateway's TLS listener. Without it vehicles are anonymous.
+    pub pki: Option<PathBuf>,
 }
 
 impl Default for FleetConfig {
@@ -50,6 +57,7 @@ impl Default for FleetConfig {
             bad_frame_ratio: 0.0,
             seed: 1,
             wmis: vec!["WP0".into(), "KNA".into(), "WVW".into()],
+            pki: None,
         }
     }
 }
@@ -60,6 +68,8 @@ pub struct FleetStats {
     pub published: AtomicU64,
     pub broken_published: AtomicU64,
     pub publish_errors: AtomicU64,
+    /// Vehicles that could not get their TLS identity and so never connected.
+    pub identity_errors: AtomicU64,
 }
 
 /// A running fleet; [`Fleet::stop`] ends it and returns each vehicle's ground truth.
@@ -71,9 +81,38 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Starts the fleet. With `cfg.pki`, the fleet CA is loaded first, and a directory
+    /// without a usable one is an error.
+    pub fn try_start(cfg: FleetConfig) -> Result<Self, IdentityError> {
+        let certs = match &cfg.pki {
+            Some(dir) => Some(Arc::new(VehicleCertificates::open(dir)?)),
+            None => None,
+        };
+        Ok(Self::launch(cfg, certs, Arc::default()))
+    }
+
+    /// Starts the fleet; see [`Fleet::try_start`]. If `cfg.pki` holds no usable fleet CA,
+    /// no vehicle connects: each is counted in [`FleetStats::identity_errors`].
     pub fn start(cfg: FleetConfig) -> Self {
+        match Self::try_start(cfg.clone()) {
+            Ok(fleet) => fleet,
+            Err(e) => {
+                tracing::error!(error = %e, "no simulated vehicle can connect");
+                let stats = Arc::new(FleetStats::default());
+                stats
+                    .identity_errors
+                    .fetch_add(cfg.vehicles as u64, Ordering::Relaxed);
+                Self::launch(FleetConfig { vehicles: 0, ..cfg }, None, stats)
+            }
+        }
+    }
+
+    fn launch(
+        cfg: FleetConfig,
+        certs: Option<Arc<VehicleCertificates>>,
+        stats: Arc<FleetStats>,
+    ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let stats = Arc::new(FleetStats::default());
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let mut tasks = JoinSet::new();
         let now = now_ms();
@@ -91,6 +130,7 @@ impl Fleet {
             tasks.spawn(drive(
                 vehicle,
                 cfg.clone(),
+                certs.clone(),
                 format,
                 seed,
                 stop_rx.clone(),
@@ -120,6 +160,7 @@ impl Fleet {
 async fn drive(
     mut vehicle: Vehicle,
     cfg: FleetConfig,
+    certs: Option<Arc<VehicleCertificates>>,
     format: PayloadFormat,
     seed: u64,
     mut stop: watch::Receiver<bool>,
@@ -131,6 +172,23 @@ async fn drive(
     let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    if let Some(certs) = certs {
+        let vin = vehicle.vin().to_owned();
+        // Issuing signs and writes files: not on the runtime's threads.
+        let transport = tokio::task::spawn_blocking(move || certs.transport(&vin)).await;
+        match transport {
+            Ok(Ok(transport)) => {
+                opts.set_transport(transport);
+            }
+            failed => {
+                stats.identity_errors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(Err(e)) = failed {
+                    tracing::warn!(error = %e, "a simulated vehicle has no TLS identity and stays offline");
+                }
+                return (vehicle.vin().to_owned(), vehicle.truth().clone());
+            }
+        }
+    }
     let (client, mut events) = AsyncClient::new(opts, 256);
     // rumqttc reconnects when its event loop is polled again after an error.
     let poller = tokio::spawn(async move {

@@ -2,10 +2,13 @@
 //! around a home city and emits the frames a real modem would (status periodically and on
 //! threshold crossings, DTC scans at ignition-on, locations, privacy toggles with
 //! store-and-forward while offline, breakdown calls, charging sessions, software reports),
-//! and a [`Fleet`] that runs many of them over MQTT, one connection each. Per-vehicle `seq`
-//! belongs to the vehicle and survives reconnects.
+//! and a [`Fleet`] that runs many of them over MQTT, one connection each: anonymous, or over
+//! TLS with one certificate per VIN from a fleet directory ([`tls`]). Per-vehicle `seq`
+//! belongs to the vehicle and survives reconnects. It must not name a VIN in its logs or
+//! errors: the VIN is the vehicles' payload and certificate subject, nothing else.
 
 mod fleet;
+pub mod tls;
 mod vehicle;
 pub mod vin;
 

@@ -1,15 +1,20 @@
-//! `telegate admin …`: the admin API for people, one subcommand per call.
+//! `telegate admin …`: the admin API for people, one subcommand per call, over plain HTTP/2
+//! or TLS (trusting `--admin-ca` only, with a client certificate when the API asks for one).
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::error::Error as _;
+use std::path::{Path, PathBuf};
 use telegate_admin_proto::AdminClient;
 use telegate_admin_proto::pb::{self, Origin};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel as Transport;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Admin API address.
+    /// Admin API address; with --admin-ca, http:// becomes https://.
     #[arg(
         long,
         env = "TELEGATE_ADMIN_ENDPOINT",
@@ -19,6 +24,25 @@ pub struct Args {
     /// Bearer token.
     #[arg(long, env = "TELEGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// Connect over TLS, trusting only this CA certificate (PEM) for the API's certificate.
+    #[arg(long, env = "TELEGATE_ADMIN_CA", value_name = "PATH")]
+    pub admin_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for an admin API that requires one (admin.client_ca).
+    #[arg(
+        long,
+        env = "TELEGATE_ADMIN_CERT",
+        value_name = "PATH",
+        requires_all = ["admin_key", "admin_ca"]
+    )]
+    pub admin_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "TELEGATE_ADMIN_KEY",
+        value_name = "PATH",
+        requires = "admin_cert"
+    )]
+    pub admin_key: Option<PathBuf>,
     /// Channel through which the person made the change.
     #[arg(long, value_enum, default_value_t = ChannelArg::Api)]
     pub channel: ChannelArg,
@@ -91,13 +115,197 @@ pub enum AdminCommand {
     Unseal { sealed: String },
 }
 
-/// A refusal in a person's words: the code and what the API said.
-fn refused(status: tonic::Status) -> anyhow::Error {
+/// Where the CLI connects and how.
+struct Target {
+    endpoint: String,
+    tls: bool,
+    client_certificate: bool,
+}
+
+/// How far a failed connection got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// TCP, and TLS as far as this side can tell.
+    Connect,
+    /// The call, after the connection was up.
+    Call,
+}
+
+/// A failed call in a person's words: what the API answered, or why the connection failed.
+fn refused(target: &Target, status: tonic::Status) -> anyhow::Error {
+    match status.source() {
+        // Made up on this side: the call never got an answer.
+        Some(cause) => unreachable(target, Stage::Call, cause),
+        None => anyhow::anyhow!(
+            "the admin API refused the call: {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+    }
+}
+
+/// A connection that failed, with what to do about it. Names files and hosts, never their
+/// contents.
+fn unreachable(
+    target: &Target,
+    stage: Stage,
+    e: &(dyn std::error::Error + 'static),
+) -> anyhow::Error {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as Tls};
+    const NEEDS_CERTIFICATE: &str =
+        "the admin API requires a client certificate: pass --admin-cert and --admin-key";
+    const CERTIFICATE_REFUSED: &str = "the admin API did not accept the client certificate \
+         (--admin-cert): it must chain to the CA the API trusts (admin.client_ca) and be valid";
+    let advice = match tls_error(e) {
+        Some(Tls::AlertReceived(Alert::CertificateRequired)) => NEEDS_CERTIFICATE,
+        Some(Tls::AlertReceived(
+            Alert::UnknownCA
+            | Alert::BadCertificate
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::AccessDenied,
+        )) => CERTIFICATE_REFUSED,
+        Some(Tls::InvalidCertificate(
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+        )) => {
+            "certificate not trusted: the admin API's certificate is not issued for the host in \
+             --endpoint; connect by a name it lists (`telegate pki init --host NAME`)"
+        }
+        Some(Tls::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. })) => {
+            "certificate not trusted: the admin API's certificate has expired"
+        }
+        Some(Tls::InvalidCertificate(_)) => {
+            "certificate not trusted: the admin API's certificate does not chain to --admin-ca"
+        }
+        Some(_) => "the TLS handshake failed",
+        None if !target.tls => {
+            "if the admin API serves TLS (admin.tls_cert), pass --admin-ca with the CA that \
+             issued its certificate"
+        }
+        // With TLS 1.3 the server judges the client's certificate after this side has
+        // finished its handshake; its alert then often reaches HTTP/2 as a closed stream
+        // only. A TLS connection closed before any answer is that refusal.
+        None if stage == Stage::Call && !target.client_certificate => NEEDS_CERTIFICATE,
+        None if stage == Stage::Call => CERTIFICATE_REFUSED,
+        None => "is the admin API listening there?",
+    };
     anyhow::anyhow!(
-        "the admin API refused the call: {:?}: {}",
-        status.code(),
-        status.message()
+        "cannot reach the admin API at {}: {advice} ({})",
+        target.endpoint,
+        error_chain(e)
     )
+}
+
+/// The rustls error behind a transport error, wherever it sits in the chain (an IO error
+/// carries it inside rather than as its source).
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if inner.is_some() {
+            return inner;
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// An error and its causes on one line, without repeats (tonic's own text is "transport
+/// error", and an IO error repeats its inner error's message).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p == &text) {
+            parts.push(text);
+        }
+        cause = e.source();
+    }
+    parts.join(": ")
+}
+
+/// What a PEM file given to the CLI must hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+}
+
+/// Reads a PEM file named by `flag` and checks it holds what `kind` says, so that a wrong
+/// file is named as such rather than showing up later as an untrusted server.
+fn read_pem(flag: &str, path: &Path, kind: Pem) -> anyhow::Result<Vec<u8>> {
+    let pem =
+        std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    let usable = match kind {
+        Pem::Certificates => CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|certs| !certs.is_empty()),
+        Pem::PrivateKey => PrivateKeyDer::from_pem_slice(&pem).is_ok(),
+    };
+    if !usable {
+        let what = match kind {
+            Pem::Certificates => "a PEM certificate",
+            Pem::PrivateKey => "a PEM private key",
+        };
+        bail!("{flag}: {} holds no {what}", path.display());
+    }
+    Ok(pem)
+}
+
+/// The endpoint to dial: TLS when `--admin-ca` is given (an `http://` endpoint becomes
+/// `https://`), plain HTTP/2 otherwise.
+fn target(a: &Args) -> anyhow::Result<Target> {
+    let tls = a.admin_ca.is_some();
+    let endpoint = match (a.endpoint.strip_prefix("http://"), tls) {
+        (Some(rest), true) => format!("https://{rest}"),
+        (None, false) if a.endpoint.starts_with("https://") => bail!(
+            "--endpoint is https://, but no --admin-ca: pass the CA certificate (PEM) that \
+             issued the admin API's certificate"
+        ),
+        _ => a.endpoint.clone(),
+    };
+    Ok(Target {
+        endpoint,
+        tls,
+        client_certificate: a.admin_cert.is_some(),
+    })
+}
+
+/// The channel to the admin API.
+async fn connect(a: &Args, target: &Target) -> anyhow::Result<tonic::transport::Channel> {
+    let mut endpoint = Endpoint::from_shared(target.endpoint.clone())
+        .context("--endpoint is not a URL such as http://host:9899")?;
+    if let Some(ca) = &a.admin_ca {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(
+            "--admin-ca",
+            ca,
+            Pem::Certificates,
+        )?));
+        if let (Some(cert), Some(key)) = (&a.admin_cert, &a.admin_key) {
+            tls = tls.identity(Identity::from_pem(
+                read_pem("--admin-cert", cert, Pem::Certificates)?,
+                read_pem("--admin-key", key, Pem::PrivateKey)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| {
+            anyhow::anyhow!(
+                "--admin-ca, --admin-cert or --admin-key is not usable: {}",
+                error_chain(&e)
+            )
+        })?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(target, Stage::Connect, &e))
 }
 
 /// Makes the call and prints the answer.
@@ -109,11 +317,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 
 /// Makes the call; the answer as text.
 pub async fn call(a: Args) -> anyhow::Result<String> {
-    let transport = Transport::from_shared(a.endpoint.clone())
-        .context("--endpoint is not a URL such as http://host:9899")?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the admin API at {}", a.endpoint))?;
+    let target = target(&a)?;
+    let transport = connect(&a, &target).await?;
+    let refused = |status| refused(&target, status);
     let bearer: MetadataValue<_> = format!("Bearer {}", a.token)
         .parse()
         .context("the token has characters a header cannot carry")?;

@@ -1,15 +1,19 @@
-//! `telegate connections`: idle vehicle connections against a gateway, to measure its
-//! memory per connection.
+//! `telegate connections`: idle vehicle connections against a gateway, plain or over mutual
+//! TLS, to measure its memory per connection and its connect rate.
 
 use anyhow::Context;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use telegate_loadgen::connections::HoldConfig;
+use telegate_loadgen::tls::{FleetTls, Pki};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// MQTT address of the gateway to connect to.
+    /// MQTT address of the gateway to connect to (with --pki, its TLS listener).
     #[arg(long)]
     mqtt: SocketAddr,
-    /// Its pid, to read its resident memory.
+    /// Its pid, to read its resident memory and CPU time.
     #[arg(long)]
     pid: i32,
     #[arg(long, default_value_t = 50_000)]
@@ -17,17 +21,44 @@ pub struct Args {
     /// Source addresses to spread connections over (each gives about 28,000 ports).
     #[arg(long, default_value = "127.0.0.2,127.0.0.3,127.0.0.4")]
     source_ips: String,
+    /// Connect over mutual TLS: connection i is vehicle i of this fleet directory (`telegate
+    /// pki init`), with its own certificate. Missing certificates are issued into DIR before
+    /// the connects are timed; the gateway must trust DIR/ca.crt.
+    #[arg(long, value_name = "DIR")]
+    pki: Option<PathBuf>,
+    /// After measuring, close every connection and open them all again once (with --pki the
+    /// vehicles offer the TLS sessions they were given: resumption).
+    #[arg(long)]
+    reconnect: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let ips: Vec<IpAddr> = a
+    let sources: Vec<IpAddr> = a
         .source_ips
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
         .context("--source-ips")?;
     let limit = crate::process::raise_fd_limit((a.connections as u64 + 1024).max(1 << 16));
-    let r = telegate_loadgen::connections::hold(a.mqtt, a.pid, a.connections, &ips, limit).await?;
+    let tls = match a.pki {
+        Some(dir) => {
+            let vins = telegate_loadgen::vins(a.connections);
+            let tls = FleetTls::prepare(&Pki::Dir(dir), &vins)?;
+            eprintln!("{}", tls.summary());
+            Some(Arc::new(tls))
+        }
+        None => None,
+    };
+    let r = telegate_loadgen::connections::hold(&HoldConfig {
+        target: a.mqtt,
+        pid: a.pid,
+        connections: a.connections,
+        sources,
+        open_file_limit: limit,
+        tls,
+        reconnect: a.reconnect,
+    })
+    .await?;
     crate::process::print_all(&format!("{}\n", serde_json::to_string_pretty(&r)?));
     Ok(())
 }

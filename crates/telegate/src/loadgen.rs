@@ -1,5 +1,5 @@
 //! `telegate loadgen`: the same load against telegate, bare rumqttd, Mosquitto and Kafka
-//! directly, one table.
+//! directly, one table; telegate over mutual TLS with `--pki` or `--tls`.
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use telegate_frame::PayloadFormat;
 use telegate_loadgen::targets::LoadArgs;
+use telegate_loadgen::tls::Pki;
 use telegate_loadgen::{LoadConfig, Mix};
 
 #[derive(clap::Args, Debug)]
@@ -61,6 +62,15 @@ pub struct Args {
     /// The Kafka broker's pid: its CPU per frame and memory go beside each target's.
     #[arg(long)]
     broker_pid: Option<i32>,
+    /// Vehicles connect over mutual TLS, each with its own certificate from this fleet
+    /// directory (`telegate pki init`; missing vehicle certificates are issued into it before
+    /// the run). The telegate target then runs its TLS listener only; with --mqtt, the
+    /// running gateway's TLS listener. Only for --target telegate.
+    #[arg(long, value_name = "DIR")]
+    pki: Option<PathBuf>,
+    /// As --pki, with a fleet directory made for this run and removed after it.
+    #[arg(long, conflicts_with = "pki")]
+    tls: bool,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -112,6 +122,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         producer: a.producer,
         exe: std::env::current_exe().context("locating the telegate binary")?,
         broker_pid: a.broker_pid,
+        pki: match (a.pki, a.tls) {
+            (Some(dir), _) => Some(Pki::Dir(dir)),
+            (None, true) => Some(Pki::Temporary),
+            (None, false) => None,
+        },
     })
     .await?;
     crate::process::print_all(&telegate_loadgen::table(&reports));

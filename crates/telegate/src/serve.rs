@@ -130,6 +130,31 @@ struct AdminArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
+    /// The admin API's certificate chain (PEM); with --admin-tls-key it speaks TLS only.
+    #[arg(
+        id = "admin_tls_cert",
+        long = "admin-tls-cert",
+        env = "TELEGATE_ADMIN_TLS_CERT"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// The admin API's private key (PEM).
+    #[arg(
+        id = "admin_tls_key",
+        long = "admin-tls-key",
+        env = "TELEGATE_ADMIN_TLS_KEY"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) admin callers' client certificates must chain to (mutual TLS, on top of the
+    /// token); needs --admin-tls-cert.
+    #[arg(
+        id = "admin_client_ca",
+        long = "admin-client-ca",
+        env = "TELEGATE_ADMIN_CLIENT_CA"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ca: Option<PathBuf>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {

@@ -1,15 +1,22 @@
-//! `telegate simulate`: a simulated fleet publishing to any MQTT broker.
+//! `telegate simulate`: a simulated fleet publishing to any MQTT broker, or over mutual TLS
+//! to a gateway of the fleet's PKI.
 
 use anyhow::Context;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use telegate_sim::{Fleet, FleetConfig, FormatMix};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// MQTT broker host:port.
+    /// MQTT broker host:port (with --pki, the gateway's TLS listener, e.g. 127.0.0.1:8883;
+    /// the host must be a name in the gateway's certificate).
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: String,
+    /// A fleet directory (`telegate pki init`): every vehicle connects over TLS with its own
+    /// certificate, issued into DIR the first time the vehicle needs it.
+    #[arg(long, value_name = "DIR")]
+    pki: Option<PathBuf>,
     #[arg(long, default_value_t = 20)]
     vehicles: usize,
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -32,15 +39,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "mixed" => FormatMix::Mixed,
         other => anyhow::bail!("--format {other:?}: use protobuf, json or mixed"),
     };
-    let fleet = Fleet::start(FleetConfig {
+    let fleet = Fleet::try_start(FleetConfig {
         host: host.to_owned(),
         port: port.parse().context("--mqtt port")?,
         vehicles: a.vehicles,
         format,
         bad_frame_ratio: a.bad_frame_ratio,
         seed: a.seed,
+        pki: a.pki,
         ..FleetConfig::default()
-    });
+    })?;
     let stats = fleet.stats();
     match a.duration {
         Some(d) => tokio::time::sleep(d).await,
@@ -55,5 +63,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         stats.broken_published.load(Relaxed),
         trips
     );
+    let offline = stats.identity_errors.load(Relaxed);
+    if offline > 0 {
+        println!("{offline} vehicles had no TLS identity and stayed offline (see the log)");
+    }
     Ok(())
 }

@@ -30,6 +30,7 @@ async fn a_short_comparison_accounts_for_every_frame_on_every_target() {
         producer: vec![("linger.ms".into(), "20".into())],
         exe: env!("CARGO_BIN_EXE_telegate").into(),
         broker_pid: None,
+        pki: None,
     })
     .await
     .expect("load run (needs mosquitto: scripts/test installs it)");
@@ -89,6 +90,7 @@ async fn the_mock_cluster_stands_in_for_kafka_for_telegate_and_the_direct_produc
             producer: vec![],
             exe: env!("CARGO_BIN_EXE_telegate").into(),
             broker_pid: None,
+            pki: None,
         })
         .await
         .expect("load run against the mock cluster");
@@ -115,13 +117,15 @@ async fn idle_connections_are_held_and_measured() {
         "127.0.0.2".parse().expect("ip"),
         "127.0.0.3".parse().expect("ip"),
     ];
-    let r = telegate_loadgen::connections::hold(
-        s.mqtt.listen.expect("mqtt"),
-        std::process::id() as i32,
-        300,
-        &sources,
-        0,
-    )
+    let r = telegate_loadgen::connections::hold(&telegate_loadgen::connections::HoldConfig {
+        target: s.mqtt.listen.expect("mqtt"),
+        pid: std::process::id() as i32,
+        connections: 300,
+        sources: sources.to_vec(),
+        open_file_limit: 0,
+        tls: None,
+        reconnect: false,
+    })
     .await
     .expect("connections");
     assert_eq!((r.held, r.failed), (300, 0));
