@@ -184,6 +184,39 @@ async fn a_puback_waits_for_the_pipeline_and_frames_arrive_in_order() {
 }
 
 #[tokio::test]
+async fn qos0_is_at_most_once_and_never_acknowledged() {
+    let (edge, mut rx) = start(anonymous(), open_gate()).await;
+    let addr = edge.local_addr(Listener::PlainV4).expect("v4");
+    let (client, mut ev) = v4_client(addr, "car0", None);
+    client
+        .publish(status(A), QoS::AtMostOnce, false, vec![7u8])
+        .await
+        .expect("queued");
+    client
+        .publish(status(A), QoS::AtLeastOnce, false, vec![8u8])
+        .await
+        .expect("queued");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        tokio::select! {
+            m = rx.recv() => got.push(m.expect("frame")),
+            r = ev.poll() => { r.expect("connected"); }
+        }
+    }
+    assert!(got[0].ack.is_none(), "QoS 0 carries no ack");
+    assert_eq!(&got[0].payload[..], &[7u8]);
+    let qos1 = got.pop().and_then(|m| m.ack).expect("QoS 1 carries an ack");
+    qos1.complete(AckOutcome::Accepted);
+    // The one PUBACK is the QoS 1 frame's.
+    let pkid = until(&mut ev, |p| match p {
+        Packet::PubAck(a) => Some(a.pkid),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pkid, 1, "rumqttc numbers its first QoS 1 publish 1");
+}
+
+#[tokio::test]
 async fn pubacks_follow_arrival_order_and_failures_are_never_successes() {
     use rumqttc::v5::mqttbytes::QoS as Q5;
     use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
