@@ -343,7 +343,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Err(end) = self.flush().await {
                 return end;
             }
-            let can_read = self.pending.len() < usize::from(self.ctx.cfg.max_inflight);
+            // An MQTT 5 client was told the receive maximum and is closed if it exceeds it,
+            // so reading goes on (PINGREQs are answered while its window is full). A 3.1.1
+            // client was told nothing: past the limit it is simply not read.
+            let can_read = self.hello.version == Version::V5
+                || self.pending.len() < usize::from(self.ctx.cfg.max_inflight);
+            if !can_read {
+                // Silence the edge imposes is not the client's.
+                last_heard = Instant::now();
+            }
             tokio::select! {
                 biased;
                 _ = stop.changed() => return End::Refused(Refusal::ShuttingDown),
@@ -360,13 +368,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 read = self.io.read_buf(&mut self.rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(_) => {
-                        last_heard = Instant::now();
                         if let Err(end) = self.handle_buffered().await {
                             return end;
                         }
+                        // Handling may have waited for the pipeline: count from now.
+                        last_heard = Instant::now();
                     }
                 },
-                _ = sleep_until(last_heard + self.keep_alive) => {
+                _ = sleep_until(last_heard + self.keep_alive), if can_read => {
                     return End::Refused(Refusal::KeepAliveTimeout);
                 }
             }
