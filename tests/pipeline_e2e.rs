@@ -351,3 +351,49 @@ async fn a_topic_that_keeps_records_longer_than_policy_is_tightened_at_start() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puback_means_kafka_holds_the_frames_records() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let dir = tempfile::tempdir().expect("tmp");
+    let ns = format!("d{:08x}.", rand::random::<u32>());
+    let mut config = gateway_config("reference", &ns, dir.path());
+    // The producer holds records for a second and a half before it sends them: a PUBACK
+    // that did not wait for Kafka would come long before the records are there.
+    config.kafka.linger_ms = 1_500;
+    let gw = Gateway::start(&config, PackSource::Config)
+        .await
+        .expect("gateway starts");
+    let vin = unique_vin();
+    let f = frame(&vin, 1, status());
+    let addr = config.mqtt.listen.expect("mqtt");
+    let (client, mut ev) =
+        AsyncClient::new(MqttOptions::new("puback", "127.0.0.1", addr.port()), 8);
+    client
+        .publish(
+            vehicle_topic(&vin, FrameKind::Status),
+            QoS::AtLeastOnce,
+            false,
+            encode(&f, PayloadFormat::Protobuf),
+        )
+        .await
+        .expect("queued");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    }
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .expect("consumer");
+    let topic = format!("{ns}telegate.smart-service");
+    let (_, high) = probe
+        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(high, 1, "at PUBACK time Kafka holds the frame's record");
+    gw.shutdown().await;
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
 use telegate_frame::{Frame, FrameKind, RejectReason, ValidationConfig, Vin, validate};
-use telegate_kafka::KafkaSink;
+use telegate_kafka::{KafkaSink, Receipt};
 use telegate_mqtt::{AckOutcome, Incoming};
 use telegate_policy::{
     Admission, DropReason, Keyring, OutRecord, Outcome, Pack, Verdict, admit, offline,
@@ -46,6 +46,7 @@ struct Counters {
     rejected_offline: Counter,
     sink_errors: Counter,
     ledger_errors: Counter,
+    state_errors: Counter,
 }
 
 impl Counters {
@@ -94,6 +95,7 @@ impl Counters {
             rejected_offline: metrics::counter!("telegate_rejected_withheld_offline_total"),
             sink_errors: metrics::counter!("telegate_sink_errors_total"),
             ledger_errors: metrics::counter!("telegate_ledger_write_errors_total"),
+            state_errors: metrics::counter!("telegate_state_write_errors_total"),
         }
     }
 }
@@ -145,30 +147,46 @@ impl Pipeline {
         self.sink.close(flush_timeout).await;
     }
 
-    /// One MQTT message, start to finish; then its QoS 1 acknowledgement is completed:
-    /// accepted once every record it produced is handed to the Kafka producer.
+    /// One MQTT message, start to finish. A QoS 1 frame's acknowledgement completes once
+    /// Kafka has acknowledged every record it produced (its rejection record included) and
+    /// the state change it caused is in `telegate.consent-state`; at once when nothing is to
+    /// be written. Anything that failed on the way makes it a failure.
     pub async fn process(&self, m: Incoming) {
-        let handed = self.handle(&m).await;
-        if let Some(ack) = m.ack {
-            ack.complete(match handed {
-                true => AckOutcome::Accepted,
-                false => AckOutcome::Failed,
-            });
+        let Incoming {
+            topic,
+            payload,
+            ack,
+        } = m;
+        let receipt = ack.map(|ack| {
+            Receipt::new(move |ok| {
+                ack.complete(match ok {
+                    true => AckOutcome::Accepted,
+                    false => AckOutcome::Failed,
+                })
+            })
+        });
+        if !self.handle(&topic, &payload, receipt.as_ref()).await
+            && let Some(r) = &receipt
+        {
+            r.fail();
         }
     }
 
-    /// Validates, decides and hands the records to Kafka; false if a record could not be
-    /// handed over.
-    async fn handle(&self, m: &Incoming) -> bool {
+    /// Validates, decides and hands the records to Kafka, each with the frame's receipt;
+    /// false if something could not be handed over.
+    async fn handle(&self, topic: &[u8], payload: &[u8], receipt: Option<&Receipt>) -> bool {
         let now = now_ms();
         // A topic that is not UTF-8 cannot be a vehicle topic; it fails as malformed.
-        let topic = std::str::from_utf8(&m.topic).unwrap_or_default();
-        match validate(topic, &m.payload, now, &self.validation) {
+        let topic = std::str::from_utf8(topic).unwrap_or_default();
+        match validate(topic, payload, now, &self.validation) {
             Ok(frame) => {
                 let admission = self.admit(&frame, now);
+                if admission.changes.any() {
+                    self.persist_state(*frame.vin(), receipt.cloned());
+                }
                 let mut handed = true;
                 for rec in &admission.records {
-                    handed &= self.send(rec).await;
+                    handed &= self.send(rec, receipt).await;
                 }
                 if let Body::Privacy(settings) = frame.body() {
                     handed &= self.record_settings_change(&frame, settings).await;
@@ -189,10 +207,10 @@ impl Pipeline {
                     &self.label,
                     &rej,
                     now,
-                    m.payload.len(),
+                    payload.len(),
                     &self.keys,
                 );
-                self.send(&rec).await
+                self.send(&rec, receipt).await
             }
         }
     }
@@ -257,8 +275,24 @@ impl Pipeline {
         }
     }
 
-    async fn send(&self, rec: &OutRecord) -> bool {
-        match self.sink.send(rec).await {
+    /// Writes the vehicle's changed state now, off the pipeline's path; the frame's receipt
+    /// waits for it (a crash must not forget that offline mode went on).
+    fn persist_state(&self, vin: Vin, receipt: Option<Receipt>) {
+        let state = self.state.clone();
+        let errors = self.counters.state_errors.clone();
+        tokio::spawn(async move {
+            if let Err(e) = state.persist(&vin).await {
+                errors.increment(1);
+                tracing::error!(error = %e, "state change not yet durable; the frame is not acknowledged");
+                if let Some(r) = receipt {
+                    r.fail();
+                }
+            }
+        });
+    }
+
+    async fn send(&self, rec: &OutRecord, receipt: Option<&Receipt>) -> bool {
+        match self.sink.send(rec, receipt).await {
             Ok(_) => true,
             Err(e) => {
                 self.counters.sink_errors.increment(1);

@@ -229,6 +229,29 @@ impl StateStore {
         Ok(record)
     }
 
+    /// Writes the vehicle's record now and returns once Kafka has it: a frame that changed
+    /// the record waits for this before it is acknowledged. On failure the record stays
+    /// marked, and the background writer retries it.
+    pub async fn persist(&self, vin: &Vin) -> anyhow::Result<()> {
+        let Some(rep) = &self.replication else {
+            return Ok(());
+        };
+        rep.dirty.remove(vin);
+        // Erased meanwhile: its tombstone is what counts.
+        let Some(record) = self.get(vin) else {
+            return Ok(());
+        };
+        let value = serde_json::to_vec(&record)?;
+        let written = rep
+            .writer
+            .put(&rep.topic, Some(vin.expose().as_bytes()), Some(&value))
+            .await;
+        if written.is_err() {
+            self.mark(*vin);
+        }
+        written.context("writing consent state")
+    }
+
     /// Deletes everything about a vehicle, here and (by tombstone) on every instance. With
     /// the record goes its key material: earlier pseudonyms and sealed VINs can no longer be
     /// linked to the VIN.

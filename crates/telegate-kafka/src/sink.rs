@@ -4,8 +4,8 @@ use crate::config::KafkaConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use telegate_policy::OutRecord;
 use tokio::sync::mpsc;
@@ -39,10 +39,57 @@ impl SinkStats {
     }
 }
 
+/// Completes once every record sent with it has been acknowledged by Kafka, or has failed:
+/// its callback runs when the last clone is dropped, with `true` only if nothing failed.
+/// A frame's records share one receipt, so its PUBACK can wait for all of them.
+#[derive(Clone)]
+pub struct Receipt(Arc<ReceiptInner>);
+
+struct ReceiptInner {
+    failed: AtomicBool,
+    done: Mutex<Option<Box<dyn FnOnce(bool) + Send>>>,
+}
+
+impl Receipt {
+    pub fn new(done: impl FnOnce(bool) + Send + 'static) -> Self {
+        Self(Arc::new(ReceiptInner {
+            failed: AtomicBool::new(false),
+            done: Mutex::new(Some(Box::new(done))),
+        }))
+    }
+
+    /// Something this receipt waits for did not happen: it completes with `false`.
+    pub fn fail(&self) {
+        self.0.failed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt")
+            .field("failed", &self.0.failed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Drop for ReceiptInner {
+    fn drop(&mut self) {
+        let done = self
+            .done
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(done) = done {
+            done(!self.failed.load(Ordering::Relaxed));
+        }
+    }
+}
+
 struct Pending {
     delivery: DeliveryFuture,
     topic: String,
     started: Instant,
+    receipt: Option<Receipt>,
 }
 
 /// The producer plus a tracker task that awaits every delivery in order.
@@ -80,9 +127,10 @@ impl KafkaSink {
         self.stats.clone()
     }
 
-    /// Hands one record to the producer. Waits while librdkafka's queue is full or too many
-    /// deliveries are outstanding: that wait is the pipeline's back-pressure.
-    pub async fn send(&self, rec: &OutRecord) -> Result<(), SinkError> {
+    /// Hands one record to the producer; `receipt` (if any) completes only after Kafka has
+    /// acknowledged it. Waits while librdkafka's queue is full or too many deliveries are
+    /// outstanding: that wait is the pipeline's back-pressure.
+    pub async fn send(&self, rec: &OutRecord, receipt: Option<&Receipt>) -> Result<(), SinkError> {
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (name, value) in &rec.headers {
             headers = headers.insert(Header {
@@ -120,6 +168,7 @@ impl KafkaSink {
                 delivery,
                 topic: rec.topic.clone(),
                 started,
+                receipt: receipt.cloned(),
             })
             .await
             .map_err(|_| SinkError::Closed)
@@ -151,6 +200,9 @@ async fn track(mut rx: mpsc::Receiver<Pending>, stats: Arc<SinkStats>) {
                 metrics::histogram!("telegate_kafka_delivery_seconds").record(latency);
             }
             Ok(Err((error, _))) => {
+                if let Some(r) = &p.receipt {
+                    r.fail();
+                }
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 let code = error
                     .rdkafka_error_code()
@@ -161,6 +213,9 @@ async fn track(mut rx: mpsc::Receiver<Pending>, stats: Arc<SinkStats>) {
                     .increment(1);
             }
             Err(_canceled) => {
+                if let Some(r) = &p.receipt {
+                    r.fail();
+                }
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(topic = %p.topic, "producer dropped a record before delivery");
                 metrics::counter!("telegate_kafka_delivery_failed_total", "topic" => p.topic, "error" => "canceled")

@@ -256,12 +256,15 @@ async fn vehicle(
                     ("telegate-seq", seq.to_string()),
                     ("telegate-encoding", "protobuf".to_owned()),
                 ];
-                sink.send(&OutRecord {
-                    topic: topic.clone(),
-                    key: Some(vin.as_bytes().to_vec()),
-                    headers,
-                    payload,
-                })
+                sink.send(
+                    &OutRecord {
+                        topic: topic.clone(),
+                        key: Some(vin.as_bytes().to_vec()),
+                        headers,
+                        payload,
+                    },
+                    None,
+                )
                 .await?;
             }
         }

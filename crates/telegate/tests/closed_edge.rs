@@ -133,7 +133,13 @@ impl Fleet {
         args
     }
 
-    fn mosquitto_pub(&self, vehicle: Option<&str>, version: &str, topic: &str, msg: &str) -> Output {
+    fn mosquitto_pub(
+        &self,
+        vehicle: Option<&str>,
+        version: &str,
+        topic: &str,
+        msg: &str,
+    ) -> Output {
         Command::new("mosquitto_pub")
             .args(self.tls_args(vehicle))
             .args(["-V", version, "-q", "1", "-t", topic, "-m", msg])
@@ -145,7 +151,17 @@ impl Fleet {
     fn mosquitto_sub(&self, vehicle: &str, version: &str, filter: &str, secs: u64) -> Child {
         Command::new("mosquitto_sub")
             .args(self.tls_args(Some(vehicle)))
-            .args(["-V", version, "-q", "1", "-t", filter, "-W", &secs.to_string(), "-v"])
+            .args([
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-t",
+                filter,
+                "-W",
+                &secs.to_string(),
+                "-v",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -204,7 +220,11 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
     // A's own frames flow end to end.
     let c = consumer(&[&format!("{}telegate.smart-service", f.ns)]);
     let out = f.mosquitto_pub(Some(&a), "mqttv5", &topic(&a), &status(&a, 2, 12.5));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = collect(&c, 1, Duration::from_secs(30), |g| {
         g.key.as_deref() == Some(a.as_bytes())
     })
@@ -216,7 +236,12 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
     })
     .await;
     assert!(more.is_empty(), "a forged frame reached Kafka");
-    assert!(f.metric("telegate_mqtt_refused_total", "reason=\"publish-not-permitted\"") >= 2.0);
+    assert!(
+        f.metric(
+            "telegate_mqtt_refused_total",
+            "reason=\"publish-not-permitted\""
+        ) >= 2.0
+    );
 
     for l in listeners {
         let out = l.wait_with_output().expect("mosquitto_sub ends");
@@ -226,7 +251,12 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
             "B received A's data: {received}"
         );
     }
-    assert!(f.metric("telegate_mqtt_refused_total", "reason=\"subscribe-not-permitted\"") >= 2.0);
+    assert!(
+        f.metric(
+            "telegate_mqtt_refused_total",
+            "reason=\"subscribe-not-permitted\""
+        ) >= 2.0
+    );
 
     // A stalled handshake does not keep another vehicle out.
     let stalled: Vec<TcpStream> = (0..5)
@@ -234,7 +264,11 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
         .collect();
     let started = Instant::now();
     let out = f.mosquitto_pub(Some(&b), "mqttv311", &topic(&b), &status(&b, 1, 3.0));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "B waited for the stalled handshakes (connect timeout 10 s)"
@@ -246,9 +280,18 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let out = f.mosquitto_pub(Some(&a), "mqttv311", &topic(&a), &status(&a, 3, 13.0));
     assert!(!out.status.success(), "a revoked certificate connected");
-    assert!(f.metric("telegate_mqtt_refused_total", "reason=\"certificate-revoked\"") >= 1.0);
+    assert!(
+        f.metric(
+            "telegate_mqtt_refused_total",
+            "reason=\"certificate-revoked\""
+        ) >= 1.0
+    );
     let out = f.mosquitto_pub(Some(&b), "mqttv5", &topic(&b), &status(&b, 2, 4.0));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A paho (Python) vehicle: MQTT 5 reason codes for what it may not do, success for what it
@@ -311,5 +354,9 @@ async fn paho_gets_mqtt5_reason_codes_for_what_a_vehicle_may_not_do() {
     assert_eq!(result["connect"], "Success", "{result}");
     assert_eq!(result["own"], "Success", "{result}");
     assert_eq!(result["other"], "Not authorized", "{result}");
-    assert_eq!(result["subscribe"], serde_json::json!(["Not authorized"]), "{result}");
+    assert_eq!(
+        result["subscribe"],
+        serde_json::json!(["Not authorized"]),
+        "{result}"
+    );
 }
