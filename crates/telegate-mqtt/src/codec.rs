@@ -36,6 +36,8 @@ pub(crate) enum Inbound {
     Publish {
         qos: u8,
         pkid: u16,
+        /// A resend of a publish the vehicle got no PUBACK for.
+        dup: bool,
         retain: bool,
         topic: Bytes,
         payload: Bytes,
@@ -146,6 +148,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
         v4::Packet::Publish(p) => Inbound::Publish {
             qos: p.qos as u8,
             pkid: p.pkid,
+            dup: p.dup,
             retain: p.retain,
             topic: Bytes::from(p.topic),
             payload: p.payload,
@@ -187,6 +190,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
                 Inbound::Publish {
                     qos: p.qos as u8,
                     pkid: p.pkid,
+                    dup: p.dup,
                     retain: p.retain,
                     topic: p.topic,
                     payload: p.payload,

@@ -410,10 +410,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Inbound::Publish {
                     qos,
                     pkid,
+                    dup,
                     retain,
                     topic,
                     payload,
                 } => {
+                    if dup {
+                        self.ctx.stats.resent();
+                    }
                     self.publish(qos, pkid, retain, topic, payload).await?;
                 }
                 Inbound::PubAck { pkid } => {

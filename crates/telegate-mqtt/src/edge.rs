@@ -45,6 +45,7 @@ pub struct EdgeStats {
 struct Metrics {
     received: Counter,
     received_qos0: Counter,
+    resent: Counter,
     throttled: Counter,
     accepted: Counter,
     open: Gauge,
@@ -58,6 +59,7 @@ impl EdgeStats {
         let m = Metrics {
             received: metrics::counter!("telegate_ingress_received_total"),
             received_qos0: metrics::counter!("telegate_mqtt_received_qos0_total"),
+            resent: metrics::counter!("telegate_mqtt_received_dup_total"),
             throttled: metrics::counter!("telegate_mqtt_throttled_total"),
             accepted: metrics::counter!("telegate_mqtt_connections_accepted_total"),
             open: metrics::gauge!("telegate_mqtt_connections_open"),
@@ -77,6 +79,7 @@ impl EdgeStats {
             c.increment(0);
         }
         m.received.increment(0);
+        m.resent.increment(0);
         Self {
             received: AtomicU64::new(0),
             open: AtomicUsize::new(0),
@@ -105,6 +108,12 @@ impl EdgeStats {
         if qos == 0 {
             self.m.received_qos0.increment(1);
         }
+    }
+
+    /// A publish flagged DUP: the vehicle sends again what it got no PUBACK for, so the
+    /// frame may be in Kafka twice.
+    pub(crate) fn resent(&self) {
+        self.m.resent.increment(1);
     }
 
     pub(crate) fn throttled(&self) {
