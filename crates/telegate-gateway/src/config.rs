@@ -184,18 +184,8 @@ pub struct Checked {
     pub pack: Pack,
     pub keys: Keyring,
     /// Present exactly when the admin API is to listen.
-    pub admin_token: Option<AdminToken>,
+    pub admin: Option<AdminAccess>,
     pub state: Option<StateFile>,
-}
-
-/// What the admin API asks of its callers, read and checked; never printed.
-#[derive(Clone)]
-pub struct AdminToken(pub AdminAccess);
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("AdminToken").field(&self.0).finish()
-    }
 }
 
 /// What every admin call must bring: the bearer token, over the transport `tls` sets.
@@ -375,7 +365,7 @@ impl Config {
         let pack = self.pack(source, &mut errors);
         let keys = self.keys(&mut errors);
         let state = self.state(&mut errors);
-        let admin_token = self.admin_token(&mut errors);
+        let admin = self.admin_access(&mut errors);
         self.check_listeners(&mut errors);
         for (key, message) in self.mqtt.problems() {
             errors.push(key, message);
@@ -398,7 +388,7 @@ impl Config {
                 config: self.clone(),
                 pack: pack.with_topic_namespace(namespace),
                 keys,
-                admin_token,
+                admin,
                 state,
             }),
             _ => Err(errors),
@@ -474,7 +464,7 @@ impl Config {
 
     /// Never an admin API without a token: an open one would let anyone change consents.
     /// TLS, when configured, comes on top of the token; it never replaces it.
-    fn admin_token(&self, errors: &mut ConfigErrors) -> Option<AdminToken> {
+    fn admin_access(&self, errors: &mut ConfigErrors) -> Option<AdminAccess> {
         let tls = self.admin_tls(errors);
         self.admin.listen?;
         let token = match self.admin.resolve_token() {
@@ -492,7 +482,7 @@ impl Config {
                 return None;
             }
         };
-        Some(AdminToken(AdminAccess { token, tls }))
+        Some(AdminAccess { token, tls })
     }
 
     /// The admin listener's TLS files, read and checked as the listener will use them. Checked
@@ -697,7 +687,7 @@ mod tests {
             })
             .expect("valid");
         assert!(checked.keys.is_ephemeral());
-        assert!(checked.admin_token.is_none());
+        assert!(checked.admin.is_none());
     }
 
     /// A fleet directory as `telegate pki init` writes it: ca.crt, ca.key, server.crt, server.key.
@@ -831,7 +821,7 @@ mod tests {
         assert_eq!(error_paths(&errors), ["admin.token"], "{errors}");
 
         let checked = check_reference(&with_admin(mutual.clone())).expect("valid");
-        let access = &checked.admin_token.as_ref().expect("admin API on").0;
+        let access = checked.admin.as_ref().expect("admin API on");
         assert_eq!(access.token, "0123456789abcdef");
         let tls = access.tls.as_ref().expect("TLS on");
         assert!(tls.requires_client_certificate());
@@ -844,7 +834,7 @@ mod tests {
             ..mutual
         };
         let checked = check_reference(&with_admin(server_only)).expect("valid");
-        let access = checked.admin_token.expect("admin API on").0;
+        let access = checked.admin.expect("admin API on");
         assert!(!access.tls.expect("TLS on").requires_client_certificate());
     }
 }

@@ -56,7 +56,7 @@ impl Gateway {
             config,
             pack,
             keys,
-            admin_token,
+            admin,
             state: state_file,
         } = checked;
         // The recorder must exist before any counter is registered.
@@ -117,8 +117,8 @@ impl Gateway {
         let edge = Arc::new(edge);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let mut admin_tasks = Vec::new();
-        let admin_addr = match (config.admin.listen, admin_token) {
-            (Some(listen), Some(token)) => {
+        let admin_addr = match (config.admin.listen, admin) {
+            (Some(listen), Some(access)) => {
                 let ctx = Arc::new(AdminContext {
                     pack: pack.clone(),
                     state: state.clone(),
@@ -133,7 +133,7 @@ impl Gateway {
                     config.admin.sweep_interval,
                     admin_stopped.clone(),
                 )));
-                let (addr, task) = admin::serve(listen, token.0, ctx, admin_stopped)
+                let (addr, task) = admin::serve(listen, access, ctx, admin_stopped)
                     .await
                     .with_context(|| format!("cannot serve the admin API on {listen}"))?;
                 admin_tasks.push(task);

@@ -45,9 +45,12 @@ impl SinkStats {
 #[derive(Clone)]
 pub struct Receipt(Arc<ReceiptInner>);
 
+/// What runs when a receipt completes.
+type Done = Box<dyn FnOnce(bool) + Send>;
+
 struct ReceiptInner {
     failed: AtomicBool,
-    done: Mutex<Option<Box<dyn FnOnce(bool) + Send>>>,
+    done: Mutex<Option<Done>>,
 }
 
 impl Receipt {

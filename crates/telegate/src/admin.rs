@@ -462,3 +462,64 @@ pub async fn call(a: Args) -> anyhow::Result<String> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        admin: Args,
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, clap::Error> {
+        let args = ["telegate-admin", "--token", "t"]
+            .iter()
+            .chain(flags)
+            .chain(&["state", "V"]);
+        Cli::try_parse_from(args).map(|cli| cli.admin)
+    }
+
+    #[test]
+    fn the_ca_flag_chooses_tls_and_https_needs_it() {
+        let plain = target(&parse(&[]).expect("parses")).expect("plain");
+        assert_eq!(plain.endpoint, "http://127.0.0.1:9899");
+        assert!(!plain.tls);
+        let tls = target(&parse(&["--admin-ca", "ca.crt"]).expect("parses")).expect("tls");
+        assert_eq!(tls.endpoint, "https://127.0.0.1:9899");
+        assert!(tls.tls && !tls.client_certificate);
+        let https = parse(&["--endpoint", "https://gw:9899"]).expect("parses");
+        let err = target(&https).err().expect("https without a CA");
+        assert!(err.to_string().contains("--admin-ca"), "{err}");
+    }
+
+    #[test]
+    fn a_client_certificate_comes_with_its_key_and_the_ca() {
+        let ca = ["--admin-ca", "ca.crt"];
+        let cert = ["--admin-cert", "op.crt"];
+        let key = ["--admin-key", "op.key"];
+        assert!(parse(&[&ca[..], &cert[..]].concat()).is_err(), "no key");
+        assert!(
+            parse(&[&ca[..], &key[..]].concat()).is_err(),
+            "no certificate"
+        );
+        assert!(parse(&[&cert[..], &key[..]].concat()).is_err(), "no CA");
+        let both = parse(&[&ca[..], &cert[..], &key[..]].concat()).expect("parses");
+        assert!(target(&both).expect("tls").client_certificate);
+    }
+
+    #[test]
+    fn a_wrong_file_is_named_without_its_content() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("secret.pem");
+        std::fs::write(&file, "SECRET-LOOKING-LINE\n").expect("write");
+        for kind in [Pem::Certificates, Pem::PrivateKey] {
+            let err = read_pem("--admin-key", &file, kind).expect_err("not PEM");
+            let text = format!("{err:#}");
+            assert!(text.starts_with("--admin-key: "), "{text}");
+            assert!(!text.contains("SECRET"), "{text}");
+        }
+    }
+}
