@@ -30,11 +30,13 @@ pub struct HoldConfig {
     pub sources: Vec<IpAddr>,
     /// This process's open-file limit, reported beside the figures.
     pub open_file_limit: u64,
+    /// Connects under way at once.
+    pub in_flight: usize,
     /// Connect over mutual TLS, connection `i` as vehicle `i` of this fleet.
     pub tls: Option<Arc<FleetTls>>,
-    /// After measuring, close every connection and open them all again once: with TLS the
-    /// vehicles then offer the sessions the gateway gave them (resumption).
-    pub reconnect: bool,
+    /// After measuring, this many times: close every connection and open them all again.
+    /// With TLS the vehicles then offer the sessions the gateway gave them (resumption).
+    pub reconnect_rounds: usize,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -47,8 +49,13 @@ pub struct ConnectionScale {
     /// Failed connects by the step that failed: tcp, tls, mqtt or timeout.
     pub failures: BTreeMap<&'static str, usize>,
     pub open_file_limit: u64,
+    pub in_flight: usize,
     pub connect_seconds: f64,
     pub connects_per_second: f64,
+    /// Connections the kernel dropped at a full accept queue while connecting (system-wide,
+    /// from /proc/net/netstat). Each one's client resent its SYN a second later, so a few of
+    /// them set the connect time.
+    pub listen_overflows: Option<u64>,
     /// The gateway's CPU time (user + system) while connecting, per connection held.
     pub gateway_cpu_us_per_connection: f64,
     /// This process's CPU time while connecting, per connection held: the clients' side of
@@ -76,13 +83,17 @@ pub struct TlsSummary {
     pub resumed_handshakes: usize,
 }
 
-/// The second round of connects, after every connection of the first was closed.
-#[derive(Debug, serde::Serialize)]
+/// The rounds of connects after the first, each after every connection of the one before
+/// was closed; figures are over all of them.
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Reconnect {
+    pub rounds: usize,
+    /// Connections made, all rounds together.
     pub held: usize,
     pub failed: usize,
     pub connect_seconds: f64,
     pub connects_per_second: f64,
+    pub listen_overflows: Option<u64>,
     pub gateway_cpu_us_per_connection: f64,
     pub generator_cpu_us_per_connection: f64,
     /// TLS only: handshakes that resumed a session of the first round.
@@ -186,6 +197,10 @@ async fn connect(
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<(Held, Option<Negotiated>), Failure> {
     let socket = TcpSocket::new_v4().map_err(|_| Failure::Tcp)?;
+    // Closed with a reset, the connection leaves no TIME_WAIT behind on the source address.
+    // With tens of thousands of those (for a minute after each run), every bind to a free
+    // port cost the kernel 1 to 5 ms, charged to this process, and slowed the next round.
+    socket.set_zero_linger().map_err(|_| Failure::Tcp)?;
     socket
         .bind(SocketAddr::new(source, 0))
         .map_err(|_| Failure::Tcp)?;
@@ -215,6 +230,7 @@ struct Round {
     failures: BTreeMap<&'static str, usize>,
     negotiated: Vec<Negotiated>,
     seconds: f64,
+    listen_overflows: Option<u64>,
     gateway_cpu_s: f64,
     generator_cpu_s: f64,
 }
@@ -237,6 +253,23 @@ impl Round {
     }
 }
 
+/// The kernel's count of connections dropped at a full accept queue (`TcpExt:
+/// ListenOverflows`), all listeners together.
+fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "ListenOverflows")?;
+        return values.split_whitespace().nth(at)?.parse().ok();
+    }
+    None
+}
+
 fn cpu_s(pid: i32) -> anyhow::Result<f64> {
     Ok(ProcSample::read(pid)
         .context("reading CPU time from /proc (is the gateway's pid right?)")?
@@ -247,7 +280,8 @@ async fn round(cfg: &HoldConfig) -> anyhow::Result<Round> {
     anyhow::ensure!(!cfg.sources.is_empty(), "at least one source address");
     let own = std::process::id() as i32;
     let (gateway_before, own_before) = (cpu_s(cfg.pid)?, cpu_s(own)?);
-    let gate = Arc::new(Semaphore::new(256));
+    let overflows_before = listen_overflows();
+    let gate = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..cfg.connections {
@@ -288,13 +322,16 @@ async fn round(cfg: &HoldConfig) -> anyhow::Result<Round> {
         failures,
         negotiated,
         seconds,
+        listen_overflows: listen_overflows()
+            .zip(overflows_before)
+            .map(|(after, before)| after.saturating_sub(before)),
         gateway_cpu_s: cpu_s(cfg.pid)? - gateway_before,
         generator_cpu_s: cpu_s(own)? - own_before,
     })
 }
 
-/// Opens the connections, holds them while memory settles, reports; then, with
-/// `reconnect`, closes them and opens them all once more.
+/// Opens the connections, holds them while memory settles, reports; then closes them and
+/// opens them all again, `reconnect_rounds` times.
 pub async fn hold(cfg: &HoldConfig) -> anyhow::Result<ConnectionScale> {
     let before = ProcSample::read(cfg.pid)
         .context("reading the gateway's memory (is the gateway's pid right?)")?;
@@ -327,8 +364,10 @@ pub async fn hold(cfg: &HoldConfig) -> anyhow::Result<ConnectionScale> {
         failed: first.failed(),
         failures: first.failures.clone(),
         open_file_limit: cfg.open_file_limit,
+        in_flight: cfg.in_flight,
         connect_seconds: first.seconds,
         connects_per_second: first.per_second(),
+        listen_overflows: first.listen_overflows,
         gateway_cpu_us_per_connection: first.us_per_connection(first.gateway_cpu_s),
         generator_cpu_us_per_connection: first.us_per_connection(first.generator_cpu_s),
         gateway_rss_before_bytes: before.rss_bytes,
@@ -339,19 +378,30 @@ pub async fn hold(cfg: &HoldConfig) -> anyhow::Result<ConnectionScale> {
         reconnect: None,
     };
     drop(first);
-    if cfg.reconnect {
-        // Let the gateway see every close before the vehicles come back.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let again = round(cfg).await?;
-        scale.reconnect = Some(Reconnect {
-            held: again.held.len(),
-            failed: again.failed(),
-            connect_seconds: again.seconds,
-            connects_per_second: again.per_second(),
-            gateway_cpu_us_per_connection: again.us_per_connection(again.gateway_cpu_s),
-            generator_cpu_us_per_connection: again.us_per_connection(again.generator_cpu_s),
-            resumed_handshakes: again.resumed(),
-        });
+    if cfg.reconnect_rounds > 0 {
+        let mut total = Reconnect::default();
+        let (mut gateway_cpu_s, mut generator_cpu_s) = (0.0, 0.0);
+        // Unknown if any round's count is.
+        let mut overflows = Some(0);
+        for _ in 0..cfg.reconnect_rounds {
+            // Let the gateway see every close before the vehicles come back.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let again = round(cfg).await?;
+            total.rounds += 1;
+            total.held += again.held.len();
+            total.failed += again.failed();
+            total.connect_seconds += again.seconds;
+            total.resumed_handshakes += again.resumed();
+            overflows = overflows.zip(again.listen_overflows).map(|(a, b)| a + b);
+            gateway_cpu_s += again.gateway_cpu_s;
+            generator_cpu_s += again.generator_cpu_s;
+        }
+        let per_connection = |cpu_s: f64| cpu_s * 1e6 / total.held.max(1) as f64;
+        total.listen_overflows = overflows;
+        total.connects_per_second = total.held as f64 / total.connect_seconds.max(1e-9);
+        total.gateway_cpu_us_per_connection = per_connection(gateway_cpu_s);
+        total.generator_cpu_us_per_connection = per_connection(generator_cpu_s);
+        scale.reconnect = Some(total);
     }
     Ok(scale)
 }
@@ -364,5 +414,12 @@ mod tests {
         assert_eq!(p[0], 0x10);
         assert_eq!(p[1] as usize, p.len() - 2);
         assert_eq!(&p[2..8], &[0, 4, b'M', b'Q', b'T', b'T']);
+    }
+
+    #[test]
+    fn the_kernel_counts_accept_queue_overflows() {
+        // Linux always has the counter; it only grows.
+        let first = super::listen_overflows().expect("TcpExt ListenOverflows");
+        assert!(super::listen_overflows().expect("again") >= first);
     }
 }

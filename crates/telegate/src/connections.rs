@@ -21,15 +21,18 @@ pub struct Args {
     /// Source addresses to spread connections over (each gives about 28,000 ports).
     #[arg(long, default_value = "127.0.0.2,127.0.0.3,127.0.0.4")]
     source_ips: String,
+    /// Connects under way at once.
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
     /// Connect over mutual TLS: connection i is vehicle i of this fleet directory (`telegate
     /// pki init`), with its own certificate. Missing certificates are issued into DIR before
     /// the connects are timed; the gateway must trust DIR/ca.crt.
     #[arg(long, value_name = "DIR")]
     pki: Option<PathBuf>,
-    /// After measuring, close every connection and open them all again once (with --pki the
-    /// vehicles offer the TLS sessions they were given: resumption).
-    #[arg(long)]
-    reconnect: bool,
+    /// After measuring, close every connection and open them all again, N times (with --pki
+    /// the vehicles offer the TLS sessions they were given: resumption).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    reconnect: usize,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -55,8 +58,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         connections: a.connections,
         sources,
         open_file_limit: limit,
+        in_flight: a.in_flight,
         tls,
-        reconnect: a.reconnect,
+        reconnect_rounds: a.reconnect,
     })
     .await?;
     crate::process::print_all(&format!("{}\n", serde_json::to_string_pretty(&r)?));

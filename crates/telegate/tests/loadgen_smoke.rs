@@ -123,8 +123,9 @@ async fn idle_connections_are_held_and_measured() {
         connections: 300,
         sources: sources.to_vec(),
         open_file_limit: 0,
+        in_flight: 256,
         tls: None,
-        reconnect: false,
+        reconnect_rounds: 0,
     })
     .await
     .expect("connections");

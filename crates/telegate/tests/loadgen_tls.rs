@@ -76,7 +76,7 @@ async fn tls_is_for_the_telegate_target_only() {
 }
 
 /// Idle connections over mutual TLS, each a vehicle of its own; then all of them again,
-/// resuming the sessions the edge gave them.
+/// twice, resuming the sessions the edge gave them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tls_connections_are_held_measured_and_resumed() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -101,8 +101,9 @@ async fn idle_tls_connections_are_held_measured_and_resumed() {
         connections: n,
         sources: vec!["127.0.0.2".parse().expect("ip")],
         open_file_limit: 0,
+        in_flight: 256,
         tls: Some(Arc::new(tls)),
-        reconnect: true,
+        reconnect_rounds: 2,
     })
     .await
     .expect("connections");
@@ -113,11 +114,16 @@ async fn idle_tls_connections_are_held_measured_and_resumed() {
         (n, 0)
     );
     assert!(summary.protocol.is_some() && summary.cipher_suite.is_some());
-    let again = r.reconnect.as_ref().expect("second round");
-    assert_eq!((again.held, again.failed), (n, 0), "{r:?}");
+    let again = r.reconnect.as_ref().expect("two more rounds");
     assert_eq!(
-        again.resumed_handshakes, n,
-        "every vehicle resumed its session"
+        (again.rounds, again.held, again.failed),
+        (2, 2 * n, 0),
+        "{r:?}"
+    );
+    assert_eq!(
+        again.resumed_handshakes,
+        2 * n,
+        "every vehicle resumed its session, and the one it got then"
     );
     assert_eq!(edge.stats().refused(Refusal::Anonymous), 0);
     edge.shutdown().await;
