@@ -246,7 +246,8 @@ async fn publish_v4_one(addr: SocketAddr, msgs: Vec<(String, Vec<u8>)>) {
     });
     let mut acked = 0;
     while acked < n {
-        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+        // A PUBACK waits for Kafka: through a leader election that takes seconds.
+        match tokio::time::timeout(Duration::from_secs(60), ev.poll()).await {
             Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
             Ok(Ok(_)) => {}
             other => panic!("MQTT v4 publish failed after {acked} acks: {other:?}"),

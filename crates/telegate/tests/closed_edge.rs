@@ -199,8 +199,9 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
     assert!(!out.status.success(), "connected without a certificate");
     assert!(f.metric("telegate_mqtt_refused_total", "reason=\"handshake-failed\"") >= 1.0);
 
-    // B listens wherever it may, in both versions, while A publishes.
-    // Wildcards are granted but match only B's own request topic; A's topics are refused.
+    // Other vehicles listen wherever they may, in both versions (one vehicle each: a second
+    // connection of the same vehicle would take over the first). Wildcards are granted but
+    // match only the listener's own request topic; A's topics are refused.
     let listeners: Vec<Child> = [
         ("mqttv311", "#"),
         ("mqttv5", "#"),
@@ -209,7 +210,11 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
         ("mqttv5", &format!("/tenants/{a}/#")),
     ]
     .iter()
-    .map(|(version, filter)| f.mosquitto_sub(&b, version, filter, 8))
+    .map(|(version, filter)| {
+        let listener = unique_vin();
+        pki(&["issue", f.pki.to_str().expect("UTF-8"), &listener]);
+        f.mosquitto_sub(&listener, version, filter, 8)
+    })
     .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -248,7 +253,7 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
         let received = String::from_utf8_lossy(&out.stdout);
         assert!(
             !received.contains(&a) && !received.contains("12.5"),
-            "B received A's data: {received}"
+            "another vehicle received A's data: {received}"
         );
     }
     assert!(
