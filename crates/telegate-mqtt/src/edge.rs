@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use telegate_frame::Vin;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -216,9 +216,7 @@ impl Edge {
         };
         let mut bound = Vec::new();
         for (addr, kind) in cfg.listeners() {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| EdgeError::Bind(addr, e))?;
+            let listener = listen(addr).map_err(|e| EdgeError::Bind(addr, e))?;
             let local = listener
                 .local_addr()
                 .map_err(|e| EdgeError::Bind(addr, e))?;
@@ -307,6 +305,20 @@ impl Edge {
         }
     }
 }
+
+/// A listening socket with a backlog for a fleet that reconnects at once (the kernel caps it
+/// at `net.core.somaxconn`).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+const LISTEN_BACKLOG: u32 = 4096;
 
 async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
     let mut stop = ctx.stop.clone();

@@ -54,6 +54,7 @@ pub(crate) struct TlsFiles {
 
 pub(crate) struct Tls {
     files: TlsFiles,
+    ticketer: Ticketer,
     current: RwLock<TlsAcceptor>,
     /// The CRL file's modification time and length when last read.
     crl_seen: Mutex<Option<(SystemTime, u64)>>,
@@ -71,10 +72,12 @@ impl Tls {
     /// Reads every file; fails on the first that is missing or unusable.
     pub(crate) fn load(files: TlsFiles) -> Result<(Self, Revoked), TlsError> {
         let crl_seen = files.client_crl.as_deref().and_then(stamp);
-        let (acceptor, revoked) = build(&files)?;
+        let ticketer = rustls::crypto::ring::Ticketer::new()?;
+        let (acceptor, revoked) = build(&files, ticketer.clone())?;
         Ok((
             Self {
                 files,
+                ticketer,
                 current: RwLock::new(acceptor),
                 crl_seen: Mutex::new(crl_seen),
             },
@@ -103,7 +106,7 @@ impl Tls {
                 return Ok(None);
             }
         }
-        let (acceptor, revoked) = build(&self.files)?;
+        let (acceptor, revoked) = build(&self.files, self.ticketer.clone())?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
         *self.crl_seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
         Ok(Some(revoked))
@@ -113,13 +116,16 @@ impl Tls {
 /// Reads and checks the TLS files a configuration names, as the edge will at start.
 pub fn check_tls(cfg: &crate::EdgeConfig) -> Result<(), TlsError> {
     match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => build(&TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: cfg.client_ca.clone(),
-            client_crl: cfg.client_crl.clone(),
-            allow_anonymous: cfg.allow_anonymous,
-        })
+        (Some(cert), Some(key)) => build(
+            &TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: cfg.client_ca.clone(),
+                client_crl: cfg.client_crl.clone(),
+                allow_anonymous: cfg.allow_anonymous,
+            },
+            rustls::crypto::ring::Ticketer::new()?,
+        )
         .map(|_| ()),
         _ => Ok(()),
     }
@@ -130,7 +136,12 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn build(files: &TlsFiles) -> Result<(TlsAcceptor, Revoked), TlsError> {
+/// Stateless session tickets: a reconnecting vehicle resumes its TLS session without the
+/// server keeping one per vehicle (rustls's default store holds 256). One ticketer lives as
+/// long as the edge, so tickets survive CRL reloads.
+type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
+
+fn build(files: &TlsFiles, ticketer: Ticketer) -> Result<(TlsAcceptor, Revoked), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = read_all(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Read {
@@ -173,6 +184,8 @@ fn build(files: &TlsFiles) -> Result<(TlsAcceptor, Revoked), TlsError> {
                 .with_single_cert(certs, key)?
         }
     };
+    let mut config = config;
+    config.ticketer = ticketer;
     Ok((TlsAcceptor::from(Arc::new(config)), revoked))
 }
 
