@@ -15,6 +15,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
@@ -138,6 +139,8 @@ struct Conn<S> {
     control_tx: mpsc::UnboundedSender<Control>,
     control: mpsc::UnboundedReceiver<Control>,
     pending: FuturesOrdered<PendingAck>,
+    /// Publishes read but not yet in the pipeline's channel (it was full).
+    outbox: VecDeque<Incoming>,
     limiter: DefaultDirectRateLimiter,
     /// Silence after which the client is gone: 1.5 keep-alive intervals.
     keep_alive: Duration,
@@ -174,6 +177,7 @@ where
         control_tx,
         control,
         pending: FuturesOrdered::new(),
+        outbox: VecDeque::new(),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         keep_alive: ctx.cfg.max_keep_alive,
         ctx,
@@ -338,6 +342,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn serve(&mut self) -> End {
         let mut stop = self.ctx.stop.clone();
+        // The loop's own handle on the pipeline's channel, apart from `self`.
+        let tx = self.ctx.tx.clone();
         let mut last_heard = Instant::now();
         loop {
             if let Err(end) = self.flush().await {
@@ -346,8 +352,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // An MQTT 5 client was told the receive maximum and is closed if it exceeds it,
             // so reading goes on (PINGREQs are answered while its window is full). A 3.1.1
             // client was told nothing: past the limit it is simply not read.
-            let can_read = self.hello.version == Version::V5
-                || self.pending.len() < usize::from(self.ctx.cfg.max_inflight);
+            // Publishes the pipeline has no room for wait in the outbox; past a window's worth
+            // the connection is not read (back-pressure).
+            let max = usize::from(self.ctx.cfg.max_inflight);
+            let can_read = self.outbox.len() < max
+                && (self.hello.version == Version::V5 || self.pending.len() < max);
             if !can_read {
                 // Silence the edge imposes is not the client's.
                 last_heard = Instant::now();
@@ -359,6 +368,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Some(Control::Close(why)) => return End::Refused(why),
                     Some(Control::Deliver) => self.deliver(),
                     None => {}
+                },
+                permit = tx.reserve(), if !self.outbox.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(m) = self.outbox.pop_front() {
+                            permit.send(m);
+                        }
+                        if let Err(end) = self.forward() {
+                            return end;
+                        }
+                    }
+                    Err(_) => return End::Refused(Refusal::ShuttingDown),
                 },
                 Some((pkid, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err(end) = self.acknowledge(pkid, outcome) {
@@ -505,17 +525,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ack
         });
         self.ctx.stats.count_received(qos);
-        // Waiting here is the back-pressure: the pipeline's channel is full, so this
-        // connection stops reading.
-        self.ctx
-            .tx
-            .send(Incoming {
-                topic,
-                payload,
-                ack,
-            })
-            .await
-            .map_err(|_| End::Refused(Refusal::ShuttingDown))
+        self.outbox.push_back(Incoming {
+            topic,
+            payload,
+            ack,
+        });
+        self.forward()
+    }
+
+    /// Moves what the pipeline's channel takes now from the outbox into it. What stays waits
+    /// for room (the serve loop), while the connection goes on answering keep-alives.
+    fn forward(&mut self) -> Result<(), End> {
+        while let Some(m) = self.outbox.pop_front() {
+            match self.ctx.tx.try_send(m) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    self.outbox.push_front(m);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(Refusal::ShuttingDown.into());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) -> Result<(), End> {

@@ -628,3 +628,49 @@ async fn a_blocked_vehicle_is_closed_and_refused() {
     );
     assert_eq!(edge.stats().refused(Refusal::VehicleBlocked), 2);
 }
+
+#[tokio::test]
+async fn a_connection_waiting_for_the_pipeline_still_answers_keep_alives() {
+    let mut cfg = anonymous();
+    cfg.channel_capacity = 1;
+    let (edge, mut rx) = start(cfg, open_gate()).await;
+    let addr = edge.local_addr(Listener::PlainV4).expect("v4");
+    let mut raw = TcpStream::connect(addr).await.expect("tcp");
+    raw.write_all(&connect_bytes(30)).await.expect("connect");
+    let mut buf = [0u8; 64];
+    let n = raw.read(&mut buf).await.expect("connack");
+    assert_eq!(&buf[..n], &[0x20, 2, 0, 0]);
+    // Nobody takes frames from the pipeline's channel: it holds one, the rest wait.
+    let mut out = BytesMut::new();
+    for pkid in 1..=3u16 {
+        let mut p = v4::Publish::new(status(A), QoS::AtLeastOnce, vec![pkid as u8]);
+        p.pkid = pkid;
+        v4::Packet::Publish(p)
+            .write(&mut out, 1 << 20)
+            .expect("encodes");
+    }
+    v4::Packet::PingReq.write(&mut out, 16).expect("encodes");
+    raw.write_all(&out).await.expect("publishes and a ping");
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("an answer while the pipeline is full")
+        .expect("read");
+    assert_eq!(&buf[..n], &[0xD0, 0], "PINGRESP, and no PUBACK yet");
+    // The pipeline takes them now: three PUBACKs, in order.
+    for _ in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("in time")
+            .expect("frame");
+        m.ack.expect("QoS 1").complete(AckOutcome::Accepted);
+    }
+    let mut acks = Vec::new();
+    while acks.len() < 12 {
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+            .await
+            .expect("PUBACKs")
+            .expect("read");
+        acks.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(acks, [0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3]);
+}
