@@ -353,10 +353,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // so reading goes on (PINGREQs are answered while its window is full). A 3.1.1
             // client was told nothing: past the limit it is simply not read.
             // Publishes the pipeline has no room for wait in the outbox; past a window's worth
-            // the connection is not read (back-pressure).
+            // the connection is not read (back-pressure). A client within its window (at most
+            // `max_inflight` unacknowledged) is always read, so its keep-alives are answered.
             let max = usize::from(self.ctx.cfg.max_inflight);
-            let can_read = self.outbox.len() < max
-                && (self.hello.version == Version::V5 || self.pending.len() < max);
+            let can_read = self.outbox.len() <= max
+                && (self.hello.version == Version::V5 || self.pending.len() <= max);
             if !can_read {
                 // Silence the edge imposes is not the client's.
                 last_heard = Instant::now();
