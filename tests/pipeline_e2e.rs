@@ -332,6 +332,20 @@ async fn a_topic_that_keeps_records_longer_than_policy_is_tightened_at_start() {
     )
     .await
     .expect("pre-existing topic");
+    // The broker applies the topic's settings through its metadata log: wait until it
+    // describes them, as it would long before telegate starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while telegate_kafka::topic_retention_ms(&kafka_cfg, &topic)
+        .await
+        .expect("described")
+        != Some(400 * 86_400_000)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the topic's retention never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let gw = Gateway::start(&config, PackSource::Config)
         .await
         .expect("gateway starts");

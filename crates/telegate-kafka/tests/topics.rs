@@ -69,6 +69,21 @@ async fn an_existing_topic_that_keeps_records_longer_is_altered_and_keeps_its_ow
         .await
         .expect("alter request");
     assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+    // A broker applies a config change through its metadata log: wait until it describes the
+    // operator's setting, as it would long before telegate next starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while topic_config(&cfg(), &name, "max.message.bytes")
+        .await
+        .expect("described")
+        .as_deref()
+        != Some("123456")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the operator's setting never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The policy tightened: Kafka takes the new retention.
     ensure_topics(&cfg(), &spec(&name, 7 * DAY))
