@@ -1,11 +1,11 @@
 //! A fleet of simulated vehicles, each with its own MQTT connection: anonymous, or over TLS
-//! with the vehicle's own certificate.
+//! with the vehicle's own certificate. Each keeps its frames until they are acknowledged.
 
+use crate::link::{DeliveryStats, Link, LinkConfig, MqttVersion, Update};
 use crate::tls::{IdentityError, VehicleCertificates};
 use crate::vehicle::{Behaviour, Truth, Vehicle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +43,13 @@ pub struct FleetConfig {
     /// presenting its own certificate (issued the first time the vehicle needs it), and
     /// `host` and `port` name the gateway's TLS listener. Without it vehicles are anonymous.
     pub pki: Option<PathBuf>,
+    /// MQTT 3.1.1 or 5 (with 5, a PUBACK's failure reason is how a frame Kafka did not take
+    /// comes back).
+    pub version: MqttVersion,
+    /// Frames each vehicle keeps until acknowledged; with a full outbox it skips its steps.
+    pub outbox: usize,
+    /// At stop, how long a vehicle waits for outstanding PUBACKs once none came.
+    pub drain: Duration,
 }
 
 impl Default for FleetConfig {
@@ -58,6 +65,9 @@ impl Default for FleetConfig {
             seed: 1,
             wmis: vec!["WP0".into(), "KNA".into(), "WVW".into()],
             pki: None,
+            version: MqttVersion::V311,
+            outbox: 1_000,
+            drain: Duration::from_secs(5),
         }
     }
 }
@@ -65,11 +75,16 @@ impl Default for FleetConfig {
 /// What the fleet did, live.
 #[derive(Debug, Default)]
 pub struct FleetStats {
+    /// Frames made (each kept until acknowledged).
     pub published: AtomicU64,
+    /// Deliberately broken frames made.
     pub broken_published: AtomicU64,
+    /// Frames the MQTT client could not take (it was gone) or that were refused for good.
     pub publish_errors: AtomicU64,
     /// Vehicles that could not get their TLS identity and so never connected.
     pub identity_errors: AtomicU64,
+    /// Acknowledgements, resends, failure reasons, frames still kept.
+    pub delivery: Arc<DeliveryStats>,
 }
 
 /// A running fleet; [`Fleet::stop`] ends it and returns each vehicle's ground truth.
@@ -168,18 +183,19 @@ async fn drive(
 ) -> (String, Truth) {
     let mut rng = SmallRng::seed_from_u64(seed);
     // The MQTT client id is not the VIN: broker logs name client ids.
-    let client_id = format!("sim-{:016x}", rng.random::<u64>());
-    let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    let mut link_cfg = LinkConfig::new(
+        cfg.host.clone(),
+        cfg.port,
+        format!("sim-{:016x}", rng.random::<u64>()),
+    );
+    link_cfg.version = cfg.version;
+    link_cfg.outbox = cfg.outbox;
     if let Some(certs) = certs {
         let vin = vehicle.vin().to_owned();
         // Issuing signs and writes files: not on the runtime's threads.
         let transport = tokio::task::spawn_blocking(move || certs.transport(&vin)).await;
         match transport {
-            Ok(Ok(transport)) => {
-                opts.set_transport(transport);
-            }
+            Ok(Ok(transport)) => link_cfg.transport = Some(transport),
             failed => {
                 stats.identity_errors.fetch_add(1, Ordering::Relaxed);
                 if let Ok(Err(e)) = failed {
@@ -189,63 +205,53 @@ async fn drive(
             }
         }
     }
-    let (client, mut events) = AsyncClient::new(opts, 256);
-    // rumqttc reconnects when its event loop is polled again after an error.
-    let poller = tokio::spawn(async move {
-        loop {
-            if let Err(e) = events.poll().await {
-                tracing::debug!(error = %e, "simulated vehicle lost its connection; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    });
+    let mut link = Link::open(&link_cfg, stats.delivery.clone());
     let mut ticker = tokio::time::interval(cfg.tick);
     let dt = cfg.tick.as_millis() as i64;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            update = link.next() => {
+                count(&update, &stats);
+                continue;
+            }
             _ = stop.changed() => break,
+        }
+        // A full outbox: the vehicle waits, as one with a full store would.
+        if link.is_full() {
+            stats.delivery.held_back.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
         let frames = vehicle.step(now_ms(), dt, &cfg.behaviour, &mut rng);
         for frame in frames {
-            publish(&client, &frame, format, &stats).await;
+            keep(&mut link, &frame, format, &stats);
             if cfg.bad_frame_ratio > 0.0 && rng.random_bool(cfg.bad_frame_ratio) {
-                publish_broken(&client, &frame, &mut rng, &stats).await;
+                keep_broken(&mut link, &frame, &mut rng, &stats);
             }
         }
     }
-    let _ = client.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    poller.abort();
+    link.drain(cfg.drain, |update| count(&update, &stats)).await;
+    link.close().await;
     (vehicle.vin().to_owned(), vehicle.truth().clone())
 }
 
-async fn publish(
-    client: &AsyncClient,
-    frame: &VehicleFrame,
-    format: PayloadFormat,
-    stats: &FleetStats,
-) {
+fn count(update: &Update<()>, stats: &FleetStats) {
+    if let Update::GivenUp(()) = update {
+        stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn keep(link: &mut Link<()>, frame: &VehicleFrame, format: PayloadFormat, stats: &FleetStats) {
     let Some(body) = frame.body.as_ref() else {
         return;
     };
     let topic = vehicle_topic(&frame.vin, FrameKind::of_body(body));
-    match client
-        .publish(topic, QoS::AtLeastOnce, false, encode(frame, format))
-        .await
-    {
-        Ok(()) => stats.published.fetch_add(1, Ordering::Relaxed),
-        Err(_) => stats.publish_errors.fetch_add(1, Ordering::Relaxed),
-    };
+    link.push(topic, encode(frame, format), ());
+    stats.published.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One of the ways real vehicles and forgers get frames wrong.
-async fn publish_broken(
-    client: &AsyncClient,
-    frame: &VehicleFrame,
-    rng: &mut SmallRng,
-    stats: &FleetStats,
-) {
+fn keep_broken(link: &mut Link<()>, frame: &VehicleFrame, rng: &mut SmallRng, stats: &FleetStats) {
     let Some(body) = frame.body.as_ref() else {
         return;
     };
@@ -276,11 +282,8 @@ async fn publish_broken(
             b"{\"vin\": truncated".to_vec(),
         ),
     };
-    if client
-        .publish(topic, QoS::AtLeastOnce, false, payload)
-        .await
-        .is_ok()
-    {
-        stats.broken_published.fetch_add(1, Ordering::Relaxed);
-    }
+    // A broken frame is a QoS 1 frame like any other: kept until acknowledged (the gateway
+    // acknowledges it once its rejection record is written).
+    link.push(topic, payload, ());
+    stats.broken_published.fetch_add(1, Ordering::Relaxed);
 }

@@ -1,11 +1,12 @@
 //! `telegate simulate`: a simulated fleet publishing to any MQTT broker, or over mutual TLS
-//! to a gateway of the fleet's PKI.
+//! to a gateway of the fleet's PKI. Each vehicle keeps its frames until they are
+//! acknowledged and publishes them again after a reconnect or a failure reason.
 
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use telegate_sim::{Fleet, FleetConfig, FormatMix};
+use telegate_sim::{Fleet, FleetConfig, FormatMix, MqttVersion};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,6 +29,13 @@ pub struct Args {
     bad_frame_ratio: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Speak MQTT 5 (the gateway's --mqtt5-listen, or its TLS listener): a frame Kafka did
+    /// not take comes back as a PUBACK failure reason instead of a disconnect.
+    #[arg(long)]
+    mqtt5: bool,
+    /// Frames each vehicle keeps until acknowledged; a vehicle with a full outbox pauses.
+    #[arg(long, default_value_t = 1_000)]
+    outbox: usize,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -47,6 +55,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         bad_frame_ratio: a.bad_frame_ratio,
         seed: a.seed,
         pki: a.pki,
+        version: if a.mqtt5 {
+            MqttVersion::V5
+        } else {
+            MqttVersion::V311
+        },
+        outbox: a.outbox,
         ..FleetConfig::default()
     })?;
     let stats = fleet.stats();
@@ -62,6 +76,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         stats.published.load(Relaxed),
         stats.broken_published.load(Relaxed),
         trips
+    );
+    let d = &stats.delivery;
+    println!(
+        "acknowledged {}, published again {}, failure reasons {}, still unacknowledged {}, paused with a full outbox {} times",
+        d.acknowledged.load(Relaxed),
+        d.resent.load(Relaxed),
+        d.failure_codes.load(Relaxed),
+        d.outstanding.load(Relaxed),
+        d.held_back.load(Relaxed),
     );
     let offline = stats.identity_errors.load(Relaxed);
     if offline > 0 {
