@@ -1,11 +1,13 @@
 //! The vehicles: each publishes its own frames at a fixed rate, on its own MQTT connection
 //! (anonymous, or over TLS with its own certificate; or, for the Kafka ceiling, straight to
-//! Kafka), with ramp-up and warm-up.
+//! Kafka), with ramp-up and warm-up. Over MQTT a vehicle keeps every QoS 1 frame until its
+//! PUBACK and publishes it again after a reconnect or a failure reason (telegate-sim's link);
+//! when its outbox is full it skips its ticks, counted.
 
 use crate::tls::FleetTls;
 use crate::tracker::Tracker;
 use anyhow::Context;
-use rumqttc::{AsyncClient, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{TlsConfiguration, Transport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,15 @@ use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, encode, vehicle_topic};
 use telegate_kafka::KafkaSink;
 use telegate_policy::OutRecord;
+use telegate_sim::{Link, LinkConfig, Update};
+
+/// Frames a vehicle keeps unacknowledged before it stops making new ones: 100 s of a Kafka
+/// outage at 10 frames/s.
+const OUTBOX: usize = 1_000;
+
+/// Once the load has ended, how long a vehicle waits for its outstanding PUBACKs after the
+/// last one came.
+const DRAIN_IDLE: Duration = Duration::from_secs(30);
 
 /// Relative weights of the frame kinds each vehicle sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,12 +146,6 @@ enum Out {
     Kafka(Arc<KafkaSink>, String),
 }
 
-/// One vehicle's connection: its own MQTT client, or the shared sink.
-enum Conn {
-    Mqtt(AsyncClient),
-    Kafka(Arc<KafkaSink>, String),
-}
-
 /// Runs every vehicle to the end of warm-up plus duration, sending to `sink`; returns frames
 /// published.
 pub async fn run(
@@ -197,82 +202,137 @@ async fn vehicle(
     delay: Duration,
 ) -> anyhow::Result<u64> {
     tokio::time::sleep(delay).await;
-    let qos = if cfg.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
-    let conn = match out {
+    match out {
         Out::Mqtt(addr, tls) => {
-            let mut opts = MqttOptions::new(format!("lg-{i}"), addr.ip().to_string(), addr.port());
-            opts.set_keep_alive(Duration::from_secs(60));
-            opts.set_max_packet_size(64 * 1024, 64 * 1024);
-            opts.set_inflight(1000);
+            let mut link_cfg =
+                LinkConfig::new(addr.ip().to_string(), addr.port(), format!("lg-{i}"));
+            link_cfg.keep_alive = Duration::from_secs(60);
+            link_cfg.max_packet_bytes = 64 * 1024;
+            link_cfg.outbox = OUTBOX;
+            link_cfg.at_least_once = cfg.qos != 0;
+            link_cfg.reconnect_after = Duration::from_millis(400);
             if let Some(tls) = tls {
                 let config = tls
                     .config(i)
                     .with_context(|| format!("no TLS identity for vehicle {i}"))?;
-                opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+                link_cfg.transport =
+                    Some(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
             }
-            let (client, mut events) = AsyncClient::new(opts, 1024);
-            tokio::spawn(async move {
-                loop {
-                    if events.poll().await.is_err() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            });
-            Conn::Mqtt(client)
+            mqtt_vehicle(
+                i,
+                &vin,
+                &cfg,
+                &tracker,
+                Link::open(&link_cfg, tracker.delivery()),
+                start,
+            )
+            .await
         }
-        Out::Kafka(sink, topic) => Conn::Kafka(sink, topic),
-    };
-    let end = cfg.warm_up + cfg.duration;
+        Out::Kafka(sink, topic) => {
+            kafka_vehicle(i, &vin, &cfg, &tracker, &sink, &topic, start).await
+        }
+    }
+}
+
+/// What a vehicle keeps with each frame until its PUBACK.
+#[derive(Debug)]
+struct Kept {
+    seq: u64,
+    at: Instant,
+    measured: bool,
+}
+
+fn ticker(cfg: &LoadConfig) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate.max(0.001)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+async fn mqtt_vehicle(
+    i: usize,
+    vin: &str,
+    cfg: &LoadConfig,
+    tracker: &Tracker,
+    mut link: Link<Kept>,
+    start: Instant,
+) -> anyhow::Result<u64> {
+    let settle = |update: Update<Kept>| {
+        if let Update::Acked(k) = update {
+            tracker.acked(i, k.seq, k.at.elapsed(), k.measured);
+        }
+    };
+    let end = tokio::time::sleep_until((start + cfg.warm_up + cfg.duration).into());
+    tokio::pin!(end);
+    let mut tick = ticker(cfg);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut end => break,
+            update = link.next() => match update {
+                Update::Closed => anyhow::bail!("vehicle {i}'s MQTT client stopped"),
+                update => settle(update),
+            },
+            _ = tick.tick() => {
+                if link.is_full() {
+                    tracker.delivery().held_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                seq += 1;
+                let f = frame(vin, seq, cfg.mix);
+                let kind = FrameKind::of_body(f.body.as_ref().expect("built with a body"));
+                let measured = start.elapsed() >= cfg.warm_up;
+                tracker.published(i, seq, measured);
+                let kept = Kept { seq, at: Instant::now(), measured };
+                link.push(vehicle_topic(vin, kind), encode(&f, cfg.format), kept);
+            }
+        }
+    }
+    // Whatever is still kept goes on being published until it is acknowledged.
+    link.drain(DRAIN_IDLE, settle).await;
+    link.close().await;
+    Ok(seq)
+}
+
+async fn kafka_vehicle(
+    i: usize,
+    vin: &str,
+    cfg: &LoadConfig,
+    tracker: &Tracker,
+    sink: &KafkaSink,
+    topic: &str,
+    start: Instant,
+) -> anyhow::Result<u64> {
+    let end = cfg.warm_up + cfg.duration;
+    let mut tick = ticker(cfg);
     let mut seq = 0u64;
     while start.elapsed() < end {
         tick.tick().await;
         seq += 1;
-        let f = frame(&vin, seq, cfg.mix);
-        let kind = FrameKind::of_body(f.body.as_ref().expect("built with a body"));
+        let f = frame(vin, seq, cfg.mix);
         let payload = encode(&f, cfg.format);
-        let measured = start.elapsed() >= cfg.warm_up;
-        tracker.published(i, seq, measured);
-        match &conn {
-            Conn::Mqtt(c) => {
-                c.publish(vehicle_topic(&vin, kind), qos, false, payload)
-                    .await?
-            }
-            Conn::Kafka(sink, topic) => {
-                // The same record telegate would write, its headers included, through
-                // telegate's own sink (back-pressure and delivery tracking).
-                let headers = vec![
-                    ("telegate-purpose", "loadgen".to_owned()),
-                    ("telegate-legal-basis", "contract".to_owned()),
-                    ("telegate-consent", "not-required".to_owned()),
-                    ("telegate-subject", "vin".to_owned()),
-                    ("telegate-policy", "loadgen@1".to_owned()),
-                    ("telegate-captured-at-ms", f.captured_at_ms.to_string()),
-                    ("telegate-seq", seq.to_string()),
-                    ("telegate-encoding", "protobuf".to_owned()),
-                ];
-                sink.send(
-                    &OutRecord {
-                        topic: topic.clone(),
-                        key: Some(vin.as_bytes().to_vec()),
-                        headers,
-                        payload,
-                    },
-                    None,
-                )
-                .await?;
-            }
-        }
-    }
-    if let Conn::Mqtt(c) = conn {
-        // Let queued publishes leave before the connection goes.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let _ = c.disconnect().await;
+        tracker.published(i, seq, start.elapsed() >= cfg.warm_up);
+        // The same record telegate would write, its headers included, through telegate's
+        // own sink (back-pressure and delivery tracking).
+        let headers = vec![
+            ("telegate-purpose", "loadgen".to_owned()),
+            ("telegate-legal-basis", "contract".to_owned()),
+            ("telegate-consent", "not-required".to_owned()),
+            ("telegate-subject", "vin".to_owned()),
+            ("telegate-policy", "loadgen@1".to_owned()),
+            ("telegate-captured-at-ms", f.captured_at_ms.to_string()),
+            ("telegate-seq", seq.to_string()),
+            ("telegate-encoding", "protobuf".to_owned()),
+        ];
+        sink.send(
+            &OutRecord {
+                topic: topic.to_owned(),
+                key: Some(vin.as_bytes().to_vec()),
+                headers,
+                payload,
+            },
+            None,
+        )
+        .await?;
     }
     Ok(seq)
 }

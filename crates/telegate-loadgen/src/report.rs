@@ -2,8 +2,10 @@
 
 use crate::procstat::ProcSample;
 use crate::tracker::Tracker;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Second {
@@ -12,6 +14,11 @@ pub struct Second {
     pub delivered: u64,
     pub p50_us: u64,
     pub p99_us: u64,
+    /// PUBACKs received, and the p99 from publish to PUBACK.
+    pub acked: u64,
+    pub ack_p99_us: u64,
+    /// The most frames the vehicles kept unacknowledged at once.
+    pub outstanding: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +28,18 @@ pub struct Latency {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,7 +56,22 @@ pub struct Report {
     pub duplicates: u64,
     pub publish_rate: f64,
     pub delivered_rate: f64,
+    /// Publish to consumption from the target's far side.
     pub latency: Latency,
+    /// Publish to PUBACK, as the vehicles saw it (from the moment a frame was made, so time
+    /// in a full window counts); `None` where nothing is acknowledged (QoS 0, Kafka direct).
+    pub puback_latency: Option<Latency>,
+    /// PUBACKs received, warm-up included.
+    pub acknowledged: u64,
+    /// Frames published again: after reconnects, failure reasons, or by the MQTT client on a
+    /// resumed session. Each may make a duplicate.
+    pub resent: u64,
+    /// Ticks on which a vehicle made no frame because its outbox was full.
+    pub held_back: u64,
+    /// Frames still unacknowledged when the vehicles stopped.
+    pub unacknowledged: u64,
+    /// Lost frames that had been acknowledged: what a PUBACK promised and the far side lacks.
+    pub lost_after_puback: u64,
     /// Target process CPU seconds during the measured window (None when not sampled).
     pub cpu_s: Option<f64>,
     pub cpu_us_per_frame: Option<f64>,
@@ -64,19 +98,25 @@ impl Report {
     ) -> Self {
         let (delivered, lost, duplicates, _) = tracker.totals();
         let series: Vec<Second> = tracker
-            .series()
+            .seconds()
             .into_iter()
-            .map(|(t, published, delivered, p50_us, p99_us)| Second {
+            .enumerate()
+            .map(|(t, s)| Second {
                 t,
-                published,
-                delivered,
-                p50_us,
-                p99_us,
+                published: s.published,
+                delivered: s.delivered,
+                p50_us: s.latency.value_at_quantile(0.5),
+                p99_us: s.latency.value_at_quantile(0.99),
+                acked: s.acked,
+                ack_p99_us: s.ack_latency.value_at_quantile(0.99),
+                outstanding: s.outstanding,
             })
             .collect();
         let measured_published: u64 = series.iter().map(|s| s.published).sum();
         let measured_delivered: u64 = series.iter().map(|s| s.delivered).sum();
         let h = tracker.latency();
+        let acks = tracker.ack_latency();
+        let d = tracker.delivery();
         let cpu_s = cpu.map(|(a, b)| b.cpu_s - a.cpu_s);
         let per_frame = |cpu_s: f64| cpu_s * 1e6 / measured_delivered.max(1) as f64;
         Self {
@@ -92,13 +132,13 @@ impl Report {
             duplicates,
             publish_rate: measured_published as f64 / measured_s.max(1e-9),
             delivered_rate: measured_delivered as f64 / measured_s.max(1e-9),
-            latency: Latency {
-                p50_us: h.value_at_quantile(0.5),
-                p90_us: h.value_at_quantile(0.9),
-                p99_us: h.value_at_quantile(0.99),
-                p999_us: h.value_at_quantile(0.999),
-                max_us: h.max(),
-            },
+            latency: Latency::of(&h),
+            puback_latency: (!acks.is_empty()).then(|| Latency::of(&acks)),
+            acknowledged: d.acknowledged.load(Relaxed),
+            resent: d.resent.load(Relaxed),
+            held_back: d.held_back.load(Relaxed),
+            unacknowledged: d.outstanding.load(Relaxed),
+            lost_after_puback: tracker.acked_not_observed(),
             cpu_us_per_frame: cpu_s.map(per_frame),
             cpu_s,
             rss_bytes: cpu.map(|(a, b)| a.rss_bytes.max(b.rss_bytes)),
@@ -125,16 +165,20 @@ pub fn table(reports: &[Report]) -> String {
     let broker = reports.iter().any(|r| r.broker_rss_bytes.is_some());
     let _ = write!(
         s,
-        "{:<w$} {:>10} {:>10} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  telegate/this",
+        "{:<w$} {:>10} {:>10} {:>7} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  telegate/this",
         "target",
         "publish/s",
         "deliver/s",
         "lost",
         "dups",
+        "resent",
         "p50 ms",
         "p99 ms",
         "p99.9 ms",
         "max ms",
+        "ack p50",
+        "ack p99",
+        "ack max",
         "CPU µs/f",
         "RSS MiB",
     );
@@ -148,19 +192,26 @@ pub fn table(reports: &[Report]) -> String {
         .unwrap_or_default();
     let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.0}", b as f64 / 1048576.0));
     let us = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.1}"));
+    let ack = |f: fn(&Latency) -> u64, r: &Report| {
+        r.puback_latency.as_ref().map_or("-".into(), |l| ms(f(l)))
+    };
     for r in reports {
         let _ = write!(
             s,
-            "{:<w$} {:>10.0} {:>10.0} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  {:>13.2}",
+            "{:<w$} {:>10.0} {:>10.0} {:>7} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}  {:>13.2}",
             r.target,
             r.publish_rate,
             r.delivered_rate,
             r.lost,
             r.duplicates,
+            r.resent,
             ms(r.latency.p50_us),
             ms(r.latency.p99_us),
             ms(r.latency.p999_us),
             ms(r.latency.max_us),
+            ack(|l| l.p50_us, r),
+            ack(|l| l.p99_us, r),
+            ack(|l| l.max_us, r),
             us(r.cpu_us_per_frame),
             mib(r.rss_bytes),
             base / r.delivered_rate.max(1e-9),
@@ -174,6 +225,16 @@ pub fn table(reports: &[Report]) -> String {
             );
         }
         s.push('\n');
+    }
+    for r in reports
+        .iter()
+        .filter(|r| r.lost_after_puback > 0 || r.unacknowledged > 0 || r.held_back > 0)
+    {
+        let _ = writeln!(
+            s,
+            "{}: {} lost after their PUBACK, {} still unacknowledged at the end, {} ticks skipped with a full outbox",
+            r.target, r.lost_after_puback, r.unacknowledged, r.held_back
+        );
     }
     s
 }
@@ -258,8 +319,18 @@ pub fn html(reports: &[Report]) -> String {
             &[
                 ("p50", "#ff7f0e", pts(&|x| x.p50_us as f64 / 1000.0)),
                 ("p99", "#d62728", pts(&|x| x.p99_us as f64 / 1000.0)),
+                (
+                    "PUBACK p99",
+                    "#9467bd",
+                    pts(&|x| x.ack_p99_us as f64 / 1000.0),
+                ),
             ],
             "ms",
+        ));
+        s.push_str(&chart(
+            "kept by the vehicles, not yet acknowledged",
+            &[("frames", "#8c564b", pts(&|x| x.outstanding as f64))],
+            "frames",
         ));
     }
     let _ = write!(

@@ -447,10 +447,15 @@ async fn measure(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
+                tracker.sample();
                 let (delivered, pending, dups, _) = tracker.totals();
+                let kept = tracker
+                    .delivery()
+                    .outstanding
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 pb.set_position(start.elapsed().as_secs());
                 pb.set_message(format!(
-                    "delivered {delivered}, in flight {pending}, duplicates {dups}"
+                    "delivered {delivered}, in flight {pending}, unacknowledged {kept}, duplicates {dups}"
                 ));
             }
         })

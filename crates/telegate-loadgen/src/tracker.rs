@@ -1,16 +1,51 @@
 //! Every frame published is remembered by (vehicle, seq) until it is observed: exact loss and
-//! duplicate counts, and latency from publish to observation.
+//! duplicate counts, latency from publish to observation and from publish to PUBACK, and
+//! which lost frames had been acknowledged (a PUBACK the gateway should not have sent).
 
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use telegate_sim::DeliveryStats;
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Instant,
+    measured: bool,
+    acked: bool,
+}
 
 #[derive(Debug, Default)]
 struct Vehicle {
-    pending: HashMap<u64, (Instant, bool)>,
+    pending: HashMap<u64, Sent>,
     delivered: u64,
     duplicates: u64,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone)]
+pub(crate) struct SecondStats {
+    pub published: u64,
+    pub delivered: u64,
+    pub latency: Histogram<u64>,
+    pub acked: u64,
+    pub ack_latency: Histogram<u64>,
+    /// The most frames the vehicles kept unacknowledged at once in this second.
+    pub outstanding: u64,
+}
+
+impl SecondStats {
+    fn new() -> Self {
+        Self {
+            published: 0,
+            delivered: 0,
+            latency: histogram(),
+            acked: 0,
+            ack_latency: histogram(),
+            outstanding: 0,
+        }
+    }
 }
 
 /// Shared by the generator and the observer.
@@ -19,15 +54,20 @@ pub struct Tracker {
     vins: HashMap<String, usize>,
     vehicles: Vec<Mutex<Vehicle>>,
     hist: Mutex<Histogram<u64>>,
-    /// Per second since start: (published, delivered, latency histogram).
-    seconds: Mutex<Vec<(u64, u64, Histogram<u64>)>>,
+    acks: Mutex<Histogram<u64>>,
+    seconds: Mutex<Vec<SecondStats>>,
     start: Instant,
     unknown: Mutex<u64>,
+    delivery: Arc<DeliveryStats>,
 }
 
 fn histogram() -> Histogram<u64> {
     // 1 µs to 60 s, three significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros().max(1) as u64).min(60_000_000)
 }
 
 impl Tracker {
@@ -43,17 +83,24 @@ impl Tracker {
                 .map(|_| Mutex::new(Vehicle::default()))
                 .collect(),
             hist: Mutex::new(histogram()),
+            acks: Mutex::new(histogram()),
             seconds: Mutex::new(Vec::new()),
             start,
             unknown: Mutex::new(0),
+            delivery: Arc::default(),
         }
     }
 
-    fn second(&self, at: Instant, f: impl FnOnce(&mut (u64, u64, Histogram<u64>))) {
+    /// What the vehicles' links count: acknowledged, resent, held back, still kept.
+    pub fn delivery(&self) -> Arc<DeliveryStats> {
+        self.delivery.clone()
+    }
+
+    fn second(&self, at: Instant, f: impl FnOnce(&mut SecondStats)) {
         let s = at.duration_since(self.start).as_secs() as usize;
         if let Ok(mut secs) = self.seconds.lock() {
             while secs.len() <= s {
-                secs.push((0, 0, histogram()));
+                secs.push(SecondStats::new());
             }
             f(&mut secs[s]);
         }
@@ -68,11 +115,49 @@ impl Tracker {
             .and_then(|m| m.lock().ok())
             .as_mut()
         {
-            v.pending.insert(seq, (now, measured));
+            v.pending.insert(
+                seq,
+                Sent {
+                    at: now,
+                    measured,
+                    acked: false,
+                },
+            );
         }
         if measured {
-            self.second(now, |s| s.0 += 1);
+            self.second(now, |s| s.published += 1);
         }
+    }
+
+    /// The vehicle got the frame's PUBACK, `latency` after it published it.
+    pub fn acked(&self, vehicle: usize, seq: u64, latency: Duration, measured: bool) {
+        if let Some(sent) = self
+            .vehicles
+            .get(vehicle)
+            .and_then(|m| m.lock().ok())
+            .as_mut()
+            .and_then(|v| v.pending.get_mut(&seq))
+        {
+            sent.acked = true;
+        }
+        if measured {
+            let us = micros(latency);
+            if let Ok(mut h) = self.acks.lock() {
+                let _ = h.record(us);
+            }
+            self.second(Instant::now(), |s| {
+                s.acked += 1;
+                let _ = s.ack_latency.record(us);
+            });
+        }
+    }
+
+    /// Notes how many frames the vehicles keep unacknowledged right now.
+    pub fn sample(&self) {
+        let outstanding = self.delivery.outstanding.load(Relaxed);
+        self.second(Instant::now(), |s| {
+            s.outstanding = s.outstanding.max(outstanding);
+        });
     }
 
     /// A frame arrived on the far side.
@@ -88,17 +173,17 @@ impl Tracker {
             return;
         };
         match v.pending.remove(&seq) {
-            Some((sent, measured)) => {
+            Some(sent) => {
                 v.delivered += 1;
-                if measured {
-                    let us = now.duration_since(sent).as_micros().max(1) as u64;
+                if sent.measured {
+                    let us = micros(now.duration_since(sent.at));
                     if let Ok(mut h) = self.hist.lock() {
-                        let _ = h.record(us.min(60_000_000));
+                        let _ = h.record(us);
                     }
                     drop(v);
                     self.second(now, |s| {
-                        s.1 += 1;
-                        let _ = s.2.record(us.min(60_000_000));
+                        s.delivered += 1;
+                        let _ = s.latency.record(us);
                     });
                 }
             }
@@ -118,6 +203,17 @@ impl Tracker {
         t
     }
 
+    /// Frames acknowledged with a PUBACK and not observed: once the run is over, frames the
+    /// gateway acknowledged and lost.
+    pub fn acked_not_observed(&self) -> u64 {
+        self.vehicles
+            .iter()
+            .filter_map(|m| m.lock().ok())
+            .map(|v| v.pending.values().filter(|s| s.acked).count() as u64)
+            .sum()
+    }
+
+    /// Publish to observation, measured frames.
     pub fn latency(&self) -> Histogram<u64> {
         self.hist
             .lock()
@@ -125,25 +221,16 @@ impl Tracker {
             .unwrap_or_else(|_| histogram())
     }
 
-    /// Per-second series: (second, published, delivered, p50 µs, p99 µs).
-    pub fn series(&self) -> Vec<(usize, u64, u64, u64, u64)> {
-        self.seconds
+    /// Publish to PUBACK, measured frames.
+    pub fn ack_latency(&self) -> Histogram<u64> {
+        self.acks
             .lock()
-            .map(|s| {
-                s.iter()
-                    .enumerate()
-                    .map(|(i, (p, d, h))| {
-                        (
-                            i,
-                            *p,
-                            *d,
-                            h.value_at_quantile(0.5),
-                            h.value_at_quantile(0.99),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| histogram())
+    }
+
+    pub(crate) fn seconds(&self) -> Vec<SecondStats> {
+        self.seconds.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
@@ -165,5 +252,20 @@ mod tests {
         t.observed("Z", 9);
         assert_eq!(t.totals(), (3, 1, 1, 1));
         assert_eq!(t.latency().len(), 2, "warm-up frames are not measured");
+    }
+
+    #[test]
+    fn an_acknowledged_frame_never_observed_is_told_apart() {
+        let t = Tracker::new(&["A".into()], Instant::now());
+        for seq in 1..=3 {
+            t.published(0, seq, true);
+        }
+        t.acked(0, 1, Duration::from_millis(3), true);
+        t.acked(0, 2, Duration::from_millis(5), true);
+        t.observed("A", 1);
+        assert_eq!(t.totals().1, 2, "two not observed");
+        assert_eq!(t.acked_not_observed(), 1, "frame 2 was acknowledged");
+        assert_eq!(t.ack_latency().len(), 2);
+        assert_eq!(t.seconds()[0].acked, 2);
     }
 }
