@@ -6,62 +6,12 @@
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use telegate_frame::pb::{self, vehicle_frame::Body};
 use telegate_gateway::{Gateway, PackSource};
 use telegate_tests::*;
-
-/// A three-node cluster started for this test, stopped (and its data removed) when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    bootstrap: String,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka")
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tmp");
-        let out = Command::new(script())
-            .args(["start", "--nodes", "3", "--dir"])
-            .arg(dir.path())
-            .output()
-            .expect("scripts/kafka runs");
-        assert!(
-            out.status.success(),
-            "three-node cluster did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bootstrap = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Self { dir, bootstrap }
-    }
-
-    /// Kills node `id` with SIGKILL: no shutdown, no handing over of leadership.
-    fn kill(&self, id: i32) {
-        let pid = std::fs::read_to_string(self.dir.path().join(format!("node-{id}.pid")))
-            .expect("pid file");
-        let status = Command::new("kill")
-            .args(["-KILL", pid.trim()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(script())
-            .args(["stop", "--kill", "--dir"])
-            .arg(self.dir.path())
-            .output();
-    }
-}
 
 /// The broker id leading partition 0 of `topic`.
 fn leader(bootstrap: &str, topic: &str) -> i32 {
@@ -94,11 +44,11 @@ fn privacy(vin: &str, seq: u64) -> (String, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_partition_leader_loses_and_doubles_nothing() {
-    let cluster = Cluster::start();
     let dir = tempfile::tempdir().expect("tmp");
+    let cluster = KafkaCluster::start(3, &dir.path().join("kafka"));
     let ns = format!("f{:08x}.", rand::random::<u32>());
     let mut config = gateway_config("reference", &ns, dir.path());
-    config.kafka.bootstrap = cluster.bootstrap.clone();
+    config.kafka.bootstrap = cluster.bootstrap().to_owned();
     config.kafka.replication_factor = 3;
     let gw = Gateway::start(&config, PackSource::Config)
         .await
@@ -142,13 +92,13 @@ async fn killing_a_partition_leader_loses_and_doubles_nothing() {
         })
     };
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let victim = leader(&cluster.bootstrap, &topic);
+    let victim = leader(cluster.bootstrap(), &topic);
     cluster.kill(victim);
     let killed_at = Instant::now();
     publisher.await.expect("publisher");
 
     // Every frame forwarded exactly once, by (VIN, seq).
-    let c = consumer_on(&cluster.bootstrap, &[&topic]);
+    let c = consumer_on(cluster.bootstrap(), &[&topic]);
     let expected = vins.len() * rounds as usize;
     let got = collect(&c, expected, Duration::from_secs(120), |g| {
         g.key
@@ -187,7 +137,7 @@ async fn killing_a_partition_leader_loses_and_doubles_nothing() {
     // from the two remaining nodes, and every settings change is in the ledger.
     gw.shutdown().await;
     let mut second = gateway_config("reference", &ns, dir.path());
-    second.kafka.bootstrap = cluster.bootstrap.clone();
+    second.kafka.bootstrap = cluster.bootstrap().to_owned();
     second.kafka.replication_factor = 3;
     let again = Gateway::start(&second, PackSource::Config)
         .await

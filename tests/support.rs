@@ -301,3 +301,86 @@ pub fn message(
         telegate_frame::encode(&frame, telegate_frame::PayloadFormat::Protobuf),
     )
 }
+
+/// An Apache Kafka cluster of its own for a fault test (`scripts/kafka`), so that the suite's
+/// broker stays untouched. Its files are in a directory the test owns (drop the cluster
+/// first); its nodes are stopped with SIGKILL when it is dropped.
+#[derive(Debug)]
+pub struct KafkaCluster {
+    dir: std::path::PathBuf,
+    bootstrap: String,
+}
+
+impl KafkaCluster {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka")
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = std::process::Command::new(Self::script())
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .expect("scripts/kafka runs");
+        assert!(
+            out.status.success(),
+            "scripts/kafka {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts `nodes` nodes (1 or 3) with their files in `dir`, and waits until every one
+    /// serves.
+    pub fn start(nodes: u8, dir: &std::path::Path) -> Self {
+        let out = std::process::Command::new(Self::script())
+            .args(["start", "--nodes", &nodes.to_string(), "--dir"])
+            .arg(dir)
+            .output()
+            .expect("scripts/kafka runs");
+        assert!(
+            out.status.success(),
+            "a {nodes}-node cluster did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bootstrap = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Self {
+            dir: dir.to_owned(),
+            bootstrap,
+        }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Stops every node with SIGTERM (a clean shutdown) and waits until they are gone.
+    pub fn stop(&self) {
+        self.run(&["stop"]);
+    }
+
+    /// Starts node `id` again on its data and port, and waits until it serves.
+    pub fn restart_node(&self, id: u8) {
+        self.run(&["restart-node", &id.to_string()]);
+    }
+
+    /// Kills node `id` with SIGKILL: no shutdown, no handing over of leadership.
+    pub fn kill(&self, id: i32) {
+        let pid =
+            std::fs::read_to_string(self.dir.join(format!("node-{id}.pid"))).expect("pid file");
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script())
+            .args(["stop", "--kill", "--dir"])
+            .arg(&self.dir)
+            .output();
+    }
+}
