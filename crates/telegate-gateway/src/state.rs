@@ -164,23 +164,19 @@ impl StateStore {
     }
 
     /// Admits a frame: runs `admit` (the policy core's [`telegate_policy::admit`]) on the
-    /// vehicle's record under its lock, the only state access a frame makes, and replicates
-    /// what changed. Keep `admit` synchronous and short: it holds a shard lock.
+    /// vehicle's record under its lock, the only state access a frame makes. What changed
+    /// (`admission.changes.any()`) is replicated by the caller with [`persist`](Self::persist),
+    /// once, and the frame's acknowledgement waits for it. Keep `admit` synchronous and short:
+    /// it holds a shard lock.
     pub fn admit(
         &self,
         vin: Vin,
         admit: impl FnOnce(&mut SubjectRecord) -> Admission,
     ) -> Admission {
-        let admission = {
-            let mut record = self.subjects.entry(vin).or_default();
-            let admission = admit(&mut record);
-            if admission.changes.secret_created {
-                self.index(&vin, &record);
-            }
-            admission
-        };
-        if admission.changes.any() {
-            self.mark(vin);
+        let mut record = self.subjects.entry(vin).or_default();
+        let admission = admit(&mut record);
+        if admission.changes.secret_created {
+            self.index(&vin, &record);
         }
         admission
     }
@@ -230,8 +226,8 @@ impl StateStore {
     }
 
     /// Writes the vehicle's record now and returns once Kafka has it: a frame that changed
-    /// the record waits for this before it is acknowledged. On failure the record stays
-    /// marked, and the background writer retries it.
+    /// the record waits for this before it is acknowledged. On failure the record is marked,
+    /// and the background writer retries it.
     pub async fn persist(&self, vin: &Vin) -> anyhow::Result<()> {
         let Some(rep) = &self.replication else {
             return Ok(());

@@ -90,8 +90,9 @@ impl Refusal {
         }
     }
 
+    /// Its place in [`Refusal::ALL`], which lists the variants in declaration order.
     pub(crate) fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+        self as usize
     }
 }
 

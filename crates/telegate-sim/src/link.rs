@@ -417,16 +417,8 @@ async fn run_v4(mut events: rumqttc::EventLoop, tx: mpsc::Sender<Signal>, pause:
                 out
             }
         };
-        let lost = signals
-            .last()
-            .is_some_and(|s| matches!(s, Signal::Lost { .. }));
-        for s in signals {
-            if tx.send(s).await.is_err() {
-                return;
-            }
-        }
-        if lost {
-            tokio::time::sleep(jittered(pause)).await;
+        if !pass_on(&tx, signals, pause).await {
+            return;
         }
     }
 }
@@ -452,18 +444,27 @@ async fn run_v5(mut events: rumqttc::v5::EventLoop, tx: mpsc::Sender<Signal>, pa
                 out
             }
         };
-        let lost = signals
-            .last()
-            .is_some_and(|s| matches!(s, Signal::Lost { .. }));
-        for s in signals {
-            if tx.send(s).await.is_err() {
-                return;
-            }
-        }
-        if lost {
-            tokio::time::sleep(jittered(pause)).await;
+        if !pass_on(&tx, signals, pause).await {
+            return;
         }
     }
+}
+
+/// Hands one poll's signals to the vehicle; after a lost connection, waits a jittered pause
+/// before the next attempt. False once the vehicle is gone.
+async fn pass_on(tx: &mpsc::Sender<Signal>, signals: Vec<Signal>, pause: Duration) -> bool {
+    let lost = signals
+        .last()
+        .is_some_and(|s| matches!(s, Signal::Lost { .. }));
+    for s in signals {
+        if tx.send(s).await.is_err() {
+            return false;
+        }
+    }
+    if lost {
+        tokio::time::sleep(jittered(pause)).await;
+    }
+    true
 }
 
 /// Removes the publishes rumqttc took from its request channel but never wrote (no packet id

@@ -171,9 +171,10 @@ impl Fleet {
     /// The sum of a metric's series whose labels contain `labels`.
     fn metric(&self, name: &str, labels: &str) -> f64 {
         let (_, body) = http_get(self.metrics, "/metrics").expect("/metrics");
-        body.lines()
-            .filter(|l| l.starts_with(name) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        telegate_gateway::http::samples(&body, name)
+            .into_iter()
+            .filter(|(l, _)| l.contains(labels))
+            .map(|(_, v)| v)
             .sum()
     }
 }
