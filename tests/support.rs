@@ -40,17 +40,34 @@ pub fn unique_vin() -> String {
     format!("WP0ZZZ{tail}")
 }
 
-/// A key file with a known secret, so tests can compute the pseudonyms telegate emits.
+/// A key file with known secrets, so tests can compute the pseudonyms telegate emits and the
+/// names its state topic files vehicles under.
 pub const TEST_SECRET: [u8; 32] = [0x5a; 32];
 pub fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("keys.toml");
-    let hex: String = TEST_SECRET.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(
-        &path,
-        format!("[[keys]]\nid = \"test-1\"\nsecret_hex = \"{hex}\"\nactive = true\n"),
-    )
-    .expect("write key file");
+    std::fs::write(&path, key_file_text(&[("test-w1", true)])).expect("write key file");
     path
+}
+
+/// The test key file's text with these wrapping keys (id, active); each id has a secret of
+/// its own, always the same.
+pub fn key_file_text(wrapping: &[(&str, bool)]) -> String {
+    let hex = |b: u8| format!("{b:02x}").repeat(32);
+    let mut text = format!(
+        "[[keys]]\nid = \"test-1\"\nsecret_hex = \"{}\"\nactive = true\n\n[state]\nindex_hex = \"{}\"\n",
+        hex(TEST_SECRET[0]),
+        hex(0x1d)
+    );
+    for (id, active) in wrapping {
+        let seed = id
+            .bytes()
+            .fold(0u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+        text.push_str(&format!(
+            "[[state.wrapping]]\nid = \"{id}\"\nsecret_hex = \"{}\"\nactive = {active}\n",
+            hex(seed)
+        ));
+    }
+    text
 }
 
 /// One consumed record.

@@ -7,6 +7,7 @@ use telegate_admin_proto::AdminClient;
 use telegate_admin_proto::pb::{self, Origin};
 use telegate_frame::pb::{self as fpb, VehicleFrame, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, Vin, decode, encode, vehicle_topic};
+use telegate_gateway::state::record;
 use telegate_gateway::{Config, Gateway, PackSource};
 use telegate_policy::{Keyring, PurposeId, SubjectRecord, SubjectSecret, unseal};
 use telegate_tests::*;

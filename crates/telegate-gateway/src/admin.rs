@@ -19,7 +19,8 @@ use telegate_frame::pb::PlatformRequest;
 use telegate_kafka::{KafkaConfig, scan};
 use telegate_mqtt::{Delivery, Edge, Refusal};
 use telegate_policy::{
-    Account, ConsentRule, Identity, Keyring, Pack, StateFile, SubjectRecord, sealed_subject, unseal,
+    Account, ConsentRule, Identity, Keyring, Pack, StateFile, StateKey, SubjectRecord,
+    sealed_subject, unseal,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -402,13 +403,7 @@ impl Admin for AdminService {
         };
         let id = sealed_subject(&sealed)
             .ok_or_else(|| Status::invalid_argument("not a sealed value (tgs1.…)"))?;
-        let vin = self.ctx.state.vin_of_subject(id).ok_or_else(gone)?;
-        let secret = self
-            .ctx
-            .state
-            .get(&vin)
-            .and_then(|r| r.secret)
-            .ok_or_else(gone)?;
+        let secret = self.ctx.state.secret_of_subject(id).ok_or_else(gone)?;
         let opened = unseal(&secret, &sealed).ok_or_else(gone)?;
         Ok(Response::new(pb::UnsealReply {
             vin: opened.expose().to_owned(),
@@ -416,8 +411,16 @@ impl Admin for AdminService {
     }
 }
 
-/// Erases a vehicle: the ledger records it, then the state and key material go everywhere.
+/// Erases a vehicle: the ledger records it, then the state and key material go everywhere,
+/// and its live connection is closed.
 pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> anyhow::Result<bool> {
+    let existed = erase_at(ctx, &ctx.state.key_of(vin), actor).await?;
+    ctx.edge.close(vin, Refusal::VehicleBlocked);
+    Ok(existed)
+}
+
+/// Erases the vehicle whose record is named `key` (the retention check knows no VIN).
+async fn erase_at(ctx: &AdminContext, key: &StateKey, actor: &str) -> anyhow::Result<bool> {
     let change = Change {
         action: Action::Erase,
         target: "",
@@ -427,10 +430,8 @@ pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> anyhow::Result
         text_version: "",
         actor,
     };
-    ctx.ledger.append(vin, change).await?;
-    let existed = ctx.state.erase(vin).await?;
-    ctx.edge.close(vin, Refusal::VehicleBlocked);
-    Ok(existed)
+    ctx.ledger.append_at(key, change).await?;
+    ctx.state.erase(key).await
 }
 
 /// Access and portability: the vehicle's state, its ledger, and what each purpose's topic
@@ -439,9 +440,11 @@ pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> anyhow::Result
 pub async fn export(ctx: &AdminContext, vin: &Vin) -> anyhow::Result<serde_json::Value> {
     let record = ctx.state.get(vin);
     let secret = record.as_ref().and_then(|r| r.secret.clone());
-    let subject_hash = ctx.ledger.subject_hash(vin);
+    // Entries filed under the state key, and older ones under a pseudonym key's subject hash.
+    let mut filed_under = vec![ctx.ledger.subject_hash(vin)];
+    filed_under.extend(ctx.keys.subject_hashes(vin.expose()));
     let ledger: Vec<LedgerEntry> = scan(&ctx.kafka, ctx.ledger.topic(), |k| {
-        k == subject_hash.as_bytes()
+        filed_under.iter().any(|h| k == h.as_bytes())
     })
     .await?
     .into_iter()
@@ -515,11 +518,12 @@ pub async fn sweep_blocked(
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        let due = ctx.state.vins_where(|r| {
+        // A blocked vehicle is refused at the edge: no connection of its to close.
+        let due = ctx.state.keys_where(|r| {
             matches!(r.account, Account::Blocked { delete_after_ms, .. } if delete_after_ms <= now)
         });
-        for vin in due {
-            match erase(&ctx, &vin, "retention-check").await {
+        for key in due {
+            match erase_at(&ctx, &key, "retention-check").await {
                 Ok(_) => metrics::counter!("telegate_blocked_erased_total").increment(1),
                 Err(e) => tracing::error!(error = %e, "erasing a blocked account failed; retrying"),
             }

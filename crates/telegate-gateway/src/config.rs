@@ -424,6 +424,18 @@ impl Config {
             .ok()
     }
 
+    /// The operator's keys, from the key file or `TELEGATE_KEYS`; None when neither is set
+    /// (the gateway then makes ephemeral ones).
+    pub fn operator_keys(&self) -> Result<Option<Keyring>, ConfigErrors> {
+        let mut errors = ConfigErrors(Vec::new());
+        let keys = self.keys(&mut errors);
+        match keys {
+            Some(k) if k.is_ephemeral() => Ok(None),
+            Some(k) => Ok(Some(k)),
+            None => Err(errors),
+        }
+    }
+
     /// Keys from the key file, else from `TELEGATE_KEYS` (the same TOML), else ephemeral.
     fn keys(&self, errors: &mut ConfigErrors) -> Option<Keyring> {
         let (path, text) = match (&self.key_file, std::env::var("TELEGATE_KEYS")) {

@@ -76,7 +76,7 @@ impl Gateway {
         let ephemeral_keys = keys.is_ephemeral();
         if ephemeral_keys {
             tracing::warn!(
-                "no key file: pseudonyms use an ephemeral key and change at every restart"
+                "no key file: pseudonyms use an ephemeral key and change at every restart, and the consent state written now cannot be read after one"
             );
         }
 
@@ -92,8 +92,28 @@ impl Gateway {
             &config.kafka,
             &state_topic.name,
             config.kafka_startup_timeout,
+            keys.state().clone(),
         )
         .await?;
+        let unread = state.unread();
+        if unread.total() > 0 {
+            if !ephemeral_keys {
+                state.close(Duration::from_secs(1)).await;
+                anyhow::bail!(
+                    "{} records of {} cannot be read with this key file ({unread}). Starting \
+                     would give those vehicles fresh records and lose their consents and \
+                     pseudonyms: list the index key and wrapping keys they were written with \
+                     (docs/operations.md, \"Keys and key rotation\")",
+                    unread.total(),
+                    state_topic.name
+                );
+            }
+            tracing::error!(
+                records = unread.total(),
+                reasons = %unread,
+                "consent-state records written under other keys cannot be read with an ephemeral key"
+            );
+        }
         if let Some(file) = &state_file {
             state.load(file)?;
         }

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use telegate_frame::Vin;
 use telegate_kafka::LogWriter;
-use telegate_policy::Keyring;
+use telegate_policy::{Keyring, StateKey};
 
 /// Through which channel a change was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,16 +88,26 @@ impl Ledger {
         &self.topic
     }
 
-    /// The keyed hash the ledger files a vehicle under.
+    /// The keyed hash the ledger files a vehicle under: its state key, as on
+    /// `telegate.consent-state`, stable across pseudonym key rotations.
     pub fn subject_hash(&self, vin: &Vin) -> String {
-        self.keys.subject_hash(vin.expose())
+        self.keys.state().key_of(vin).to_hex()
     }
 
     /// Appends one entry and returns once Kafka has it.
     pub async fn append(&self, vin: &Vin, change: Change<'_>) -> anyhow::Result<LedgerEntry> {
+        self.append_at(&self.keys.state().key_of(vin), change).await
+    }
+
+    /// Appends one entry for the vehicle whose state key is `key`.
+    pub async fn append_at(
+        &self,
+        key: &StateKey,
+        change: Change<'_>,
+    ) -> anyhow::Result<LedgerEntry> {
         let entry = LedgerEntry {
-            subject_hash: self.subject_hash(vin),
-            key_id: self.keys.active_id().to_string(),
+            subject_hash: key.to_hex(),
+            key_id: format!("index-{}", self.keys.state().fingerprint()),
             action: change.action,
             target: change.target.to_owned(),
             value: change.value,

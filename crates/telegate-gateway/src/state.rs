@@ -1,36 +1,57 @@
 //! Every vehicle's settings, consents, activations, objections, restrictions, account status
 //! and key material: in memory for the hot path, replicated through the compacted topic
-//! `telegate.consent-state` (key = VIN, value = the vehicle's whole record as JSON) so every
-//! gateway instance and every restart sees the same state.
+//! `telegate.consent-state` so every gateway instance and every restart sees the same state.
+//!
+//! At rest a vehicle is named by its [`StateKey`] (a keyed hash of the VIN under the index key)
+//! and its secret is wrapped under the operator's wrapping key ([`record`] has the format):
+//! the topic names no VIN and holds no usable secret. Memory is keyed the same way; a frame's
+//! lookup hashes its VIN once.
 //!
 //! Replicas converge: a record read from the topic is merged into the local one (timelines
 //! are unions), and a local record that knows more than what it merged is written back. A
-//! tombstone erases the vehicle everywhere.
+//! tombstone erases the vehicle everywhere. Records in an older form (keyed by raw VIN, secret
+//! in the clear, or wrapped under a key that is no longer the active one) are rewritten in the
+//! current one as they are read; a raw-VIN record's key then gets a tombstone.
 
 use anyhow::Context;
 use dashmap::{DashMap, DashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use telegate_frame::Vin;
 use telegate_kafka::{Entry, KafkaConfig, LogWriter, follow};
-use telegate_policy::{Admission, StateFile, SubjectRecord, SubjectSecret};
+use telegate_policy::{Admission, StateFile, StateKey, StateKeys, SubjectRecord, SubjectSecret};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-#[derive(Default)]
+pub mod census;
+pub mod record;
+
+use record::Read;
+
 pub struct StateStore {
-    subjects: DashMap<Vin, SubjectRecord>,
-    /// Subject id (from the key material) → VIN, to open sealed values.
-    by_subject_id: DashMap<String, Vin>,
+    keys: StateKeys,
+    subjects: DashMap<StateKey, SubjectRecord>,
+    /// Subject id (from the key material) → the record holding it, to open sealed values.
+    by_subject_id: DashMap<String, StateKey>,
+    /// Records on the topic this gateway's keys cannot read (latest entry per key).
+    unreadable: DashMap<StateKey, record::Unreadable>,
+    migrated: AtomicU64,
+    /// The topic has been read to its end once.
+    caught_up: AtomicBool,
     replication: Option<Replication>,
 }
 
 struct Replication {
     writer: LogWriter,
     topic: String,
-    /// Vehicles changed locally and not yet written; coalesced, bounded by the fleet.
-    dirty: DashSet<Vin>,
+    /// Vehicles changed locally (or read in an older form) and not yet written; coalesced,
+    /// bounded by the fleet.
+    dirty: DashSet<StateKey>,
+    /// Raw-VIN keys of format-1 records, to tombstone once their record is written anew;
+    /// true once a format-2 record for the vehicle has been read after it.
+    legacy: DashMap<StateKey, (Vin, bool)>,
     wake: Notify,
     /// Stops the follower and has the writer make its last pass.
     stop: watch::Sender<bool>,
@@ -52,14 +73,45 @@ pub fn fresh_secret() -> SubjectSecret {
     SubjectSecret::from_random(rand::random(), rand::random())
 }
 
+/// What reading the state topic found that this gateway cannot use, by reason.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unread(pub std::collections::BTreeMap<String, usize>);
+
+impl Unread {
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(why, n)| format!("{n} {why}")).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
 impl StateStore {
+    /// A store kept only in memory (tools and tests).
+    pub fn local(keys: StateKeys) -> Self {
+        Self {
+            keys,
+            subjects: DashMap::new(),
+            by_subject_id: DashMap::new(),
+            unreadable: DashMap::new(),
+            migrated: AtomicU64::new(0),
+            caught_up: AtomicBool::new(false),
+            replication: None,
+        }
+    }
+
     /// A store replicated through `topic`: reads it in full before returning (so a new or
     /// restarted instance starts with everyone's state), then follows it until
-    /// [`close`](Self::close).
+    /// [`close`](Self::close). Records in an older form are rewritten as they are read.
     pub async fn replicated(
         cfg: &KafkaConfig,
         topic: &str,
         catch_up: Duration,
+        keys: StateKeys,
     ) -> anyhow::Result<Arc<Self>> {
         let writer = LogWriter::new(cfg).context("state writer")?;
         let (stop, stopped) = watch::channel(false);
@@ -68,33 +120,104 @@ impl StateStore {
                 writer,
                 topic: topic.to_owned(),
                 dirty: DashSet::new(),
+                legacy: DashMap::new(),
                 wake: Notify::new(),
                 stop,
                 tasks: Mutex::new(Vec::new()),
             }),
-            ..Self::default()
+            ..Self::local(keys)
         });
-        let (mut entries, mut caught_up) = follow(cfg, topic, 4096, stopped.clone())
+        let (mut entries, mut read_to_end) = follow(cfg, topic, 4096, stopped.clone())
             .with_context(|| format!("following {topic}"))?;
+        let (applied_tx, mut applied) = watch::channel(false);
         let applier = store.clone();
         let applying = tokio::spawn(async move {
+            // Catch-up: everything the follower read before it reached the topic's end is in
+            // the channel by the time it says so.
+            loop {
+                tokio::select! {
+                    biased;
+                    e = entries.recv() => match e {
+                        Some(e) => applier.apply_remote(e),
+                        None => return,
+                    },
+                    r = read_to_end.wait_for(|c| *c) => match r {
+                        Ok(_) => break,
+                        Err(_) => return,
+                    },
+                }
+            }
+            while let Ok(e) = entries.try_recv() {
+                applier.apply_remote(e);
+            }
+            applier.caught_up.store(true, Ordering::Release);
+            let _ = applied_tx.send(true);
             while let Some(e) = entries.recv().await {
                 applier.apply_remote(e);
             }
         });
+        if let Some(rep) = &store.replication {
+            rep.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(applying);
+        }
+        let caught_up = tokio::time::timeout(catch_up, applied.wait_for(|c| *c)).await;
+        if !matches!(caught_up, Ok(Ok(_))) {
+            if let Some(rep) = &store.replication {
+                let _ = rep.stop.send(true);
+            }
+            return Err(match caught_up {
+                Err(_) => anyhow::anyhow!("{topic} was not read to its end within {catch_up:?}"),
+                Ok(_) => anyhow::anyhow!("state follower stopped"),
+            });
+        }
+        // Nothing is written before the whole topic is read: an older form's record is
+        // rewritten (and its raw-VIN key tombstoned) only once every erasure is known.
         let writing = tokio::spawn(write_dirty(store.clone(), stopped));
         if let Some(rep) = &store.replication {
             rep.tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .extend([applying, writing]);
+                .push(writing);
+            rep.wake.notify_one();
         }
-        tokio::time::timeout(catch_up, caught_up.wait_for(|c| *c))
-            .await
-            .with_context(|| format!("{topic} was not read to its end within {catch_up:?}"))?
-            .context("state follower stopped")?;
-        tracing::info!(vehicles = store.len(), %topic, "consent state caught up");
+        tracing::info!(
+            vehicles = store.len(),
+            to_rewrite = store.pending_writes(),
+            unreadable = store.unread().total(),
+            %topic,
+            "consent state caught up"
+        );
         Ok(store)
+    }
+
+    /// The records read from the topic that this gateway's keys cannot open, by reason. A
+    /// vehicle whose record cannot be read would start afresh here, its consents and key
+    /// material lost to this instance: the gateway refuses to start while any remain.
+    pub fn unread(&self) -> Unread {
+        let mut out = Unread::default();
+        for r in self.unreadable.iter() {
+            *out.0.entry(r.value().to_string()).or_default() += 1;
+        }
+        out
+    }
+
+    /// Records changed here, or read in an older form, not yet written to the topic.
+    pub fn pending_writes(&self) -> usize {
+        self.replication
+            .as_ref()
+            .map_or(0, |r| r.dirty.len() + r.legacy.len())
+    }
+
+    /// Format-1 records (raw-VIN keys) rewritten and their old keys tombstoned so far.
+    pub fn migrated(&self) -> u64 {
+        self.migrated.load(Ordering::Relaxed)
+    }
+
+    /// The key a vehicle's record has, here and on the topic.
+    pub fn key_of(&self, vin: &Vin) -> StateKey {
+        self.keys.key_of(vin)
     }
 
     /// Loads a state file (`{"subjects": {VIN: {...}}}`); every VIN must be valid. Its
@@ -104,63 +227,112 @@ impl StateStore {
             // The error names the entry's position, never the VIN.
             let vin =
                 Vin::parse(vin).with_context(|| format!("state file subject #{i}: not a VIN"))?;
-            self.merge_local(vin, record);
+            self.merge_local(self.key_of(&vin), record);
         }
         Ok(())
     }
 
     fn apply_remote(&self, e: Entry) {
-        let Some(vin) = std::str::from_utf8(&e.key)
-            .ok()
-            .and_then(|k| Vin::parse(k).ok())
-        else {
-            tracing::warn!("consent-state record with a key that is not a VIN; ignored");
-            return;
-        };
-        match e.value {
-            None => self.forget(&vin),
-            Some(v) => match serde_json::from_slice::<SubjectRecord>(&v) {
-                Ok(remote) => {
-                    let knows_more = {
-                        let mut mine = self.subjects.entry(vin).or_default();
-                        mine.merge(&remote);
-                        self.index(&vin, &mine);
-                        *mine != remote
-                    };
-                    if knows_more {
-                        self.mark(vin);
-                    }
+        match record::decode(&self.keys, &e.key, e.value.as_deref()) {
+            Read::Record {
+                key,
+                record,
+                wrapped_under,
+            } => {
+                self.unreadable.remove(&key);
+                if let Some(rep) = &self.replication
+                    && let Some(mut old) = rep.legacy.get_mut(&key)
+                {
+                    old.1 = true;
                 }
-                Err(e) => tracing::warn!(error = %e, "unreadable consent-state record; ignored"),
-            },
+                let stale =
+                    wrapped_under.is_some_and(|k| k != self.keys.active_wrapping_id().as_str());
+                self.merge_remote(key, &record, stale);
+            }
+            Read::Erased(key) => {
+                self.unreadable.remove(&key);
+                self.forget(&key);
+            }
+            Read::Legacy { vin, record } => {
+                let key = self.key_of(&vin);
+                self.merge_remote(key, &record, true);
+                if let Some(rep) = &self.replication {
+                    rep.legacy.insert(key, (vin, false));
+                }
+            }
+            Read::LegacyErased(vin) => {
+                // While catching up: after a format-1 record not yet rewritten, an erasure by
+                // the older gateway; after one rewritten, the migration's own tombstone. Once
+                // caught up, format-1 tombstones are this migration's own.
+                let Some(rep) = &self.replication else {
+                    return;
+                };
+                if self.caught_up.load(Ordering::Acquire) {
+                    return;
+                }
+                let key = self.key_of(&vin);
+                if let Some((_, (_, rewritten))) = rep.legacy.remove(&key)
+                    && !rewritten
+                {
+                    self.forget(&key);
+                    rep.dirty.remove(&key);
+                }
+            }
+            Read::Unreadable { key, why } => {
+                metrics::counter!("telegate_state_unreadable_total").increment(1);
+                self.unreadable.insert(key, why);
+            }
+            Read::Malformed(what) => {
+                metrics::counter!("telegate_state_unreadable_total").increment(1);
+                tracing::warn!(what, "consent-state record ignored");
+            }
         }
     }
 
-    fn index(&self, vin: &Vin, record: &SubjectRecord) {
+    /// Merges a record read from the topic; writes the merged one back when it knows more,
+    /// or when `rewrite` (an older form).
+    fn merge_remote(&self, key: StateKey, remote: &SubjectRecord, rewrite: bool) {
+        let knows_more = {
+            let mut mine = self.subjects.entry(key).or_default();
+            mine.merge(remote);
+            self.index(&key, &mine);
+            *mine != *remote
+        };
+        if knows_more || rewrite {
+            self.mark(key);
+        }
+    }
+
+    fn index(&self, key: &StateKey, record: &SubjectRecord) {
         if let Some(s) = &record.secret {
-            self.by_subject_id.insert(s.id.clone(), *vin);
+            self.by_subject_id.insert(s.id.clone(), *key);
         }
     }
 
-    fn forget(&self, vin: &Vin) {
-        if let Some(s) = self.subjects.remove(vin).and_then(|(_, r)| r.secret) {
+    fn forget(&self, key: &StateKey) {
+        if let Some(s) = self.subjects.remove(key).and_then(|(_, r)| r.secret) {
             self.by_subject_id.remove(&s.id);
         }
     }
 
-    fn mark(&self, vin: Vin) {
+    fn mark(&self, key: StateKey) {
         if let Some(r) = &self.replication {
-            r.dirty.insert(vin);
+            r.dirty.insert(key);
             r.wake.notify_one();
         }
     }
 
-    fn merge_local(&self, vin: Vin, record: &SubjectRecord) {
-        let mut mine = self.subjects.entry(vin).or_default();
+    fn merge_local(&self, key: StateKey, record: &SubjectRecord) {
+        let mut mine = self.subjects.entry(key).or_default();
         mine.merge(record);
-        self.index(&vin, &mine);
+        self.index(&key, &mine);
         drop(mine);
-        self.mark(vin);
+        self.mark(key);
+    }
+
+    /// The value written for the record named `key`, under the active wrapping key.
+    fn encode(&self, key: &StateKey, record: &SubjectRecord) -> Vec<u8> {
+        record::encode(&self.keys, key, record, rand::random())
     }
 
     /// Admits a frame: runs `admit` (the policy core's [`telegate_policy::admit`]) on the
@@ -173,10 +345,11 @@ impl StateStore {
         vin: Vin,
         admit: impl FnOnce(&mut SubjectRecord) -> Admission,
     ) -> Admission {
-        let mut record = self.subjects.entry(vin).or_default();
+        let key = self.key_of(&vin);
+        let mut record = self.subjects.entry(key).or_default();
         let admission = admit(&mut record);
         if admission.changes.secret_created {
-            self.index(&vin, &record);
+            self.index(&key, &record);
         }
         admission
     }
@@ -184,19 +357,24 @@ impl StateStore {
     /// Runs `f` on the vehicle's record (None for a vehicle nothing is known about). Keep `f`
     /// short and synchronous: it holds a shard lock.
     pub fn with<R>(&self, vin: &Vin, f: impl FnOnce(Option<&SubjectRecord>) -> R) -> R {
-        match self.subjects.get(vin) {
+        match self.subjects.get(&self.key_of(vin)) {
             Some(r) => f(Some(&r)),
             None => f(None),
         }
     }
 
     pub fn get(&self, vin: &Vin) -> Option<SubjectRecord> {
-        self.subjects.get(vin).map(|r| r.clone())
+        self.get_at(&self.key_of(vin))
     }
 
-    /// The VIN whose key material has this subject id.
-    pub fn vin_of_subject(&self, subject_id: &str) -> Option<Vin> {
-        self.by_subject_id.get(subject_id).map(|v| *v)
+    fn get_at(&self, key: &StateKey) -> Option<SubjectRecord> {
+        self.subjects.get(key).map(|r| r.clone())
+    }
+
+    /// The key material whose subject id this is (what a sealed value names).
+    pub fn secret_of_subject(&self, subject_id: &str) -> Option<SubjectSecret> {
+        let key = *self.by_subject_id.get(subject_id)?;
+        self.get_at(&key)?.secret
     }
 
     /// Changes a vehicle's record and, when replicated, returns only once Kafka has the new
@@ -206,19 +384,20 @@ impl StateStore {
         vin: Vin,
         change: impl FnOnce(&mut SubjectRecord),
     ) -> anyhow::Result<SubjectRecord> {
+        let key = self.key_of(&vin);
         let record = {
-            let mut r = self.subjects.entry(vin).or_default();
+            let mut r = self.subjects.entry(key).or_default();
             if r.secret.is_none() {
                 r.secret = Some(fresh_secret());
             }
             change(&mut r);
-            self.index(&vin, &r);
+            self.index(&key, &r);
             r.clone()
         };
         if let Some(rep) = &self.replication {
-            let value = serde_json::to_vec(&record)?;
+            let value = self.encode(&key, &record);
             rep.writer
-                .put(&rep.topic, Some(vin.expose().as_bytes()), Some(&value))
+                .put(&rep.topic, Some(key.to_hex().as_bytes()), Some(&value))
                 .await
                 .context("writing consent state")?;
         }
@@ -232,18 +411,19 @@ impl StateStore {
         let Some(rep) = &self.replication else {
             return Ok(());
         };
-        rep.dirty.remove(vin);
+        let key = self.key_of(vin);
+        rep.dirty.remove(&key);
         // Erased meanwhile: its tombstone is what counts.
-        let Some(record) = self.get(vin) else {
+        let Some(record) = self.get_at(&key) else {
             return Ok(());
         };
-        let value = serde_json::to_vec(&record)?;
+        let value = self.encode(&key, &record);
         let written = rep
             .writer
-            .put(&rep.topic, Some(vin.expose().as_bytes()), Some(&value))
+            .put(&rep.topic, Some(key.to_hex().as_bytes()), Some(&value))
             .await;
         if written.is_err() {
-            self.mark(*vin);
+            self.mark(key);
         }
         written.context("writing consent state")
     }
@@ -251,21 +431,21 @@ impl StateStore {
     /// Deletes everything about a vehicle, here and (by tombstone) on every instance. With
     /// the record goes its key material: earlier pseudonyms and sealed VINs can no longer be
     /// linked to the VIN.
-    pub async fn erase(&self, vin: &Vin) -> anyhow::Result<bool> {
-        let existed = self.subjects.contains_key(vin);
-        self.forget(vin);
+    pub async fn erase(&self, key: &StateKey) -> anyhow::Result<bool> {
+        let existed = self.subjects.contains_key(key);
+        self.forget(key);
         if let Some(rep) = &self.replication {
-            rep.dirty.remove(vin);
+            rep.dirty.remove(key);
             rep.writer
-                .put(&rep.topic, Some(vin.expose().as_bytes()), None)
+                .put(&rep.topic, Some(key.to_hex().as_bytes()), None)
                 .await
                 .context("writing the erasure tombstone")?;
         }
         Ok(existed)
     }
 
-    /// Vehicles whose records match `pred`.
-    pub fn vins_where(&self, pred: impl Fn(&SubjectRecord) -> bool) -> Vec<Vin> {
+    /// Vehicles whose records match `pred`, by key.
+    pub fn keys_where(&self, pred: impl Fn(&SubjectRecord) -> bool) -> Vec<StateKey> {
         self.subjects
             .iter()
             .filter(|r| pred(r.value()))
@@ -283,6 +463,19 @@ impl StateStore {
 }
 
 impl StateStore {
+    /// Returns once every record changed here or read in an older form is written (and every
+    /// format-1 key tombstoned), or `timeout` passed; true if nothing is left.
+    pub async fn flushed(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.pending_writes() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// Stops following the topic and returns once every local change made before the call
     /// is in Kafka (or `timeout` passed, which is logged with the number left unwritten).
     pub async fn close(&self, timeout: Duration) {
@@ -305,9 +498,11 @@ impl StateStore {
 }
 
 /// Writes locally changed records to the state topic, coalescing bursts, until `stop` turns
-/// true; then writes what is left and returns. A burst (say, a fleet seen for the first time)
-/// goes out as concurrent writes, which the producer batches into a few requests instead of
-/// one acknowledged round trip per vehicle.
+/// true; then writes what is left and returns. A burst (say, a fleet seen for the first time,
+/// or a topic being rewritten under a new wrapping key) goes out as concurrent writes, which
+/// the producer batches into a few requests instead of one acknowledged round trip per
+/// vehicle. A format-1 record's raw-VIN key is tombstoned only after its record is written
+/// under the state key.
 async fn write_dirty(store: Arc<StateStore>, stop: watch::Receiver<bool>) {
     let Some(rep) = &store.replication else {
         return;
@@ -318,38 +513,65 @@ async fn write_dirty(store: Arc<StateStore>, stop: watch::Receiver<bool>) {
         if !last {
             rep.wake.notified().await;
         }
-        let batch: Vec<(Vin, Vec<u8>)> = rep
+        let batch: Vec<(StateKey, Vec<u8>)> = rep
             .dirty
             .iter()
-            .map(|v| *v)
+            .map(|k| *k)
             .collect::<Vec<_>>()
             .into_iter()
-            .filter_map(|vin| {
-                rep.dirty.remove(&vin);
-                let record = store.get(&vin)?;
-                Some((vin, serde_json::to_vec(&record).ok()?))
+            .filter_map(|key| {
+                rep.dirty.remove(&key);
+                let record = store.get_at(&key)?;
+                Some((key, store.encode(&key, &record)))
             })
             .collect();
-        let writes = batch.iter().map(|(vin, value)| async move {
+        let writes = batch.iter().map(|(key, value)| async move {
             let r = rep
                 .writer
-                .put(&rep.topic, Some(vin.expose().as_bytes()), Some(value))
+                .put(&rep.topic, Some(key.to_hex().as_bytes()), Some(value))
                 .await;
-            (*vin, r)
+            (*key, r)
         });
         let mut retry = false;
-        for (vin, r) in futures::future::join_all(writes).await {
+        for (key, r) in futures::future::join_all(writes).await {
             if let Err(e) = r {
                 failed.increment(1);
                 tracing::error!(error = %e, "consent state not replicated; retrying");
-                rep.dirty.insert(vin);
+                rep.dirty.insert(key);
                 retry = true;
+            }
+        }
+        // Old keys whose records are now written under their state key.
+        let old: Vec<(StateKey, Vin)> = rep
+            .legacy
+            .iter()
+            .filter(|e| !rep.dirty.contains(e.key()))
+            .map(|e| (*e.key(), e.value().0))
+            .collect();
+        let tombstones = old.iter().map(|(key, vin)| async move {
+            let r = rep
+                .writer
+                .put(&rep.topic, Some(vin.expose().as_bytes()), None)
+                .await;
+            (*key, r)
+        });
+        for (key, r) in futures::future::join_all(tombstones).await {
+            match r {
+                Ok(_) => {
+                    store.migrated.fetch_add(1, Ordering::Relaxed);
+                    rep.legacy.remove(&key);
+                }
+                Err(e) => {
+                    failed.increment(1);
+                    tracing::error!(error = %e, "format-1 consent-state key not removed; retrying");
+                    retry = true;
+                }
             }
         }
         if retry {
             tokio::time::sleep(Duration::from_millis(500)).await;
             rep.wake.notify_one();
-        } else if last && rep.dirty.is_empty() {
+        } else if last && rep.dirty.is_empty() && rep.legacy.is_empty() {
             return;
         }
     }

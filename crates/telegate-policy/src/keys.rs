@@ -1,38 +1,26 @@
-//! Keyed hashing: pseudonyms for services and subject hashes for `telegate.rejected`.
+//! The operator's key file: pseudonym keys (pseudonyms for services, subject hashes for
+//! `telegate.rejected`) and the keys of the state at rest ([`StateKeys`]).
 //!
-//! One secret per key version; per-purpose keys are derived by domain separation inside the
-//! HMAC input, so two purposes never see the same pseudonym for one VIN. Several versions can
-//! be loaded at once (rotation): new records use the active one and name it in
+//! One secret per pseudonym key version; per-purpose keys are derived by domain separation
+//! inside the HMAC input, so two purposes never see the same pseudonym for one VIN. Several
+//! versions can be loaded at once (rotation): new records use the active one and name it in
 //! `telegate-key-id`.
 
+use crate::at_rest::{Material as Secret, StateKeys, mac};
 use crate::ids::{KeyId, PurposeId};
 use crate::state::SubjectSecret;
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use std::fmt;
 use telegate_frame::Vin;
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// Key material. Debug never shows it.
-#[derive(Clone)]
-struct Secret(Vec<u8>);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(<{} bytes>)", self.0.len())
-    }
-}
-
-/// The loaded key versions and which one is active.
+/// The loaded key versions and which one is active, and the state keys.
 #[derive(Debug, Clone)]
 pub struct Keyring {
     keys: Vec<(KeyId, Secret)>,
     active: usize,
+    state: StateKeys,
     ephemeral: bool,
 }
 
@@ -49,12 +37,30 @@ pub enum KeyError {
     Duplicate(String),
     #[error("exactly one key must be active = true (found {0})")]
     Active(usize),
+    #[error(
+        "no [state] section: the index key and wrapping keys of the consent state are missing \
+         (`telegate keys state` prints a section to add; docs/operations.md, \"Keys and key rotation\")"
+    )]
+    NoState,
+    #[error("[state] index_hex must be hex of at least 32 bytes")]
+    WeakIndex,
+    #[error("[state]: exactly one [[state.wrapping]] key must be active = true (found {0})")]
+    WrappingActive(usize),
 }
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKeyFile {
     keys: Vec<RawKey>,
+    state: Option<RawState>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    index_hex: String,
+    #[serde(default)]
+    wrapping: Vec<RawKey>,
 }
 
 #[derive(serde::Deserialize)]
@@ -71,52 +77,81 @@ const MIN_SECRET: usize = 32;
 impl Keyring {
     /// Parses a key file:
     /// ```toml
-    /// [[keys]]
+    /// [[keys]]                  # pseudonym keys
     /// id = "2026-11"
+    /// secret_hex = "…64+ hex digits…"
+    /// active = true
+    ///
+    /// [state]
+    /// index_hex = "…64+ hex digits…"
+    /// [[state.wrapping]]        # key-encryption keys of the vehicles' secrets
+    /// id = "w-2026-11"
     /// secret_hex = "…64+ hex digits…"
     /// active = true
     /// ```
     pub fn from_toml(text: &str) -> Result<Self, KeyError> {
         let raw: RawKeyFile = toml::from_str(text).map_err(|e| KeyError::Syntax(e.to_string()))?;
-        let mut keys = Vec::with_capacity(raw.keys.len());
-        let mut active = Vec::new();
-        for k in raw.keys {
-            if !crate::ids::is_slug(&k.id) {
-                return Err(KeyError::BadId(k.id));
-            }
-            if keys
-                .iter()
-                .any(|(id, _): &(KeyId, Secret)| id.as_str() == k.id)
-            {
-                return Err(KeyError::Duplicate(k.id));
-            }
-            let secret = hex::decode(k.secret_hex.trim())
-                .ok()
-                .filter(|s| s.len() >= MIN_SECRET)
-                .ok_or_else(|| KeyError::WeakOrMalformed(k.id.clone()))?;
-            if k.active {
-                active.push(keys.len());
-            }
-            keys.push((KeyId::from(k.id.as_str()), Secret(secret)));
-        }
-        match active.as_slice() {
-            [one] => Ok(Self {
-                keys,
-                active: *one,
-                ephemeral: false,
-            }),
-            _ => Err(KeyError::Active(active.len())),
-        }
+        let (keys, active) = versions(raw.keys).map_err(|e| match e {
+            Versions::Key(e) => e,
+            Versions::Active(n) => KeyError::Active(n),
+        })?;
+        let state = raw.state.ok_or(KeyError::NoState)?;
+        let index = hex::decode(state.index_hex.trim())
+            .ok()
+            .filter(|s| s.len() >= MIN_SECRET)
+            .ok_or(KeyError::WeakIndex)?;
+        let (wrapping, wrap_active) = versions(state.wrapping).map_err(|e| match e {
+            Versions::Key(e) => e,
+            Versions::Active(n) => KeyError::WrappingActive(n),
+        })?;
+        let wrapping = wrapping.into_iter().map(|(id, k)| (id, k.0)).collect();
+        Ok(Self {
+            keys,
+            active,
+            state: StateKeys::new(index, wrapping, wrap_active),
+            ephemeral: false,
+        })
     }
 
     /// A keyring from fresh random bytes (the caller supplies them: this crate has no
-    /// randomness source). Pseudonyms from it change at every start: for demos and tests.
+    /// randomness source). Pseudonyms from it change at every start, and state written under
+    /// it cannot be read after one: for demos and tests.
     pub fn ephemeral(secret: [u8; 32]) -> Self {
+        let state = StateKeys::new(
+            mac(&secret, &[b"ephemeral-index"]),
+            vec![(
+                KeyId::from("ephemeral"),
+                mac(&secret, &[b"ephemeral-wrapping"]),
+            )],
+            0,
+        );
         Self {
             keys: vec![(KeyId::from("ephemeral"), Secret(secret.to_vec()))],
             active: 0,
+            state,
             ephemeral: true,
         }
+    }
+
+    /// The index key and wrapping keys of the state at rest.
+    pub fn state(&self) -> &StateKeys {
+        &self.state
+    }
+
+    /// The subject hash of `subject` under every listed pseudonym key, active first: what
+    /// `telegate.rejected` (and, before state keys, the consent ledger) filed it under.
+    pub fn subject_hashes(&self, subject: &str) -> Vec<String> {
+        let mut order: Vec<usize> = (0..self.keys.len()).collect();
+        order.sort_by_key(|&i| i != self.active);
+        order
+            .into_iter()
+            .map(|i| {
+                hash(
+                    &self.keys[i].1.0,
+                    &[b"rejected-subject", subject.as_bytes()],
+                )
+            })
+            .collect()
     }
 
     pub fn is_ephemeral(&self) -> bool {
@@ -155,20 +190,46 @@ impl Keyring {
     }
 
     fn hash(&self, parts: &[&[u8]]) -> String {
-        hex::encode(&mac(&self.keys[self.active].1.0, parts)[..16])
+        hash(&self.keys[self.active].1.0, parts)
     }
 }
 
-fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let mut mac =
-        <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
-    mac.update(b"telegate/v1");
-    for p in parts {
-        // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
-        mac.update(&(p.len() as u32).to_be_bytes());
-        mac.update(p);
+fn hash(key: &[u8], parts: &[&[u8]]) -> String {
+    hex::encode(&mac(key, parts)[..16])
+}
+
+enum Versions {
+    Key(KeyError),
+    Active(usize),
+}
+
+/// Checks a list of key versions: slug ids, no duplicates, strong secrets, one active.
+fn versions(raw: Vec<RawKey>) -> Result<(Vec<(KeyId, Secret)>, usize), Versions> {
+    let mut keys = Vec::with_capacity(raw.len());
+    let mut active = Vec::new();
+    for k in raw {
+        if !crate::ids::is_slug(&k.id) {
+            return Err(Versions::Key(KeyError::BadId(k.id)));
+        }
+        if keys
+            .iter()
+            .any(|(id, _): &(KeyId, Secret)| id.as_str() == k.id)
+        {
+            return Err(Versions::Key(KeyError::Duplicate(k.id)));
+        }
+        let secret = hex::decode(k.secret_hex.trim())
+            .ok()
+            .filter(|s| s.len() >= MIN_SECRET)
+            .ok_or_else(|| Versions::Key(KeyError::WeakOrMalformed(k.id.clone())))?;
+        if k.active {
+            active.push(keys.len());
+        }
+        keys.push((KeyId::from(k.id.as_str()), Secret(secret)));
     }
-    mac.finalize().into_bytes().to_vec()
+    match active.as_slice() {
+        [one] => Ok((keys, *one)),
+        _ => Err(Versions::Active(active.len())),
+    }
 }
 
 /// A VIN encrypted under the vehicle's own key: `tgs1.{subject id}.{nonce+ciphertext}`.
@@ -263,28 +324,71 @@ mod tests {
 
     #[test]
     fn key_files_are_checked() {
+        let state = format!(
+            "[state]\nindex_hex = \"{}\"\n[[state.wrapping]]\nid = \"w1\"\nsecret_hex = \"{}\"\nactive = true\n",
+            "ef".repeat(32),
+            "01".repeat(32)
+        );
         let good = format!(
-            "[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n[[keys]]\nid = \"k2\"\nsecret_hex = \"{}\"\nactive = true\n",
+            "[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n[[keys]]\nid = \"k2\"\nsecret_hex = \"{}\"\nactive = true\n{state}",
             "ab".repeat(32),
             "cd".repeat(32)
         );
         let ring = Keyring::from_toml(&good).expect("valid");
         assert_eq!(ring.active_id().as_str(), "k2");
+        assert_eq!(ring.state().active_wrapping_id().as_str(), "w1");
         assert!(!ring.is_ephemeral());
-        let weak = "[[keys]]\nid = \"k1\"\nsecret_hex = \"abcd\"\nactive = true\n";
+        let weak = format!("[[keys]]\nid = \"k1\"\nsecret_hex = \"abcd\"\nactive = true\n{state}");
         assert!(matches!(
-            Keyring::from_toml(weak),
+            Keyring::from_toml(&weak),
             Err(KeyError::WeakOrMalformed(_))
         ));
         let none_active = format!(
-            "[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n",
+            "[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n{state}",
             "ab".repeat(32)
         );
         assert!(matches!(
             Keyring::from_toml(&none_active),
             Err(KeyError::Active(0))
         ));
-        let err = Keyring::from_toml(weak).expect_err("weak").to_string();
+        let pseudonyms_only = format!(
+            "[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\nactive = true\n",
+            "ab".repeat(32)
+        );
+        assert!(matches!(
+            Keyring::from_toml(&pseudonyms_only),
+            Err(KeyError::NoState)
+        ));
+        let weak_index = format!("{pseudonyms_only}[state]\nindex_hex = \"abcd\"\n");
+        assert!(matches!(
+            Keyring::from_toml(&weak_index),
+            Err(KeyError::WeakIndex)
+        ));
+        let no_wrapping = format!(
+            "{pseudonyms_only}[state]\nindex_hex = \"{}\"\n",
+            "ef".repeat(32)
+        );
+        assert!(matches!(
+            Keyring::from_toml(&no_wrapping),
+            Err(KeyError::WrappingActive(0))
+        ));
+        let err = Keyring::from_toml(&weak).expect_err("weak").to_string();
         assert!(!err.contains("abcd"), "errors never echo key material");
+    }
+
+    #[test]
+    fn subject_hashes_cover_every_listed_key_active_first() {
+        let text = format!(
+            "[[keys]]\nid = \"k1\"\nsecret_hex = \"{}\"\n[[keys]]\nid = \"k2\"\nsecret_hex = \"{}\"\nactive = true\n[state]\nindex_hex = \"{}\"\n[[state.wrapping]]\nid = \"w1\"\nsecret_hex = \"{}\"\nactive = true\n",
+            "ab".repeat(32),
+            "cd".repeat(32),
+            "ef".repeat(32),
+            "01".repeat(32)
+        );
+        let ring = Keyring::from_toml(&text).expect("valid");
+        let hashes = ring.subject_hashes("WP0ZZZ99ZTS392124");
+        assert_eq!(hashes.len(), 2);
+        assert_eq!(hashes[0], ring.subject_hash("WP0ZZZ99ZTS392124"));
+        assert_ne!(hashes[0], hashes[1]);
     }
 }

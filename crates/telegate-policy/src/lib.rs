@@ -5,6 +5,7 @@
 //! tokio, rdkafka, rumqttd, rumqttc or tonic (CI checks its dependency tree).
 
 mod admit;
+mod at_rest;
 mod decide;
 mod explain;
 mod fields;
@@ -16,6 +17,7 @@ mod shape;
 mod state;
 
 pub use admit::{Admission, Changes, Outcome, admit};
+pub use at_rest::{StateKey, StateKeys, UnwrapError, WrappedSecret};
 pub use decide::{
     ConsentState, Decision, DropReason, Rule, Verdict, When, contribution_period, decide,
     decide_all, offline,

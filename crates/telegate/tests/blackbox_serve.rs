@@ -184,9 +184,18 @@ async fn serve_takes_mosquitto_pub_json_and_rejects_bad_vins_without_logging_the
     for v in [&vin, &bad, &other] {
         assert!(!log.contains(v.as_str()), "a VIN reached the log:\n{log}");
     }
+    // Filed under the vehicle's state key, never its VIN.
+    let keys = telegate_policy::Keyring::from_toml(
+        &std::fs::read_to_string(key_file(dir.path())).expect("key file"),
+    )
+    .expect("keys");
+    let state_key = keys
+        .state()
+        .key_of(&telegate_frame::Vin::parse(&vin).expect("VIN"))
+        .to_hex();
     let state = consumer(&["telegate.consent-state"]);
     let records = collect(&state, usize::MAX, Duration::from_secs(8), |g| {
-        g.key.as_deref() == Some(vin.as_bytes())
+        g.key.as_deref() == Some(state_key.as_bytes())
     })
     .await;
     let last = records.last().expect("the vehicle's state record");
