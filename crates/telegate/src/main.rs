@@ -1,7 +1,9 @@
 //! The `telegate` command line: parses and dispatches, nothing else.
 
 use clap::{Parser, Subcommand};
-use telegate::{admin, connections, consume, demo, loadgen, pki, policy, serve, simulate, tools};
+use telegate::{
+    admin, connections, consume, demo, keys, loadgen, pki, policy, serve, simulate, state, tools,
+};
 
 /// jemalloc keeps its bookkeeping apart from the memory it hands out, so buffers reserved but
 /// never written stay unbacked: an idle connection costs 25 KB resident instead of 44 KB with
@@ -41,6 +43,10 @@ enum Command {
     Policy(policy::Args),
     /// The fleet's certificates: CA and server certificate, vehicle certificates, revocation.
     Pki(pki::Args),
+    /// New key material for the key file: pseudonym, index and wrapping keys.
+    Keys(keys::Args),
+    /// The consent-state topic: count its records, rewrite them under the active wrapping key.
+    State(state::Args),
     /// The bare embedded MQTT broker, no pipeline: the MQTT ceiling for comparisons.
     #[command(hide = true)]
     Broker(tools::BrokerArgs),
@@ -63,6 +69,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Admin(a) => admin::run(a).await,
         Command::Policy(a) => policy::run(a).await,
         Command::Pki(a) => pki::run(a),
+        Command::Keys(a) => keys::run(a),
+        Command::State(a) => state::run(a).await,
         Command::Broker(a) => tools::broker(a).await,
         Command::KafkaMock(a) => tools::kafka_mock(a).await,
     }
