@@ -40,7 +40,7 @@ async fn census_finds_format_one_and_rewrap_brings_every_record_under_the_active
         bootstrap: kafka(),
         ..Default::default()
     };
-    telegate_kafka::ensure_topics(&cfg, &[topic.clone()])
+    telegate_kafka::ensure_topics(&cfg, std::slice::from_ref(&topic))
         .await
         .expect("topic");
     let writer = telegate_kafka::LogWriter::new(&cfg).expect("writer");
