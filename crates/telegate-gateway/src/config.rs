@@ -24,7 +24,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The policy pack (TOML).
     pub policy: Option<PathBuf>,
-    /// Pseudonymisation keys (TOML, docs/operations.md). Without one, `TELEGATE_KEYS` or ephemeral.
+    /// The operator's keys: pseudonym, index and wrapping keys (TOML, docs/operations.md).
+    /// Without one, `TELEGATE_KEYS` or ephemeral.
     pub key_file: Option<PathBuf>,
     /// Consents, activations and settings to start from (JSON, docs/operations.md).
     pub state_file: Option<PathBuf>,

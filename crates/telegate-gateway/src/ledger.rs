@@ -1,8 +1,9 @@
 //! The consent ledger: every grant, withdrawal, objection, restriction, activation, call
 //! consent, settings change, block and erasure, appended to `telegate.consent-ledger` with
-//! who, what, when, through which channel and under which text version. The subject is a
-//! keyed hash of the VIN (auditors find a vehicle's entries by hashing its VIN with the same
-//! key); the ledger outlives erasure, as records of consent must.
+//! who, what, when, through which channel and under which text version. The subject is the
+//! vehicle's state key, a keyed hash of the VIN under the index key (export finds a vehicle's
+//! entries by hashing its VIN with the same key); the ledger outlives erasure, as records of
+//! consent must.
 
 use serde::{Deserialize, Serialize};
 use telegate_frame::Vin;

@@ -27,7 +27,8 @@ pub struct Args {
     #[arg(long, env = "TELEGATE_METRICS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<SocketAddr>,
-    /// Pseudonymisation key file; without one, TELEGATE_KEYS or an ephemeral key.
+    /// The key file (pseudonym, index and wrapping keys; `telegate keys new` makes one);
+    /// without one, TELEGATE_KEYS or ephemeral keys.
     #[arg(long, env = "TELEGATE_KEY_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     key_file: Option<PathBuf>,
