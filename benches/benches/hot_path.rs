@@ -92,6 +92,9 @@ fn hot_path(c: &mut Criterion) {
         let purpose = telegate_policy::PurposeId::from("pseudonymous-status");
         b.iter(|| keys.pseudonym(black_box(&purpose), valid.vin(), subject.secret.as_ref()))
     });
+    c.bench_function("state-key/hmac-sha256", |b| {
+        b.iter(|| keys.state().key_of(black_box(valid.vin())))
+    });
 }
 
 criterion_group!(benches, hot_path);

@@ -7,7 +7,8 @@
 //! The difference between two runs of different N, divided by the difference in N, is the
 //! stage's instructions per frame without the set-up. Stages: `decide-shape` (decide and shape
 //! on a record read-only, as the pipeline did before admission was one function) and `admit`
-//! (the same decisions plus the state changes, on the record the lock holds).
+//! (the same decisions plus the state changes, on the record the lock holds); `state-key`
+//! (the keyed hash of the VIN that names the vehicle's record, once per frame).
 
 use std::hint::black_box;
 use telegate_benches::{NOW, THREE_SERVICES, VIN, known_vehicle, status_frame};
@@ -53,7 +54,11 @@ fn main() {
             )
             .records
             .len(),
-            other => panic!("stage {other:?}: decide-shape or admit"),
+            "state-key" => {
+                black_box(keys.state().key_of(black_box(frame.vin())));
+                3
+            }
+            other => panic!("stage {other:?}: decide-shape, admit or state-key"),
         };
     }
     assert_eq!(records as u64, 3 * n);

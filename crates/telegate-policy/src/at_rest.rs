@@ -82,10 +82,39 @@ impl fmt::Debug for Material {
     }
 }
 
+/// HMAC-SHA256 keyed, the version tag already absorbed: each use then costs the message's
+/// blocks only, not the key's two blocks again. Debug never shows the key.
+#[derive(Clone)]
+pub(crate) struct Prepared(HmacSha256);
+
+impl Prepared {
+    pub(crate) fn new(key: &[u8]) -> Self {
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        mac.update(VERSION);
+        Self(mac)
+    }
+
+    /// The first 16 bytes of the MAC of `parts`: what [`mac`] gives with the same key.
+    pub(crate) fn mac16(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut mac = self.0.clone();
+        absorb(&mut mac, parts);
+        let mut out = [0; 16];
+        out.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+        out
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prepared(<keyed>)")
+    }
+}
+
 /// The index key and the wrapping keys.
 #[derive(Debug, Clone)]
 pub struct StateKeys {
-    index: Material,
+    index: Prepared,
     fingerprint: String,
     wrapping: Vec<(KeyId, Material)>,
     active: usize,
@@ -98,7 +127,7 @@ impl StateKeys {
         assert!(active < wrapping.len(), "the active wrapping key is listed");
         let fingerprint = hex::encode(&mac(&index, &[b"index-fingerprint"])[..4]);
         Self {
-            index: Material(index),
+            index: Prepared::new(&index),
             fingerprint,
             wrapping: wrapping
                 .into_iter()
@@ -108,12 +137,12 @@ impl StateKeys {
         }
     }
 
-    /// The vehicle's [`StateKey`]: one HMAC-SHA256 over a single block.
+    /// The vehicle's [`StateKey`]: HMAC-SHA256 over a single block, once per frame.
     pub fn key_of(&self, vin: &Vin) -> StateKey {
-        let full = mac(&self.index.0, &[b"state-subject", vin.expose().as_bytes()]);
-        let mut key = [0; 16];
-        key.copy_from_slice(&full[..16]);
-        StateKey(key)
+        StateKey(
+            self.index
+                .mac16(&[b"state-subject", vin.expose().as_bytes()]),
+        )
     }
 
     /// Eight hex digits that tell index keys apart without revealing them.
@@ -181,17 +210,23 @@ fn cipher(kek: &Material, at: &StateKey) -> Aes256Gcm {
     Aes256Gcm::new_from_slice(&mac(&kek.0, &[b"wrap", at.as_bytes()])).expect("32-byte key")
 }
 
+const VERSION: &[u8] = b"telegate/v1";
+
 /// HMAC-SHA256 over length-prefixed parts, domain-separated by a version tag.
 pub(crate) fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut mac =
         <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
-    mac.update(b"telegate/v1");
+    mac.update(VERSION);
+    absorb(&mut mac, parts);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn absorb(mac: &mut HmacSha256, parts: &[&[u8]]) {
     for p in parts {
         // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
         mac.update(&(p.len() as u32).to_be_bytes());
         mac.update(p);
     }
-    mac.finalize().into_bytes().to_vec()
 }
 
 #[cfg(test)]
@@ -226,6 +261,9 @@ mod tests {
         assert_eq!(StateKey::from_hex(&hex), Some(a.key_of(&vin())));
         assert_eq!(StateKey::from_hex(vin().expose()), None);
         assert_eq!(StateKey::from_hex(&hex[..30]), None);
+        // The prepared MAC is the plain one, minus the key's blocks.
+        let plain = mac(&[1; 32], &[b"state-subject", vin().expose().as_bytes()]);
+        assert_eq!(&plain[..16], a.key_of(&vin()).as_bytes());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! versions can be loaded at once (rotation): new records use the active one and name it in
 //! `telegate-key-id`.
 
-use crate::at_rest::{Material as Secret, StateKeys, mac};
+use crate::at_rest::{Material as Secret, Prepared, StateKeys, mac};
 use crate::ids::{KeyId, PurposeId};
 use crate::state::SubjectSecret;
 use aes_gcm::aead::{Aead, KeyInit};
@@ -18,7 +18,7 @@ use telegate_frame::Vin;
 /// The loaded key versions and which one is active, and the state keys.
 #[derive(Debug, Clone)]
 pub struct Keyring {
-    keys: Vec<(KeyId, Secret)>,
+    keys: Vec<(KeyId, Prepared)>,
     active: usize,
     state: StateKeys,
     ephemeral: bool,
@@ -106,7 +106,10 @@ impl Keyring {
         })?;
         let wrapping = wrapping.into_iter().map(|(id, k)| (id, k.0)).collect();
         Ok(Self {
-            keys,
+            keys: keys
+                .into_iter()
+                .map(|(id, k)| (id, Prepared::new(&k.0)))
+                .collect(),
             active,
             state: StateKeys::new(index, wrapping, wrap_active),
             ephemeral: false,
@@ -126,7 +129,7 @@ impl Keyring {
             0,
         );
         Self {
-            keys: vec![(KeyId::from("ephemeral"), Secret(secret.to_vec()))],
+            keys: vec![(KeyId::from("ephemeral"), Prepared::new(&secret))],
             active: 0,
             state,
             ephemeral: true,
@@ -145,12 +148,7 @@ impl Keyring {
         order.sort_by_key(|&i| i != self.active);
         order
             .into_iter()
-            .map(|i| {
-                hash(
-                    &self.keys[i].1.0,
-                    &[b"rejected-subject", subject.as_bytes()],
-                )
-            })
+            .map(|i| hash(&self.keys[i].1, &[b"rejected-subject", subject.as_bytes()]))
             .collect()
     }
 
@@ -190,12 +188,12 @@ impl Keyring {
     }
 
     fn hash(&self, parts: &[&[u8]]) -> String {
-        hash(&self.keys[self.active].1.0, parts)
+        hash(&self.keys[self.active].1, parts)
     }
 }
 
-fn hash(key: &[u8], parts: &[&[u8]]) -> String {
-    hex::encode(&mac(key, parts)[..16])
+fn hash(key: &Prepared, parts: &[&[u8]]) -> String {
+    hex::encode(key.mac16(parts))
 }
 
 enum Versions {
@@ -298,6 +296,23 @@ mod tests {
         );
         assert_eq!(ring(1).pseudonym(&a, &vin, None).len(), 32);
         assert!(!ring(1).pseudonym(&a, &vin, None).contains("392124"));
+    }
+
+    #[test]
+    fn pseudonyms_and_subject_hashes_are_the_documented_hmac() {
+        // HMAC-SHA256(key, "telegate/v1" ‖ for each part: u32 length ‖ part), first 16 bytes,
+        // computed independently (Python's hmac): a deployment's pseudonyms never change
+        // with how they are computed.
+        let vin = Vin::parse("WP0ZZZ99ZTS392124").expect("valid");
+        let subject = SubjectSecret::from_random([1; 16], [2; 32]);
+        assert_eq!(
+            ring(1).pseudonym(&PurposeId::from("p"), &vin, Some(&subject)),
+            "435a6e331331877a4b2c7071fcfccb74"
+        );
+        assert_eq!(
+            ring(1).subject_hash(vin.expose()),
+            "6a4fb134b3a0ca621bc993d1879cb2ae"
+        );
     }
 
     #[test]
