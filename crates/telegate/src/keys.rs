@@ -28,7 +28,8 @@ enum KeysCommand {
         #[arg(long)]
         wrapping_id: Option<String>,
     },
-    /// A new active wrapping key to add to [state]; mark the current one active = false.
+    /// A new wrapping key to add to [state], not yet active: once every gateway lists it,
+    /// make it the active one (docs/operations.md, "Wrapping key rotation").
     Wrapping {
         /// Its id [default: w- and this month]
         #[arg(long)]
@@ -42,13 +43,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let text = match a.command {
         KeysCommand::New { id, wrapping_id } => format!(
             "{}\n{}",
-            entry("keys", &id.unwrap_or(month)),
+            entry("keys", &id.unwrap_or(month), true),
             state_section(&wrapping_id.unwrap_or(wrapping_default))
         ),
         KeysCommand::State { wrapping_id } => {
             state_section(&wrapping_id.unwrap_or(wrapping_default))
         }
-        KeysCommand::Wrapping { id } => entry("state.wrapping", &id.unwrap_or(wrapping_default)),
+        KeysCommand::Wrapping { id } => format!(
+            "# Listed by every gateway first; then active = true here and false on the old key.\n{}",
+            entry("state.wrapping", &id.unwrap_or(wrapping_default), false)
+        ),
     };
     crate::process::print_all(&text);
     Ok(())
@@ -61,13 +65,13 @@ fn state_section(wrapping_id: &str) -> String {
          # it: records written under another index key cannot be found.\n\
          index_hex = \"{}\"\n\n{}",
         secret_hex(),
-        entry("state.wrapping", wrapping_id)
+        entry("state.wrapping", wrapping_id, true)
     )
 }
 
-fn entry(table: &str, id: &str) -> String {
+fn entry(table: &str, id: &str, active: bool) -> String {
     format!(
-        "[[{table}]]\nid = \"{id}\"\nsecret_hex = \"{}\"\nactive = true\n",
+        "[[{table}]]\nid = \"{id}\"\nsecret_hex = \"{}\"\nactive = {active}\n",
         secret_hex()
     )
 }
@@ -91,18 +95,19 @@ mod tests {
 
     #[test]
     fn what_it_prints_is_a_key_file_and_each_secret_is_new() {
-        let whole = format!("{}\n{}", entry("keys", "k1"), state_section("w1"));
+        let whole = format!("{}\n{}", entry("keys", "k1", true), state_section("w1"));
         let ring = Keyring::from_toml(&whole).expect("a whole key file");
         assert_eq!(ring.active_id().as_str(), "k1");
         assert_eq!(ring.state().active_wrapping_id().as_str(), "w1");
         assert_ne!(secret_hex(), secret_hex());
         assert_eq!(this_month().len(), 7);
-        // A rotation: the old wrapping key stays listed, inactive; the new one is active.
-        let (before, after) = whole.rsplit_once("active = true").expect("w1 is last");
-        let rotated = format!(
-            "{before}active = false{after}\n{}",
-            entry("state.wrapping", "w2")
-        );
+        // A rotation: the new key listed, inactive; then active, the old one still listed.
+        let listed = format!("{whole}\n{}", entry("state.wrapping", "w2", false));
+        let ring = Keyring::from_toml(&listed).expect("listed");
+        assert_eq!(ring.state().active_wrapping_id().as_str(), "w1");
+        let (before, after) = listed.rsplit_once("active = false").expect("w2 is last");
+        let (first, rest) = before.rsplit_once("active = true").expect("w1 before it");
+        let rotated = format!("{first}active = false{rest}active = true{after}");
         let ring = Keyring::from_toml(&rotated).expect("rotated");
         assert_eq!(ring.state().active_wrapping_id().as_str(), "w2");
     }
