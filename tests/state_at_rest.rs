@@ -56,6 +56,13 @@ fn config(ns: &str, dir: &Path, key_file: &Path) -> Config {
     c
 }
 
+/// What the state topic holds, as these keys read it.
+async fn census(topic: &str, keys: &telegate_policy::StateKeys) -> Census {
+    Census::take(&kafka_config(), topic, keys, Duration::from_secs(30))
+        .await
+        .expect("census")
+}
+
 fn kafka_config() -> KafkaConfig {
     KafkaConfig {
         bootstrap: kafka(),
@@ -181,14 +188,7 @@ async fn the_state_topic_without_the_key_file_links_no_record_to_a_vin() {
         }
     }
     // With the key file, every record is read, wrapped under the active key.
-    let census = Census::take(
-        &kafka_config(),
-        &state_topic,
-        keyring(&key_file).state(),
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("census");
+    let census = census(&state_topic, keyring(&key_file).state()).await;
     assert_eq!(census.wrapped_under.get("test-w1"), Some(&vins.len()));
     assert!(census.all_under("test-w1"), "{census}");
 }
@@ -376,14 +376,7 @@ async fn a_state_topic_in_the_first_format_migrates_on_start() {
             "the VIN key ends in a tombstone"
         );
     }
-    let census = Census::take(
-        &kafka_config(),
-        &state_topic,
-        keys.state(),
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("census");
+    let census = census(&state_topic, keys.state()).await;
     assert_eq!(census.format_one, 0);
     assert!(census.all_under("test-w1"), "{census}");
 
