@@ -61,6 +61,25 @@ pub struct EdgeConfig {
     pub write_timeout: Duration,
     /// The bounded channel from the connections to the pipeline.
     pub channel_capacity: usize,
+    /// External-broker mode: read vehicle frames from an existing MQTT broker or cluster,
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`, through an MQTT 5 shared subscription,
+    /// instead of running listeners. The broker authenticates the vehicles.
+    pub external: Option<String>,
+    /// `mqtts://`: the CA certificate(s) (PEM) the broker's certificate chains to.
+    pub external_ca: Option<PathBuf>,
+    /// `mqtts://`: this worker's client certificate chain (PEM), if the broker asks for one.
+    pub external_cert: Option<PathBuf>,
+    /// `mqtts://`: the key of `external_cert` (PEM).
+    pub external_key: Option<PathBuf>,
+    /// This worker's client id at the external broker: unique per worker and the same
+    /// across its restarts, so that its persistent session (and the frames in flight to it)
+    /// survives a crash. Default: `telegate-` and the host name.
+    pub client_id: Option<String>,
+    /// The shared subscription's group: workers of one deployment share the load.
+    pub share_group: String,
+    /// Frames the external broker may have in flight to this worker, unacknowledged (MQTT 5
+    /// receive maximum); each is acknowledged once Kafka holds its records.
+    pub external_inflight: u16,
 }
 
 impl Default for EdgeConfig {
@@ -86,6 +105,13 @@ impl Default for EdgeConfig {
             max_queued_requests: 16,
             write_timeout: Duration::from_secs(30),
             channel_capacity: 8_192,
+            external: None,
+            external_ca: None,
+            external_cert: None,
+            external_key: None,
+            client_id: None,
+            share_group: "telegate".to_owned(),
+            external_inflight: 1_000,
         }
     }
 }
@@ -102,6 +128,9 @@ impl EdgeConfig {
 
     /// Every problem with these settings, as (key, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
+        if self.external.is_some() {
+            return self.external_problems();
+        }
         let mut out = Vec::new();
         if self.tls() {
             for (key, value) in [
@@ -144,9 +173,85 @@ impl EdgeConfig {
         out
     }
 
-    /// The listeners that will run: plain ones only with anonymous clients allowed.
+    /// The problems of external-broker mode's settings.
+    fn external_problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match self.external.as_deref().map(crate::external::Broker::parse) {
+            Some(Err(e)) => out.push(("mqtt.external", e)),
+            Some(Ok(broker)) => {
+                if broker.tls && self.external_ca.is_none() {
+                    out.push((
+                        "mqtt.external_ca",
+                        "mqtts:// needs the CA the broker's certificate chains to".to_owned(),
+                    ));
+                }
+                if !broker.tls
+                    && (self.external_ca.is_some()
+                        || self.external_cert.is_some()
+                        || self.external_key.is_some())
+                {
+                    out.push((
+                        "mqtt.external",
+                        "a CA or client certificate is set but the broker is mqtt:// (plain): \
+                         use mqtts://"
+                            .to_owned(),
+                    ));
+                }
+            }
+            None => {}
+        }
+        if self.external_cert.is_some() != self.external_key.is_some() {
+            out.push((
+                "mqtt.external_cert",
+                "a client certificate needs its key (mqtt.external_key), and a key its certificate"
+                    .to_owned(),
+            ));
+        }
+        if self.tls() || self.allow_anonymous {
+            out.push((
+                "mqtt.external",
+                "with an external broker telegate runs no MQTT listener of its own: remove \
+                 the TLS listener settings and mqtt.allow_anonymous"
+                    .to_owned(),
+            ));
+        }
+        if self.share_group.is_empty()
+            || self
+                .share_group
+                .contains(|c: char| matches!(c, '/' | '+' | '#') || c.is_whitespace())
+        {
+            out.push((
+                "mqtt.share_group",
+                "a shared subscription group is a non-empty name without '/', '+', '#' or spaces"
+                    .to_owned(),
+            ));
+        }
+        if self
+            .client_id
+            .as_deref()
+            .is_some_and(|id| id.is_empty() || id.len() > 128)
+        {
+            out.push((
+                "mqtt.client_id",
+                "a client id has 1 to 128 characters".to_owned(),
+            ));
+        }
+        if self.external_inflight == 0 {
+            out.push((
+                "mqtt.external_inflight",
+                "at least 1 frame must be allowed in flight".to_owned(),
+            ));
+        }
+        out
+    }
+
+    /// The listeners that will run: plain ones only with anonymous clients allowed, none with
+    /// an external broker.
     pub fn listeners(&self) -> Vec<(SocketAddr, Listener)> {
         let mut out = Vec::new();
+        if self.external.is_some() {
+            return out;
+        }
         if self.allow_anonymous {
             out.extend(self.listen.map(|a| (a, Listener::PlainV4)));
             out.extend(self.listen_v5.map(|a| (a, Listener::PlainV5)));

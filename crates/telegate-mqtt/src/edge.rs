@@ -2,6 +2,7 @@
 //! the housekeeping (expired sessions, CRL reloads).
 
 use crate::config::{EdgeConfig, Listener};
+use crate::external::External;
 use crate::sessions::Registry;
 use crate::tls::{Tls, TlsError, TlsFiles};
 use crate::{Incoming, Refusal};
@@ -172,10 +173,11 @@ impl Drop for OpenGuard {
     }
 }
 
-/// The running edge.
+/// The running edge: listeners, or in external-broker mode a client of that broker.
 pub struct Edge {
     ctx: Arc<Shared>,
     listeners: Vec<(SocketAddr, Listener)>,
+    external: Option<External>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -190,8 +192,9 @@ impl std::fmt::Debug for Edge {
 }
 
 impl Edge {
-    /// Reads the TLS files, binds every listener and starts accepting. Publishes arrive on
-    /// the returned channel.
+    /// Reads the TLS files, binds every listener and starts accepting, or with
+    /// `mqtt.external` connects to that broker instead. Publishes arrive on the returned
+    /// channel.
     pub async fn start(
         cfg: &EdgeConfig,
         gate: VehicleGate,
@@ -233,6 +236,10 @@ impl Edge {
             stats: Arc::new(EdgeStats::new()),
             stop: stopped,
         });
+        let external = match &cfg.external {
+            Some(_) => Some(External::start(cfg, ctx.stats.clone(), ctx.tx.clone())?),
+            None => None,
+        };
         let mut tasks = Vec::new();
         let mut listeners = Vec::new();
         for (listener, local, kind) in bound {
@@ -246,11 +253,14 @@ impl Edge {
                  first vehicle its topics name"
             );
         }
-        tracing::info!(?listeners, "MQTT edge listening");
+        if external.is_none() {
+            tracing::info!(?listeners, "MQTT edge listening");
+        }
         Ok((
             Self {
                 ctx,
                 listeners,
+                external,
                 stop,
                 tasks,
             },
@@ -272,17 +282,28 @@ impl Edge {
     }
 
     /// Publishes a request to a vehicle on one of its platform topics (QoS 1 where it
-    /// subscribed with QoS 1).
+    /// subscribed with QoS 1). Through an external broker it is published there, QoS 1:
+    /// `Sent` means the broker was handed it, not that the vehicle subscribes.
     pub fn send(&self, vin: &Vin, topic: String, payload: Bytes) -> Delivery {
-        let d = self
-            .ctx
-            .registry
-            .send(vin, topic, payload, self.ctx.cfg.max_queued_requests);
+        let d = match &self.external {
+            Some(external) => {
+                if external.send(topic, payload) {
+                    Delivery::Sent
+                } else {
+                    Delivery::QueueFull
+                }
+            }
+            None => self
+                .ctx
+                .registry
+                .send(vin, topic, payload, self.ctx.cfg.max_queued_requests),
+        };
         self.ctx.stats.request(d);
         d
     }
 
-    /// Closes a vehicle's live connection (blocked, erased). True if there was one.
+    /// Closes a vehicle's live connection (blocked, erased). True if there was one. Behind
+    /// an external broker the broker owns the connections: nothing to close here.
     pub fn close(&self, vin: &Vin, why: Refusal) -> bool {
         self.ctx.registry.close(vin, why)
     }
@@ -294,6 +315,9 @@ impl Edge {
     /// Stops accepting and closes every connection (MQTT 5 clients are told the server is
     /// shutting down). QoS 1 publishes not yet acknowledged stay with their vehicles.
     pub async fn shutdown(self) {
+        if let Some(external) = self.external {
+            external.shutdown().await;
+        }
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;

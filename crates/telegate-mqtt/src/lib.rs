@@ -11,6 +11,7 @@ mod codec;
 mod config;
 mod conn;
 mod edge;
+mod external;
 mod refusal;
 mod rules;
 mod sessions;

@@ -26,6 +26,34 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
+/// A TLS client configuration for an external broker: trusting `ca` only, presenting
+/// `identity` (certificate chain, key) when given.
+pub(crate) fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in read_all::<CertificateDer<'static>>(ca)? {
+        roots.add(cert)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = read_all(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+                path: key.to_owned(),
+                message: e.to_string(),
+            })?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 /// Serial numbers (DER integer bytes) of revoked certificates.
 pub(crate) type Revoked = HashSet<Vec<u8>>;
 

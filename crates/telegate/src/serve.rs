@@ -107,6 +107,57 @@ struct MqttArgs {
     )]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_anonymous: bool,
+    /// Read vehicle frames from an existing MQTT broker or cluster instead of listening:
+    /// mqtt://HOST:PORT or mqtts://HOST:PORT (an MQTT 5 shared subscription).
+    #[arg(
+        id = "mqtt_external",
+        long = "mqtt-external",
+        env = "TELEGATE_MQTT_EXTERNAL",
+        value_name = "URL"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external: Option<String>,
+    /// mqtts://: the CA (PEM) the external broker's certificate chains to.
+    #[arg(
+        id = "mqtt_external_ca",
+        long = "mqtt-external-ca",
+        env = "TELEGATE_MQTT_EXTERNAL_CA"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_ca: Option<PathBuf>,
+    /// mqtts://: this worker's client certificate (PEM), if the broker asks for one.
+    #[arg(
+        id = "mqtt_external_cert",
+        long = "mqtt-external-cert",
+        env = "TELEGATE_MQTT_EXTERNAL_CERT"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_cert: Option<PathBuf>,
+    /// mqtts://: the key of --mqtt-external-cert (PEM).
+    #[arg(
+        id = "mqtt_external_key",
+        long = "mqtt-external-key",
+        env = "TELEGATE_MQTT_EXTERNAL_KEY"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_key: Option<PathBuf>,
+    /// This worker's client id at the external broker, the same across restarts [default:
+    /// telegate-HOSTNAME]
+    #[arg(
+        id = "mqtt_client_id",
+        long = "mqtt-client-id",
+        env = "TELEGATE_MQTT_CLIENT_ID"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    /// The shared subscription group of the workers [default: telegate]
+    #[arg(
+        id = "mqtt_share_group",
+        long = "mqtt-share-group",
+        env = "TELEGATE_MQTT_SHARE_GROUP"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share_group: Option<String>,
 }
 
 #[derive(clap::Args, Serialize, Debug)]
