@@ -73,7 +73,9 @@ fn worker(dir: &Path, ns: &str, broker: SocketAddr, id: &str) -> Worker {
         ])
         .env("TELEGATE_KAFKA_BOOTSTRAP", kafka())
         .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", ns)
-        .env("TELEGATE__KAFKA__LINGER_MS", "1")
+        // Records wait 300 ms in the producer: at the kill, hundreds of frames are in the
+        // worker and not yet in Kafka, which a worker acknowledging early would lose.
+        .env("TELEGATE__KAFKA__LINGER_MS", "300")
         .env("TELEGATE_LOG", "info,librdkafka=warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
@@ -175,7 +177,7 @@ async fn two_workers_share_the_broker_and_a_killed_one_loses_nothing() {
         .flat_map(|seq| vins.iter().map(move |v| status(v, seq)))
         .collect();
     let total = frames.len();
-    let publishing = tokio::spawn(publish(broker, frames, 600));
+    let publishing = tokio::spawn(publish(broker, frames, 1_000));
 
     // Both workers take frames; then A is killed with -9 mid-stream and started again.
     let deadline = Instant::now() + Duration::from_secs(30);
