@@ -281,3 +281,67 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn external(url: &str) -> EdgeConfig {
+        EdgeConfig {
+            external: Some(url.to_owned()),
+            ..EdgeConfig::default()
+        }
+    }
+
+    fn keys(cfg: &EdgeConfig) -> Vec<&'static str> {
+        cfg.problems().into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn an_external_broker_replaces_the_listeners() {
+        let plain = external("mqtt://broker:1883");
+        assert!(plain.problems().is_empty(), "{:?}", plain.problems());
+        assert!(plain.listeners().is_empty());
+        let with_tls_listener = EdgeConfig {
+            tls_cert: Some("server.crt".into()),
+            ..external("mqtt://broker:1883")
+        };
+        assert!(keys(&with_tls_listener).contains(&"mqtt.external"));
+        let anonymous = EdgeConfig {
+            allow_anonymous: true,
+            ..external("mqtt://broker:1883")
+        };
+        assert!(keys(&anonymous).contains(&"mqtt.external"));
+    }
+
+    #[test]
+    fn external_settings_are_checked() {
+        assert_eq!(keys(&external("http://broker")), ["mqtt.external"]);
+        assert_eq!(keys(&external("mqtts://broker")), ["mqtt.external_ca"]);
+        let ca_on_plain = EdgeConfig {
+            external_ca: Some("ca.crt".into()),
+            ..external("mqtt://broker")
+        };
+        assert_eq!(keys(&ca_on_plain), ["mqtt.external"]);
+        let cert_without_key = EdgeConfig {
+            external_ca: Some("ca.crt".into()),
+            external_cert: Some("worker.crt".into()),
+            ..external("mqtts://broker")
+        };
+        assert_eq!(keys(&cert_without_key), ["mqtt.external_cert"]);
+        let bad_group = EdgeConfig {
+            share_group: "a/b".into(),
+            ..external("mqtt://broker")
+        };
+        assert_eq!(keys(&bad_group), ["mqtt.share_group"]);
+        let no_window = EdgeConfig {
+            external_inflight: 0,
+            client_id: Some(String::new()),
+            ..external("mqtt://broker")
+        };
+        assert_eq!(
+            keys(&no_window),
+            ["mqtt.client_id", "mqtt.external_inflight"]
+        );
+    }
+}
