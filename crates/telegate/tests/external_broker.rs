@@ -23,6 +23,12 @@ impl Drop for Process {
 }
 
 fn mosquitto(dir: &Path) -> (Process, SocketAddr) {
+    mosquitto_with(dir, "")
+}
+
+/// Mosquitto with a plain listener (returned) for the test's vehicles, and `more` appended
+/// to its configuration.
+fn mosquitto_with(dir: &Path, more: &str) -> (Process, SocketAddr) {
     let addr = free_addr();
     let conf = dir.join("mosquitto.conf");
     // No limit on messages queued for a worker that is away, none on those in flight to one
@@ -30,8 +36,8 @@ fn mosquitto(dir: &Path) -> (Process, SocketAddr) {
     std::fs::write(
         &conf,
         format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-             max_inflight_messages 0\npersistence false\n",
+            "per_listener_settings false\nallow_anonymous true\nmax_queued_messages 0\n\
+             max_inflight_messages 0\npersistence false\nlistener {} 127.0.0.1\n{more}",
             addr.port()
         ),
     )
@@ -58,11 +64,16 @@ struct Worker {
 }
 
 fn worker(dir: &Path, ns: &str, broker: SocketAddr, id: &str) -> Worker {
+    worker_at(dir, ns, &format!("mqtt://{broker}"), &[], id)
+}
+
+fn worker_at(dir: &Path, ns: &str, url: &str, tls: &[&str], id: &str) -> Worker {
     let metrics = free_addr();
     let log = dir.join(format!("{id}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_telegate"))
         .arg("serve")
-        .args(["--mqtt-external", &format!("mqtt://{broker}")])
+        .args(["--mqtt-external", url])
+        .args(tls)
         .args(["--mqtt-client-id", id])
         .args(["--metrics-listen", &metrics.to_string()])
         .arg("--key-file")
@@ -224,4 +235,71 @@ async fn two_workers_share_the_broker_and_a_killed_one_loses_nothing() {
         a.received() > 0,
         "the restarted worker took its share again (its session's frames at least)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reads_from_a_broker_over_mutual_tls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    key_file(dir.path());
+    let ns = format!("y{:08x}.", rand::random::<u32>());
+    // The broker's TLS listener asks for a client certificate from the fleet PKI's CA; the
+    // worker presents one issued by `telegate pki`.
+    let pki = dir.path().join("pki");
+    telegate_pki::init(&pki, &[]).expect("pki init");
+    let worker_vin = telegate_frame::Vin::parse(&unique_vin()).expect("VIN");
+    let identity = telegate_pki::issue(&pki, &worker_vin).expect("issue");
+    // Mosquitto started as root reads its files as the user `mosquitto`.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        pki.join(telegate_pki::SERVER_KEY),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let tls_addr = free_addr();
+    let (_broker, plain) = mosquitto_with(
+        dir.path(),
+        &format!(
+            "listener {} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            tls_addr.port(),
+            pki.join(telegate_pki::CA_CERT).display(),
+            pki.join(telegate_pki::SERVER_CERT).display(),
+            pki.join(telegate_pki::SERVER_KEY).display()
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(tls_addr).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto's TLS listener");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = |p: &Path| p.to_str().expect("path").to_owned();
+    let tls = [
+        "--mqtt-external-ca".to_owned(),
+        path(&pki.join(telegate_pki::CA_CERT)),
+        "--mqtt-external-cert".to_owned(),
+        path(&identity.cert),
+        "--mqtt-external-key".to_owned(),
+        path(&identity.key),
+    ];
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let mut w = worker_at(
+        dir.path(),
+        &ns,
+        &format!("mqtts://127.0.0.1:{}", tls_addr.port()),
+        &tls,
+        "worker-tls",
+    );
+    w.ready().await;
+
+    let vins: Vec<String> = (0..5).map(|_| unique_vin()).collect();
+    let frames: Vec<_> = (1..=20u64)
+        .flat_map(|seq| vins.iter().map(move |v| status(v, seq)))
+        .collect();
+    let total = frames.len();
+    publish(plain, frames, 1_000).await;
+    let topic = format!("{ns}telegate.loadgen");
+    let got = collect(&consumer(&[&topic]), total, Duration::from_secs(30), |_| {
+        true
+    })
+    .await;
+    assert_eq!(got.len(), total, "every frame, read over mutual TLS");
 }
