@@ -17,7 +17,7 @@ use anyhow::Context;
 use dashmap::{DashMap, DashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use telegate_frame::Vin;
 use telegate_kafka::{Entry, KafkaConfig, LogWriter, follow};
@@ -40,6 +40,8 @@ pub struct StateStore {
     migrated: AtomicU64,
     /// The topic has been read to its end once.
     caught_up: AtomicBool,
+    /// The newest broker timestamp (ms) among the records applied from the topic.
+    newest_applied_ms: AtomicI64,
     replication: Option<Replication>,
 }
 
@@ -100,6 +102,7 @@ impl StateStore {
             unreadable: DashMap::new(),
             migrated: AtomicU64::new(0),
             caught_up: AtomicBool::new(false),
+            newest_applied_ms: AtomicI64::new(0),
             replication: None,
         }
     }
@@ -233,6 +236,9 @@ impl StateStore {
     }
 
     fn apply_remote(&self, e: Entry) {
+        if let Some(ts) = e.timestamp_ms {
+            self.note_applied(ts);
+        }
         match record::decode(&self.keys, &e.key, e.value.as_deref()) {
             Read::Record {
                 key,
@@ -286,6 +292,20 @@ impl StateStore {
                 metrics::counter!("telegate_state_unreadable_total").increment(1);
                 tracing::warn!(what, "consent-state record ignored");
             }
+        }
+    }
+
+    /// Gateways that follow the same topic agree on the newest record they have applied,
+    /// unless one of them is behind: the gauge's spread across gateways is the consent
+    /// state's replication lag, and it stays 0 while nothing is written.
+    fn note_applied(&self, timestamp_ms: i64) {
+        if self
+            .newest_applied_ms
+            .fetch_max(timestamp_ms, Ordering::Relaxed)
+            < timestamp_ms
+        {
+            metrics::gauge!("telegate_state_newest_record_timestamp_seconds")
+                .set(timestamp_ms as f64 / 1000.0);
         }
     }
 
