@@ -93,7 +93,9 @@ pub async fn serve(
             ))
         }
     });
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic sets TCP_NODELAY only on sockets it accepts itself: without it, Nagle's algorithm
+    // holds a reply's last frame until the caller's delayed ACK, some 40 ms per call.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
