@@ -13,5 +13,5 @@ mod topics;
 
 pub use config::KafkaConfig;
 pub use sink::{KafkaSink, Receipt, SinkError, SinkStats};
-pub use statelog::{Entry, LogWriter, Scanned, Start, assign_all, follow, scan};
+pub use statelog::{Entry, LogWriter, Scanned, Start, assign_all, follow, follow_from, scan};
 pub use topics::{TopicError, ensure_topics, topic_config, topic_retention_ms};

@@ -78,10 +78,22 @@ pub fn follow(
     cfg: &KafkaConfig,
     topic: &str,
     capacity: usize,
+    stop: watch::Receiver<bool>,
+) -> Result<(mpsc::Receiver<Entry>, watch::Receiver<bool>), KafkaError> {
+    follow_from(cfg, topic, Start::Beginning, capacity, stop)
+}
+
+/// [`follow`] from `start`: with [`Start::End`], only the records written from now on (a
+/// topic of messages rather than of state).
+pub fn follow_from(
+    cfg: &KafkaConfig,
+    topic: &str,
+    start: Start,
+    capacity: usize,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(mpsc::Receiver<Entry>, watch::Receiver<bool>), KafkaError> {
     // Each instance reads everything itself: no group assignment, nothing committed.
-    let (consumer, partitions) = assigned_consumer(cfg, topic)?;
+    let (consumer, partitions) = assigned_consumer(cfg, topic, start)?;
     let (tx, rx) = mpsc::channel(capacity);
     let (caught_up_tx, caught_up) = watch::channel(partitions.is_empty());
     let topic = topic.to_owned();
@@ -134,7 +146,7 @@ pub async fn scan(
     keep: impl Fn(&[u8]) -> bool,
 ) -> Result<Vec<Scanned>, KafkaError> {
     use rdkafka::message::Headers;
-    let (consumer, partitions) = assigned_consumer(cfg, topic)?;
+    let (consumer, partitions) = assigned_consumer(cfg, topic, Start::Beginning)?;
     let mut pending: BTreeSet<i32> = partitions.into_iter().collect();
     let mut out = Vec::new();
     while !pending.is_empty() {
@@ -198,6 +210,7 @@ impl rdkafka::consumer::ConsumerContext for EndIsNotAnError {}
 fn assigned_consumer(
     cfg: &KafkaConfig,
     topic: &str,
+    start: Start,
 ) -> Result<(StreamConsumer<EndIsNotAnError>, Vec<i32>), KafkaError> {
     let consumer: StreamConsumer<EndIsNotAnError> = cfg
         .client_config()
@@ -207,7 +220,7 @@ fn assigned_consumer(
         .set("fetch.wait.max.ms", "10")
         .set("auto.offset.reset", "earliest")
         .create_with_context(EndIsNotAnError)?;
-    let partitions = assign_all(&consumer, &[topic], Start::Beginning)?;
+    let partitions = assign_all(&consumer, &[topic], start)?;
     Ok((consumer, partitions.into_iter().map(|(_, p)| p).collect()))
 }
 

@@ -28,6 +28,9 @@ pub enum TopicError {
 /// broker that honours `max.compaction.lag.ms`: one hour.
 pub(crate) const COMPACTION_BOUND_MS: &str = "3600000";
 
+/// Kafka's default `log.roll.ms`: a segment is closed, and can be deleted, after a week.
+const KAFKA_SEGMENT_ROLL: Duration = Duration::from_secs(7 * 86_400);
+
 /// Creates each topic that does not exist yet, with `retention.ms` from its spec, and sets
 /// `retention.ms` on those that exist, so no topic keeps records longer than its policy
 /// allows. A broker that refuses either is an error: telegate does not start on topics whose
@@ -59,6 +62,13 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
                     .set("max.compaction.lag.ms", COMPACTION_BOUND_MS)
                     .set("segment.ms", COMPACTION_BOUND_MS)
                     .set("delete.retention.ms", "86400000")
+            } else if !s.retention.is_zero() && s.retention < KAFKA_SEGMENT_ROLL {
+                // Kafka deletes whole segments and rolls one after a week by default: a quiet
+                // topic would keep records up to a week past a shorter retention.
+                topic
+                    .set("retention.ms", r)
+                    .set("cleanup.policy", "delete")
+                    .set("segment.ms", r)
             } else {
                 topic.set("retention.ms", r).set("cleanup.policy", "delete")
             }
