@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use crate::sessions::Delivery;
+pub use crate::sessions::{Delivery, Presence};
 
 /// Whether a vehicle may connect at all (false for a blocked or erased vehicle). Asked at
 /// every CONNECT and whenever an anonymous connection binds to a vehicle.
@@ -300,6 +300,17 @@ impl Edge {
         };
         self.ctx.stats.request(d);
         d
+    }
+
+    /// Whether the vehicle is connected to this edge or has a persistent session waiting
+    /// here: where a request to it can go without another gateway instance. Behind an
+    /// external broker every vehicle counts as connected: the broker reaches it wherever its
+    /// connection is.
+    pub fn presence(&self, vin: &Vin) -> Presence {
+        match &self.external {
+            Some(_) => Presence::Connected,
+            None => self.ctx.registry.presence(vin),
+        }
     }
 
     /// Closes a vehicle's live connection (blocked, erased). True if there was one. Behind

@@ -19,7 +19,7 @@ mod tls;
 
 pub use codec::AckOutcome;
 pub use config::{DEFAULT_TLS_LISTEN, EdgeConfig, Listener};
-pub use edge::{Delivery, Edge, EdgeError, EdgeStats, VehicleGate};
+pub use edge::{Delivery, Edge, EdgeError, EdgeStats, Presence, VehicleGate};
 pub use refusal::Refusal;
 pub use rules::request_topic;
 pub use tls::{TlsError, check_tls, vin_of_certificate};

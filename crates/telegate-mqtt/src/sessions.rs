@@ -105,6 +105,17 @@ pub enum Delivery {
     QueueFull,
 }
 
+/// Whether an edge holds a vehicle (`Edge::presence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// A live connection.
+    Connected,
+    /// A persistent session, its connection gone: requests wait in it.
+    Away,
+    /// Neither.
+    Absent,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     entries: DashMap<Vin, Entry>,
@@ -192,6 +203,15 @@ impl Registry {
         match &entry.owner {
             Some(owner) if owner.control.send(Control::Deliver).is_ok() => Delivery::Sent,
             _ => Delivery::Queued,
+        }
+    }
+
+    /// Whether the vehicle is connected here, or has a persistent session waiting here.
+    pub(crate) fn presence(&self, vin: &Vin) -> Presence {
+        match self.entries.get(vin) {
+            Some(e) if e.owner.is_some() => Presence::Connected,
+            Some(e) if e.expires.is_some_and(|t| t > Instant::now()) => Presence::Away,
+            _ => Presence::Absent,
         }
     }
 
@@ -314,6 +334,27 @@ mod tests {
             Delivery::NoSubscriber
         );
         assert_eq!(reg.sweep(), 0);
+    }
+
+    #[test]
+    fn presence_follows_the_connection_and_the_session() {
+        let reg = Registry::default();
+        assert_eq!(reg.presence(&vin()), Presence::Absent);
+        let (o, _rx) = owner(&reg);
+        let id = o.conn;
+        reg.bind(vin(), o, false, Duration::from_secs(60));
+        assert_eq!(reg.presence(&vin()), Presence::Connected);
+        reg.release(&vin(), id);
+        assert_eq!(reg.presence(&vin()), Presence::Away);
+        let (o, _rx) = owner(&reg);
+        let id = o.conn;
+        reg.bind(vin(), o, true, Duration::ZERO);
+        reg.release(&vin(), id);
+        assert_eq!(
+            reg.presence(&vin()),
+            Presence::Absent,
+            "a clean session ends"
+        );
     }
 
     #[test]
