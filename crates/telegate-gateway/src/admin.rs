@@ -5,6 +5,7 @@
 
 use crate::config::AdminAccess;
 use crate::ledger::{Action, Change, Channel, Ledger, LedgerEntry};
+use crate::requests::Requests;
 use crate::state::StateStore;
 use anyhow::Context;
 use serde_json::json;
@@ -17,7 +18,7 @@ use telegate_frame::Vin;
 use telegate_frame::now_ms;
 use telegate_frame::pb::PlatformRequest;
 use telegate_kafka::{KafkaConfig, scan};
-use telegate_mqtt::{Delivery, Edge, Refusal};
+use telegate_mqtt::{Edge, Refusal};
 use telegate_policy::{
     Account, ConsentRule, Identity, Keyring, Pack, StateFile, StateKey, SubjectRecord,
     sealed_subject, unseal,
@@ -33,6 +34,8 @@ pub struct AdminContext {
     pub state: Arc<StateStore>,
     pub ledger: Arc<Ledger>,
     pub edge: Arc<Edge>,
+    /// Requests to vehicles, whichever instance holds their connection.
+    pub requests: Arc<Requests>,
     pub kafka: KafkaConfig,
     pub keys: Keyring,
     /// How long a blocked account's data waits for the retention check before erasure.
@@ -312,13 +315,9 @@ impl Admin for AdminService {
                 call_id: r.call_id,
                 issued_at_ms: now_ms(),
             };
-            let payload = serde_json::to_vec(&request).map_err(|e| internal(e.into()))?;
-            let topic = telegate_mqtt::request_topic(&vin);
-            match self.ctx.edge.send(&vin, topic, payload.into()) {
-                Delivery::Sent | Delivery::Queued => {}
-                // Counted by the edge; the consent stands, the vehicle was not reachable.
-                d => tracing::info!(delivery = ?d, "snapshot request not delivered"),
-            }
+            // Through this edge, or through Kafka to the instance that holds the vehicle. The
+            // consent stands either way; what became of the request is counted.
+            self.ctx.requests.send(&vin, &request).await;
         }
         Ok(reply)
     }

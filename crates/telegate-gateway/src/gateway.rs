@@ -7,6 +7,7 @@ use crate::config::{Checked, Config, PackSource};
 use crate::http;
 use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
+use crate::requests::{Directory, Requests};
 use crate::state::StateStore;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use telegate_frame::Vin;
 use telegate_kafka::{KafkaSink, LogWriter, SinkStats, ensure_topics};
 use telegate_mqtt::{Edge, VehicleGate};
-use telegate_policy::{Account, Pack, TopicSpec, consent_topics};
+use telegate_policy::{Account, Pack, TopicSpec, consent_topics, vehicle_requests_topic};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -30,7 +31,7 @@ pub struct Gateway {
     /// Stops the pipeline: drain what arrived, flush the sink.
     stop_pipeline: watch::Sender<bool>,
     pipeline: JoinHandle<()>,
-    /// Stops the admin API and its sweeper.
+    /// Stops the admin API, its sweeper and the follower of requests to vehicles.
     stop_admin: watch::Sender<bool>,
     admin_tasks: Vec<JoinHandle<()>>,
     /// Stops the HTTP endpoints, last.
@@ -82,8 +83,13 @@ impl Gateway {
 
         let [state_topic, ledger_topic] =
             consent_topics(&config.kafka.topic_namespace, config.ledger_retention);
+        let requests_topic = vehicle_requests_topic(&config.kafka.topic_namespace);
         let mut specs = pack.topics();
-        specs.extend([state_topic.clone(), ledger_topic.clone()]);
+        specs.extend([
+            state_topic.clone(),
+            ledger_topic.clone(),
+            requests_topic.clone(),
+        ]);
         if config.kafka.manage_topics {
             create_topics(&config, &specs).await?;
         }
@@ -131,12 +137,25 @@ impl Gateway {
                 !r.is_some_and(|r| matches!(r.account, Account::Blocked { .. }))
             })
         });
+        // Which vehicle a state key on the request topic names, for those that connect here.
+        let directory = Arc::new(Directory::new(keys.state().clone()));
+        let gate = directory.watching(gate);
         let (edge, rx) = Edge::start(&config.mqtt, gate)
             .await
             .context("starting the MQTT edge")?;
         let edge = Arc::new(edge);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let mut admin_tasks = Vec::new();
+        // Requests to vehicles connected to another instance go through Kafka, and this
+        // instance delivers those for its own; it stops with the admin API.
+        let requests = Requests::new(
+            &config.kafka,
+            requests_topic.name,
+            edge.clone(),
+            state.clone(),
+            directory,
+        )?;
+        admin_tasks.push(requests.follow(&config.kafka, admin_stopped.clone())?);
         let admin_addr = match (config.admin.listen, admin) {
             (Some(listen), Some(access)) => {
                 let ctx = Arc::new(AdminContext {
@@ -144,6 +163,7 @@ impl Gateway {
                     state: state.clone(),
                     ledger: ledger.clone(),
                     edge: edge.clone(),
+                    requests: requests.clone(),
                     kafka: config.kafka.clone(),
                     keys: keys.clone(),
                     block_grace: config.admin.block_grace,
@@ -231,11 +251,11 @@ impl Gateway {
         self.ephemeral_keys
     }
 
-    /// Stops in order: not ready; the admin API and its sweeper (calls under way finish);
-    /// the MQTT edge (no new connections, every connection closed; unacknowledged QoS 1
-    /// frames stay with their vehicles); the pipeline (frames already read are processed,
-    /// records flushed to Kafka); the consent state (every change written to its topic); the
-    /// HTTP endpoints last.
+    /// Stops in order: not ready; the admin API, its sweeper and the follower of requests to
+    /// vehicles (calls under way finish); the MQTT edge (no new connections, every connection
+    /// closed; unacknowledged QoS 1 frames stay with their vehicles); the pipeline (frames
+    /// already read are processed, records flushed to Kafka); the consent state (every change
+    /// written to its topic); the HTTP endpoints last.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
         let _ = self.stop_admin.send(true);

@@ -1,9 +1,9 @@
-//! The telegate gateway as a library: its configuration (data, validated before anything
-//! starts), the per-frame pipeline from MQTT ingress to the Kafka sink, every vehicle's consent
-//! state and the consent ledger, the admin API server, the HTTP endpoints, and start-up and
-//! shutdown in order. It knows nothing of the command line, the simulator, the reference
-//! consumers or the load generator (CI checks its dependency tree); the `telegate` binary and
-//! the system tests build on it.
+//! The telegate gateway as a library: its configuration (data, validated before anything starts),
+//! the per-frame pipeline from MQTT ingress to the Kafka sink, every vehicle's consent state and
+//! the consent ledger, the admin API server, requests to vehicles across instances, the HTTP
+//! endpoints, and start-up and shutdown in order. It knows nothing of the command line, the
+//! simulator, the reference consumers or the load generator (CI checks its dependency tree); the
+//! `telegate` binary and the system tests build on it.
 
 pub mod admin;
 pub mod config;
@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod http;
 pub mod ledger;
 pub mod pipeline;
+pub mod requests;
 pub mod state;
 
 pub use config::Config;

@@ -157,6 +157,7 @@ fn telegate_topics(ns: &str) -> anyhow::Result<Vec<String>> {
         .topics()
         .into_iter()
         .chain(telegate_policy::consent_topics(ns, Duration::ZERO))
+        .chain([telegate_policy::vehicle_requests_topic(ns)])
         .map(|t| t.name)
         .collect())
 }

@@ -209,8 +209,18 @@ pub const REJECTED_TOPIC: &str = "telegate.rejected";
 pub const CONSENT_STATE_TOPIC: &str = "telegate.consent-state";
 /// Append-only audit of every consent and settings change.
 pub const CONSENT_LEDGER_TOPIC: &str = "telegate.consent-ledger";
-pub(crate) const RESERVED_TOPICS: [&str; 3] =
-    [REJECTED_TOPIC, CONSENT_STATE_TOPIC, CONSENT_LEDGER_TOPIC];
+/// Requests to vehicles (a breakdown snapshot, say) on their way from the gateway instance that
+/// took them to the one that holds the vehicle's connection; keyed by state key, never a VIN.
+pub const VEHICLE_REQUESTS_TOPIC: &str = "telegate.vehicle-requests";
+/// How long `telegate.vehicle-requests` keeps a request: instances read it as it arrives and
+/// a request older than a minute is not delivered, so ten minutes is plenty.
+pub const VEHICLE_REQUESTS_RETENTION: Duration = Duration::from_secs(600);
+pub(crate) const RESERVED_TOPICS: [&str; 4] = [
+    REJECTED_TOPIC,
+    CONSENT_STATE_TOPIC,
+    CONSENT_LEDGER_TOPIC,
+    VEHICLE_REQUESTS_TOPIC,
+];
 
 /// The topics a gateway keeps besides its pack's, behind `namespace`: the compacted consent
 /// state, then the consent ledger, which keeps its records for `ledger_retention`.
@@ -227,6 +237,15 @@ pub fn consent_topics(namespace: &str, ledger_retention: Duration) -> [TopicSpec
             compact: false,
         },
     ]
+}
+
+/// The topic of requests to vehicles behind `namespace`, with its short retention.
+pub fn vehicle_requests_topic(namespace: &str) -> TopicSpec {
+    TopicSpec {
+        name: format!("{namespace}{VEHICLE_REQUESTS_TOPIC}"),
+        retention: VEHICLE_REQUESTS_RETENTION,
+        compact: false,
+    }
 }
 
 impl Pack {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
 use telegate_gateway::http::{metrics_handle, samples};
 use telegate_gateway::{Config, Gateway, PackSource, REFERENCE_PACK};
-use telegate_policy::consent_topics;
+use telegate_policy::{consent_topics, vehicle_requests_topic};
 use telegate_sim::{Behaviour, Fleet, FleetConfig};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -119,6 +119,7 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
             .topics()
             .into_iter()
             .chain(consent_topics("", config.ledger_retention))
+            .chain([vehicle_requests_topic("")])
             .map(|t| t.name)
             .chain(Reference::ALL.map(|r| r.output("")));
         for name in names {
