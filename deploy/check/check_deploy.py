@@ -111,7 +111,7 @@ def check_dockerfile(root, binary):
         raw = raw.strip()
         if raw and not raw.startswith("#"):
             lines.append(raw)
-    stages, final_user, exposed = [], None, set()
+    stages, final_user, exposed, installed = [], None, set(), set()
     for line in lines:
         word, _, rest = line.partition(" ")
         word = word.upper()
@@ -119,6 +119,12 @@ def check_dockerfile(root, binary):
             m = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.I)
             stages.append(m.group(2))
             final_user = None
+            installed = set()
+        elif word == "RUN" and "apt-get install" in rest:
+            # The packages this stage installs (the last stage's count for the runtime).
+            for cmd in rest.split("&&"):
+                if "apt-get install" in cmd:
+                    installed.update(a for a in cmd.split("install", 1)[1].split() if not a.startswith("-"))
         elif word == "COPY":
             args = rest.split()
             src_from = next((a.split("=", 1)[1] for a in args if a.startswith("--from=")), None)
@@ -144,7 +150,7 @@ def check_dockerfile(root, binary):
     # The runtime image is Debian slim, which holds Debian's essential packages and what they
     # depend on. Every library the binary links must come from that set. The binary is built
     # on this machine, Debian 12 like the image's build stage.
-    base = essential_closure()
+    base = essential_closure(installed)
     out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
     libs = re.findall(r"=>\s+(\S+)", out)
     for lib in libs:
@@ -153,13 +159,15 @@ def check_dockerfile(root, binary):
             owner = subprocess.run(["dpkg", "-S", lib], capture_output=True, text=True)
         pkg = owner.stdout.split(":")[0].strip()
         if pkg not in base:
-            problem(path, f"the binary links {lib} from {pkg or 'no package'}, which is not in Debian's essential set: install it in the runtime stage")
+            problem(path, f"the binary links {lib} from {pkg or 'no package'}, which is neither in Debian's essential set nor installed in the runtime stage")
     names = ", ".join(Path(lib).name for lib in libs)
-    print(f"  the binary links {names}: all from Debian's essential set ({len(base)} packages)")
+    extra = f" and what the runtime stage installs ({', '.join(sorted(installed))})" if installed else ""
+    print(f"  the binary links {names}: all from Debian's essential set{extra}")
 
 
-def essential_closure():
-    """The installed packages marked Essential and everything they (pre-)depend on."""
+def essential_closure(also=()):
+    """The installed packages marked Essential, those in `also`, and everything they
+    (pre-)depend on."""
     fmt = "${Package}\t${Essential}\t${Pre-Depends}, ${Depends}\n"
     out = subprocess.run(["dpkg-query", "-W", "-f", fmt], capture_output=True, text=True, check=True).stdout
     deps, todo = {}, []
@@ -171,7 +179,7 @@ def essential_closure():
             if first:
                 names.append(re.split(r"[\s:(]", first)[0])
         deps[pkg.split(":")[0]] = names
-        if essential == "yes":
+        if essential == "yes" or pkg.split(":")[0] in also:
             todo.append(pkg.split(":")[0])
     seen = set()
     while todo:
