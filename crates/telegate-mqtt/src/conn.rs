@@ -515,10 +515,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         {
             return Err(Refusal::ReceiveMaximumExceeded.into());
         }
-        if let Err(not_until) = self.limiter.check() {
+        if self.limiter.check().is_err() {
             self.ctx.stats.throttled();
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            tokio::time::sleep(wait).await;
+            // Wait for a cell and take it: a publish that waited is charged like any other,
+            // or every throttled one would pass free and the connection get twice its rate.
+            while let Err(not_until) = self.limiter.check() {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                tokio::time::sleep(wait).await;
+            }
         }
         let ack = (qos == 1).then(|| {
             let (ack, rx) = Ack::new();

@@ -674,3 +674,51 @@ async fn a_connection_waiting_for_the_pipeline_still_answers_keep_alives() {
     }
     assert_eq!(acks, [0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3]);
 }
+
+/// A vehicle that publishes as fast as it can is read at its publish rate, its burst aside:
+/// a publish that waited for the rate is charged like any other (it once passed free, which
+/// gave a flooding connection twice its rate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_vehicle_gets_its_publish_rate_and_no_more() {
+    let (rate, burst) = (20u32, 5u32);
+    let cfg = EdgeConfig {
+        publish_rate: rate,
+        publish_burst: burst,
+        ..anonymous()
+    };
+    let (edge, rx) = start(cfg, open_gate()).await;
+    let mut frames = accept_all(rx);
+    let addr = edge.local_addr(Listener::PlainV4).expect("v4");
+    let (client, mut ev) = v4_client(addr, "flood", None);
+    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    tokio::spawn(async move {
+        loop {
+            if client
+                .publish(status(A), QoS::AtMostOnce, false, vec![1u8])
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    frames.recv().await.expect("a first frame");
+    let window = Duration::from_secs(3);
+    let deadline = tokio::time::Instant::now() + window;
+    let mut taken = 1u32;
+    while tokio::time::timeout_at(deadline, frames.recv())
+        .await
+        .is_ok()
+    {
+        taken += 1;
+    }
+    let most = burst + rate * 3 + rate / 2;
+    assert!(
+        taken <= most,
+        "{taken} frames in {window:?} at {rate}/s (burst {burst}): at most {most}"
+    );
+    assert!(
+        taken >= rate * 2,
+        "{taken} frames: the rate itself was not given"
+    );
+}
