@@ -1,5 +1,9 @@
 //! Plausibility ranges for body values. A value outside them is a broken sensor or a forged
 //! frame; either way it must not reach a service. Errors name the field, never the value.
+//!
+//! An enum field holds one of the values its schema names. Binary protobuf would carry any
+//! number (proto3 enums are open), but such a frame could not be written as proto3-JSON, the
+//! other encoding a service may take, and proto3-JSON refuses it when decoding.
 
 use crate::pb::{self, vehicle_frame::Body};
 
@@ -31,10 +35,19 @@ fn count(n: usize, field: &'static str) -> Check {
     if n <= MAX_LIST { Ok(()) } else { Err(field) }
 }
 
+/// `v` is a value of the enum `E`.
+fn known<E: TryFrom<i32>>(v: i32, field: &'static str) -> Check {
+    match E::try_from(v) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(field),
+    }
+}
+
 pub(crate) fn check_body(body: &Body) -> Check {
     match body {
         Body::Status(s) => status(s),
         Body::Diagnostics(d) => {
+            known::<pb::DiagnosticsTrigger>(d.trigger, "diagnostics.trigger")?;
             count(d.dtcs.len(), "diagnostics.dtcs")?;
             d.dtcs.iter().try_for_each(dtc)
         }
@@ -47,6 +60,7 @@ pub(crate) fn check_body(body: &Body) -> Check {
         }
         Body::Breakdown(b) => {
             id(&b.call_id, true, "breakdown.call_id")?;
+            known::<pb::BreakdownTrigger>(b.trigger, "breakdown.trigger")?;
             if let Some(snap) = &b.snapshot {
                 if let Some(s) = &snap.status {
                     status(s)?;
@@ -61,6 +75,7 @@ pub(crate) fn check_body(body: &Body) -> Check {
         }
         Body::Charging(c) => charging(c),
         Body::Software(s) => {
+            known::<pb::SoftwareEvent>(s.event, "software.event")?;
             count(s.ecus.len(), "software.ecus")?;
             for e in &s.ecus {
                 id(&e.ecu, true, "software.ecus.ecu")?;
@@ -74,6 +89,25 @@ pub(crate) fn check_body(body: &Body) -> Check {
 }
 
 fn status(s: &pb::Status) -> Check {
+    known::<pb::Ignition>(s.ignition, "status.ignition")?;
+    known::<pb::StatusTrigger>(s.trigger, "status.trigger")?;
+    if let Some(o) = &s.openings {
+        for (v, f) in [
+            (o.door_front_left, "status.openings.door_front_left"),
+            (o.door_front_right, "status.openings.door_front_right"),
+            (o.door_rear_left, "status.openings.door_rear_left"),
+            (o.door_rear_right, "status.openings.door_rear_right"),
+            (o.window_front_left, "status.openings.window_front_left"),
+            (o.window_front_right, "status.openings.window_front_right"),
+            (o.window_rear_left, "status.openings.window_rear_left"),
+            (o.window_rear_right, "status.openings.window_rear_right"),
+            (o.bonnet, "status.openings.bonnet"),
+            (o.boot, "status.openings.boot"),
+            (o.sunroof, "status.openings.sunroof"),
+        ] {
+            known::<pb::OpenState>(v, f)?;
+        }
+    }
     opt(s.odometer_km, 0.0, 5_000_000.0, "status.odometer_km")?;
     opt(s.fuel_level_pct, 0.0, 100.0, "status.fuel_level_pct")?;
     opt(s.battery_soc_pct, 0.0, 100.0, "status.battery_soc_pct")?;
@@ -95,6 +129,14 @@ fn status(s: &pb::Status) -> Check {
         }
     }
     if let Some(f) = &s.fluids {
+        for (v, field) in [
+            (f.engine_oil, "status.fluids.engine_oil"),
+            (f.coolant, "status.fluids.coolant"),
+            (f.brake_fluid, "status.fluids.brake_fluid"),
+            (f.washer_fluid, "status.fluids.washer_fluid"),
+        ] {
+            known::<pb::FluidLevel>(v, field)?;
+        }
         opt(f.adblue_pct, 0.0, 100.0, "status.fluids.adblue_pct")?;
     }
     if let Some(b) = &s.lv_battery {
@@ -117,7 +159,9 @@ fn status(s: &pb::Status) -> Check {
 
 fn dtc(d: &pb::Dtc) -> Check {
     id(&d.code, true, "dtc.code")?;
-    id(&d.ecu, false, "dtc.ecu")
+    id(&d.ecu, false, "dtc.ecu")?;
+    known::<pb::DtcStatus>(d.status, "dtc.status")?;
+    known::<pb::DtcSeverity>(d.severity, "dtc.severity")
 }
 
 fn location(l: &pb::Location) -> Check {
@@ -132,6 +176,8 @@ fn location(l: &pb::Location) -> Check {
 fn charging(c: &pb::ChargingSession) -> Check {
     id(&c.session_id, true, "charging.session_id")?;
     id(&c.evse_id, false, "charging.evse_id")?;
+    known::<pb::ChargingPhase>(c.phase, "charging.phase")?;
+    known::<pb::ChargingCurrent>(c.current, "charging.current")?;
     opt(c.energy_kwh, 0.0, 1_000.0, "charging.energy_kwh")?;
     opt(c.max_power_kw, 0.0, 1_000.0, "charging.max_power_kw")?;
     opt(c.soc_start_pct, 0.0, 100.0, "charging.soc_start_pct")?;

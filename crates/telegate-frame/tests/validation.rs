@@ -172,6 +172,67 @@ fn each_failure_has_its_own_reason() {
     );
 }
 
+/// Found by the frame_protobuf fuzz target: a protobuf frame with an enum number its schema
+/// does not name (status trigger 18) passed validation, and could then not be written as
+/// proto3-JSON for a service that takes JSON (the encoder wrote nothing).
+#[test]
+fn enum_numbers_outside_the_schema_are_out_of_range() {
+    let unknown = 18;
+    let mut frames = Vec::new();
+    let mut f = status_frame();
+    if let Some(Body::Status(s)) = f.body.as_mut() {
+        s.trigger = unknown;
+    }
+    frames.push((f, FrameKind::Status, "status.trigger"));
+    let mut f = status_frame();
+    if let Some(Body::Status(s)) = f.body.as_mut() {
+        s.openings = Some(pb::Openings {
+            sunroof: unknown,
+            ..Default::default()
+        });
+    }
+    frames.push((f, FrameKind::Status, "status.openings.sunroof"));
+    let mut f = status_frame();
+    f.body = Some(Body::Diagnostics(pb::Diagnostics {
+        dtcs: vec![pb::Dtc {
+            code: "P0301".into(),
+            severity: unknown,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }));
+    frames.push((f, FrameKind::Diagnostics, "dtc.severity"));
+    let mut f = status_frame();
+    f.body = Some(Body::Charging(pb::ChargingSession {
+        session_id: "cs-1".into(),
+        current: unknown,
+        ..Default::default()
+    }));
+    frames.push((f, FrameKind::Charging, "charging.current"));
+    for (frame, kind, field) in frames {
+        let payload = encode(&frame, PayloadFormat::Protobuf);
+        let rej = validate(
+            &vehicle_topic(VIN, kind),
+            &payload,
+            NOW,
+            &ValidationConfig::default(),
+        )
+        .expect_err("an unknown enum number");
+        assert_eq!(
+            (rej.reason, rej.detail),
+            (RejectReason::ValueOutOfRange, field)
+        );
+    }
+    // Every named value passes, the unspecified one included.
+    let mut f = status_frame();
+    if let Some(Body::Status(s)) = f.body.as_mut() {
+        s.trigger = pb::StatusTrigger::OnRequest as i32;
+        s.ignition = pb::Ignition::Unspecified as i32;
+    }
+    assert_eq!(run(&status_topic(), &f, PayloadFormat::Protobuf), Ok(()));
+    assert_eq!(run(&status_topic(), &f, PayloadFormat::Json), Ok(()));
+}
+
 #[test]
 fn check_digit_is_a_setting() {
     // VIN's position 9 is 'Z', not its check digit.
