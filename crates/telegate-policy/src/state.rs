@@ -3,16 +3,27 @@
 //! by capture time, so a decision can ask "what was in force when this was captured?" as
 //! well as "what is in force now?". Pure data; the gateway owns and replicates it.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use telegate_frame::pb;
 
 /// Values over time. `at(t)` is the last value set at or before `t`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Timeline<T> {
     points: Vec<(i64, T)>,
+}
+
+/// A timeline read from a state file or another replica's record lists its points in any
+/// order; they are put in time order, as `set` keeps them. Points of equal time stay in the
+/// order listed, so the one listed last wins, as the one set last does.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Timeline<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut points = Vec::<(i64, T)>::deserialize(d)?;
+        points.sort_by_key(|(t, _)| *t);
+        Ok(Self { points })
+    }
 }
 
 impl<T> Default for Timeline<T> {
@@ -350,6 +361,31 @@ mod tests {
             "the value in force at the horizon survives"
         );
         assert_eq!(t.len(), 2);
+    }
+
+    /// Found by the state_file fuzz target: a timeline listed out of time order answered from
+    /// the wrong point (here: no consent at 5078, though it was granted at 5078 and withdrawn
+    /// at 5000), because lookups assume time order.
+    #[test]
+    fn timelines_read_in_any_order_answer_in_time_order() {
+        let t: Timeline<bool> =
+            serde_json::from_str("[[5078,true],[5000,false]]").expect("a timeline");
+        assert_eq!(t.at(5078), Some(&true));
+        assert_eq!(t.at(5077), Some(&false));
+        assert_eq!(t.since(6000), Some(5078));
+        assert_eq!(t.latest(), Some(&true));
+        let t: Timeline<&str> =
+            serde_json::from_str(r#"[[30,"c"],[10,"a"],[20,"b"],[10,"a2"]]"#).expect("a timeline");
+        assert_eq!(
+            t.at(15),
+            Some(&"a2"),
+            "of equal times, the point listed last wins"
+        );
+        assert_eq!(t.at(25), Some(&"b"));
+        assert_eq!(
+            serde_json::to_string(&t).expect("serialises"),
+            r#"[[10,"a"],[10,"a2"],[20,"b"],[30,"c"]]"#
+        );
     }
 
     #[test]
