@@ -90,7 +90,7 @@ impl Keyring {
     /// active = true
     /// ```
     pub fn from_toml(text: &str) -> Result<Self, KeyError> {
-        let raw: RawKeyFile = toml::from_str(text).map_err(|e| KeyError::Syntax(e.to_string()))?;
+        let raw: RawKeyFile = toml::from_str(text).map_err(|e| syntax(text, &e))?;
         let (keys, active) = versions(raw.keys).map_err(|e| match e {
             Versions::Key(e) => e,
             Versions::Active(n) => KeyError::Active(n),
@@ -194,6 +194,59 @@ impl Keyring {
 
 fn hash(key: &Prepared, parts: &[&[u8]]) -> String {
     hex::encode(key.mac16(parts))
+}
+
+/// Where a key file stops being one and why, without its text: toml's own rendering quotes
+/// the line at fault, and a message may quote a value, either of which can be a secret.
+fn syntax(text: &str, e: &toml::de::Error) -> KeyError {
+    let place = e.span().map_or_else(String::new, |span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .rsplit('\n')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .count()
+            + 1;
+        format!("line {line}, column {column}: ")
+    });
+    KeyError::Syntax(format!("{place}{}", names_only(e.message())))
+}
+
+/// `message` with the text of every quoted or backquoted part elided unless it is a name (a
+/// field or a token such as `#`): what is left cannot carry key material.
+fn names_only(message: &str) -> String {
+    let is_name = |s: &str| {
+        s.len() <= 32
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b"_.-".contains(&b))
+            || s.len() <= 3 && s.bytes().all(|b| b.is_ascii_punctuation())
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = char::from(rest.as_bytes()[open]);
+        out.push_str(&rest[..=open]);
+        let inner = &rest[open + 1..];
+        // Serde writes a string value as Rust's Debug does: `\"` inside is not its end.
+        let mut escaped = false;
+        let close = inner.char_indices().find(|&(_, c)| {
+            let end = c == quote && !escaped;
+            escaped = quote == '"' && c == '\\' && !escaped;
+            end
+        });
+        let Some((close, _)) = close else {
+            out.push('…');
+            return out;
+        };
+        let quoted = &inner[..close];
+        out.push_str(if is_name(quoted) { quoted } else { "…" });
+        out.push(quote);
+        rest = &inner[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 enum Versions {
@@ -389,6 +442,51 @@ mod tests {
         ));
         let err = Keyring::from_toml(&weak).expect_err("weak").to_string();
         assert!(!err.contains("abcd"), "errors never echo key material");
+    }
+
+    /// Found by the key_file fuzz target: a stray quote on a `secret_hex` line made the error
+    /// quote that line, secret and all (toml's rendering shows the line at fault).
+    #[test]
+    fn syntax_errors_say_where_without_the_text() {
+        let secret = "1a".repeat(32);
+        for (text, place) in [
+            (
+                format!("[[keys]]\nid = \"k1\"\nsecret_hex = \"1a \"{secret}\"\n"),
+                "line 3, column 19: ",
+            ),
+            (
+                format!("[[keys]]\nid = \"k1\"\nsecret_hex = {secret}\n"),
+                "line 3",
+            ),
+            (
+                format!("[[keys]]\nid = \"k1\"\nsecret_hx = \"{secret}\"\n"),
+                "line 3",
+            ),
+            (
+                format!("[[keys]]\nid = \"k1\"\nactive = \"{secret}\"\n"),
+                "line 3",
+            ),
+        ] {
+            let err = Keyring::from_toml(&text)
+                .expect_err("not a key file")
+                .to_string();
+            assert!(!err.contains(&secret[..16]), "{err}");
+            assert!(err.contains(place), "{err}");
+        }
+        let typo = format!("[[keys]]\nid = \"k1\"\nsecret_hx = \"{secret}\"\n");
+        let err = Keyring::from_toml(&typo)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(err.contains("unknown field `secret_hx`"), "{err}");
+        let wrong_type = "[[keys]]\nid = \"k1\"\nsecret_hex = \"ab\"\nactive = \"yes\"\n";
+        let err = Keyring::from_toml(wrong_type)
+            .expect_err("wrong type")
+            .to_string();
+        assert!(err.contains("expected a boolean"), "{err}");
+        assert_eq!(
+            names_only(r#"invalid type: string "a\"b`c", expected `#` or `]`"#),
+            r#"invalid type: string "…", expected `#` or `]`"#
+        );
     }
 
     #[test]
