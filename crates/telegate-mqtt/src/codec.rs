@@ -12,7 +12,7 @@ use rumqttc::mqttbytes::{self as m4, v4};
 use rumqttc::v5::mqttbytes::{self as m5, v5};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Version {
+pub enum Version {
     /// MQTT 3.1.1 (and 3.1).
     V4,
     V5,
@@ -20,7 +20,7 @@ pub(crate) enum Version {
 
 /// What a CONNECT asks for.
 #[derive(Debug)]
-pub(crate) struct Hello {
+pub struct Hello {
     pub version: Version,
     pub clean_start: bool,
     pub keep_alive: u16,
@@ -32,7 +32,7 @@ pub(crate) struct Hello {
 
 /// A packet from a vehicle, after CONNECT.
 #[derive(Debug)]
-pub(crate) enum Inbound {
+pub enum Inbound {
     Publish {
         qos: u8,
         pkid: u16,
@@ -63,7 +63,7 @@ pub(crate) enum Inbound {
 
 /// Why a read produced no packet.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ReadError {
+pub enum ReadError {
     /// Not a whole packet yet: read more bytes.
     Incomplete,
     /// A refusal that ends the connection.
@@ -86,25 +86,47 @@ fn read_error_v5(e: m5::Error) -> ReadError {
     }
 }
 
+/// The length of the whole packet at the front of `buf`, once it is there and within `max`.
+/// The fixed header is the same in both versions.
+fn framed(buf: &BytesMut, max: usize) -> Result<usize, ReadError> {
+    m4::check(buf.iter(), max)
+        .map(|header| header.frame_length())
+        .map_err(read_error_v4)
+}
+
+/// A decoding error of a packet that was framed whole. The readers have consumed it by then,
+/// so running out of bytes inside it (a length that points past its end) cannot mean "read
+/// more": the packet is malformed.
+fn after_framing(e: ReadError) -> ReadError {
+    match e {
+        ReadError::Incomplete => ReadError::Refused(Refusal::MalformedPacket),
+        e => e,
+    }
+}
+
 /// Reads the CONNECT that opens every connection, in whichever version the client speaks:
 /// the protocol level byte decides before the packet is decoded.
-pub(crate) fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Hello, ReadError> {
+pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Hello, ReadError> {
     // Frame first (length and size limit), then look at the level: fixed header, then
-    // the protocol name (2 + 4 bytes for "MQTT", 2 + 6 for 3.1's "MQIsdp"), then the level.
-    m4::check(buf.iter(), max).map_err(read_error_v4)?;
-    if buf[0] >> 4 != 1 {
+    // the protocol name (2 + 4 bytes for "MQTT", 2 + 6 for 3.1's "MQIsdp"), then the level,
+    // all within this packet (what follows it is not its business).
+    let packet = &buf[..framed(buf, max)?];
+    if packet[0] >> 4 != 1 {
         return Err(ReadError::Refused(Refusal::ProtocolError));
     }
-    let header = 1 + buf[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
-    let name_len = buf
+    let header = 1 + packet[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
+    let name_len = packet
         .get(header..header + 2)
         .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
         .ok_or(ReadError::Refused(Refusal::MalformedPacket))?;
-    let level = *buf
+    let level = *packet
         .get(header + 2 + name_len)
         .ok_or(ReadError::Refused(Refusal::MalformedPacket))?;
     match level {
-        3 | 4 => match v4::Packet::read(buf, max).map_err(read_error_v4)? {
+        3 | 4 => match v4::Packet::read(buf, max)
+            .map_err(read_error_v4)
+            .map_err(after_framing)?
+        {
             v4::Packet::Connect(c) => Ok(Hello {
                 version: Version::V4,
                 clean_start: c.clean_session,
@@ -114,7 +136,10 @@ pub(crate) fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Hello, Read
             }),
             _ => Err(ReadError::Refused(Refusal::ProtocolError)),
         },
-        5 => match v5::Packet::read(buf, Some(max_u32(max))).map_err(read_error_v5)? {
+        5 => match v5::Packet::read(buf, Some(max_u32(max)))
+            .map_err(read_error_v5)
+            .map_err(after_framing)?
+        {
             v5::Packet::Connect(c, _, _) => Ok(Hello {
                 version: Version::V5,
                 clean_start: c.clean_start,
@@ -136,7 +161,7 @@ fn max_u32(max: usize) -> u32 {
 }
 
 /// Reads the next packet after CONNECT.
-pub(crate) fn read(version: Version, buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
+pub fn read(version: Version, buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
     match version {
         Version::V4 => read_v4(buf, max),
         Version::V5 => read_v5(buf, max),
@@ -144,7 +169,11 @@ pub(crate) fn read(version: Version, buf: &mut BytesMut, max: usize) -> Result<I
 }
 
 fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
-    Ok(match v4::Packet::read(buf, max).map_err(read_error_v4)? {
+    framed(buf, max)?;
+    let packet = v4::Packet::read(buf, max)
+        .map_err(read_error_v4)
+        .map_err(after_framing)?;
+    Ok(match packet {
         v4::Packet::Publish(p) => Inbound::Publish {
             qos: p.qos as u8,
             pkid: p.pkid,
@@ -179,41 +208,43 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
         let _ = buf.split_to(2);
         return Ok(Inbound::Disconnect);
     }
-    Ok(
-        match v5::Packet::read(buf, Some(max_u32(max))).map_err(read_error_v5)? {
-            v5::Packet::Publish(p) => {
-                // Topic aliases are not offered (topic alias maximum 0): a publish must name
-                // its topic.
-                if p.topic.is_empty() {
-                    return Err(ReadError::Refused(Refusal::ProtocolError));
-                }
-                Inbound::Publish {
-                    qos: p.qos as u8,
-                    pkid: p.pkid,
-                    dup: p.dup,
-                    retain: p.retain,
-                    topic: p.topic,
-                    payload: p.payload,
-                }
+    framed(buf, max)?;
+    let packet = v5::Packet::read(buf, Some(max_u32(max)))
+        .map_err(read_error_v5)
+        .map_err(after_framing)?;
+    Ok(match packet {
+        v5::Packet::Publish(p) => {
+            // Topic aliases are not offered (topic alias maximum 0): a publish must name
+            // its topic.
+            if p.topic.is_empty() {
+                return Err(ReadError::Refused(Refusal::ProtocolError));
             }
-            v5::Packet::PubAck(a) => Inbound::PubAck { pkid: a.pkid },
-            v5::Packet::Subscribe(s) => Inbound::Subscribe {
-                pkid: s.pkid,
-                filters: s
-                    .filters
-                    .into_iter()
-                    .map(|f| (f.path, f.qos as u8))
-                    .collect(),
-            },
-            v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
-                pkid: u.pkid,
-                filters: u.filters,
-            },
-            v5::Packet::PingReq(_) => Inbound::PingReq,
-            v5::Packet::Disconnect(_) => Inbound::Disconnect,
-            _ => Inbound::Unexpected,
+            Inbound::Publish {
+                qos: p.qos as u8,
+                pkid: p.pkid,
+                dup: p.dup,
+                retain: p.retain,
+                topic: p.topic,
+                payload: p.payload,
+            }
+        }
+        v5::Packet::PubAck(a) => Inbound::PubAck { pkid: a.pkid },
+        v5::Packet::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| (f.path, f.qos as u8))
+                .collect(),
         },
-    )
+        v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.filters,
+        },
+        v5::Packet::PingReq(_) => Inbound::PingReq,
+        v5::Packet::Disconnect(_) => Inbound::Disconnect,
+        _ => Inbound::Unexpected,
+    })
 }
 
 /// How a CONNECT is answered.
@@ -539,6 +570,40 @@ mod tests {
             read_connect(&mut level6, 1024).expect_err("refused"),
             ReadError::Refused(Refusal::ProtocolVersion)
         );
+    }
+
+    /// Found by the mqtt_codec fuzz target: an MQTT 5 CONNECT whose property length runs
+    /// past its end was consumed and reported as incomplete, so the connection waited for
+    /// more and read what followed as a new CONNECT.
+    #[test]
+    fn a_packet_whose_contents_overrun_it_is_malformed_not_incomplete() {
+        let overrun = b"\x10\x0d\x00\x04MQTT\x05\x02\xa1\xa1\xa1\xf7\xfe\xc0\x00";
+        let mut buf = BytesMut::from(&overrun[..]);
+        assert_eq!(
+            read_connect(&mut buf, 1024).expect_err("refused"),
+            ReadError::Refused(Refusal::MalformedPacket)
+        );
+        // The same after CONNECT: a SUBSCRIBE whose property length runs past its end.
+        let mut buf = BytesMut::from(&b"\x82\x03\x00\x01\xff"[..]);
+        assert_eq!(
+            read(Version::V5, &mut buf, 1024).expect_err("refused"),
+            ReadError::Refused(Refusal::MalformedPacket)
+        );
+    }
+
+    /// Reading a CONNECT's protocol level stays within the packet: a CONNECT too short to
+    /// have one is malformed, whatever the bytes after it say.
+    #[test]
+    fn the_protocol_level_is_read_within_the_connect() {
+        for after in [&b"MQTT\x06"[..], b"MQTT\x04", b""] {
+            let mut buf = BytesMut::from(&b"\x10\x02\x00\x04"[..]);
+            buf.extend_from_slice(after);
+            assert_eq!(
+                read_connect(&mut buf, 1024).expect_err("refused"),
+                ReadError::Refused(Refusal::MalformedPacket),
+                "followed by {after:?}"
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub use refusal::Refusal;
 pub use rules::request_topic;
 pub use tls::{TlsError, check_tls, vin_of_certificate};
 
+/// The wire readers and the topic rules, public only for the fuzz targets in `fuzz/`: not an
+/// API, and not covered by any compatibility promise.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::codec::{Hello, Inbound, ReadError, Version, read, read_connect};
+    pub use crate::rules::{is_concrete, may_publish, may_subscribe, named_vin};
+}
+
 use bytes::Bytes;
 use tokio::sync::oneshot;
 

@@ -12,14 +12,14 @@ pub fn request_topic(vin: &Vin) -> String {
 }
 
 /// The VIN whose prefix a topic (or filter) is under, if its second level is a valid VIN.
-pub(crate) fn named_vin(topic: &[u8]) -> Option<Vin> {
+pub fn named_vin(topic: &[u8]) -> Option<Vin> {
     let rest = topic.strip_prefix(PREFIX)?;
     let end = rest.iter().position(|&b| b == b'/')?;
     Vin::parse(std::str::from_utf8(&rest[..end]).ok()?).ok()
 }
 
 /// Whether `vin` may publish to `topic`: only under its own prefix.
-pub(crate) fn may_publish(vin: &Vin, topic: &[u8]) -> bool {
+pub fn may_publish(vin: &Vin, topic: &[u8]) -> bool {
     topic
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.strip_prefix(vin.expose().as_bytes()))
@@ -29,13 +29,13 @@ pub(crate) fn may_publish(vin: &Vin, topic: &[u8]) -> bool {
 /// Whether `vin` may hold `filter`: a valid filter that matches one of the platform's
 /// topics for it. `#` is granted and delivers only the vehicle's own requests; a shared
 /// subscription is not offered.
-pub(crate) fn may_subscribe(vin: &Vin, filter: &str) -> bool {
+pub fn may_subscribe(vin: &Vin, filter: &str) -> bool {
     valid_filter(filter) && !filter.starts_with("$share/") && matches(&request_topic(vin), filter)
 }
 
 /// Whether a filter names one topic (no wildcards): only such a filter can bind an
 /// anonymous connection to a vehicle.
-pub(crate) fn is_concrete(filter: &str) -> bool {
+pub fn is_concrete(filter: &str) -> bool {
     !filter.contains(['+', '#'])
 }
 
