@@ -146,6 +146,8 @@ struct Conn<S> {
     keep_alive: Duration,
     /// Requests the vehicle takes unacknowledged at once.
     window: usize,
+    /// Whether a refusal that left the connection open was logged at WARN already.
+    warned: bool,
 }
 
 async fn run<S>(io: S, listener: Listener, peer: Peer, deadline: Instant, ctx: Arc<Shared>)
@@ -170,6 +172,7 @@ where
         rbuf,
         wbuf: BytesMut::new(),
         window: usize::from(hello.receive_maximum.unwrap_or(16).clamp(1, 16)),
+        warned: false,
         hello,
         conn_id: ctx.registry.next_conn_id(),
         vin: None,
@@ -494,10 +497,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             None => true,
         };
         if !permitted {
-            self.ctx.refused(Refusal::PublishNotPermitted);
-            tracing::warn!(
-                reason = Refusal::PublishNotPermitted.as_str(),
-                "publish outside the vehicle's own topics refused"
+            self.refused_in_place(
+                Refusal::PublishNotPermitted,
+                "publish outside the vehicle's own topics refused",
             );
             return match (self.hello.version, qos) {
                 (Version::V5, 1) => {
@@ -558,6 +560,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn subscribe(&mut self, pkid: u16, filters: Vec<(String, u8)>) -> Result<(), End> {
         let mut granted = Vec::with_capacity(filters.len());
+        let mut refused = 0;
         for (filter, qos) in filters {
             let vin = match self.vin {
                 Some(vin) => Some(vin),
@@ -573,18 +576,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     granted.push(Some(qos));
                 }
                 _ => {
-                    self.ctx.refused(Refusal::SubscribeNotPermitted);
-                    tracing::warn!(
-                        reason = Refusal::SubscribeNotPermitted.as_str(),
-                        "subscription outside the vehicle's own topics refused"
-                    );
+                    refused += 1;
                     granted.push(None);
                 }
             }
         }
+        for _ in 0..refused {
+            self.refused_in_place(
+                Refusal::SubscribeNotPermitted,
+                "subscription outside the vehicle's own topics refused",
+            );
+        }
         self.enc.suback(&mut self.wbuf, pkid, &granted);
         self.deliver();
         Ok(())
+    }
+
+    /// Counts a refusal that leaves the connection open. Only a connection's first is logged
+    /// at WARN: a vehicle repeating it as fast as it can must not fill the log, and the
+    /// counter has every one.
+    fn refused_in_place(&mut self, why: Refusal, what: &'static str) {
+        self.ctx.refused(why);
+        if std::mem::replace(&mut self.warned, true) {
+            tracing::debug!(reason = why.as_str(), "{what}");
+        } else {
+            tracing::warn!(
+                reason = why.as_str(),
+                "{what} (more refusals of this connection are logged at debug level)"
+            );
+        }
     }
 
     /// Sends queued requests while the vehicle's window has room.

@@ -572,6 +572,7 @@ async fn the_edge_survives_attacks_and_counts_them_while_the_fleet_delivers() {
     // A subscribe storm: 2,000 SUBSCRIBEs of five filters each, four of them refused.
     scenario!("subscribe storm", async {
         let before = g.refused("subscribe-not-permitted");
+        let log_lines = g.log_text().lines().count();
         let (certs, vin) = (certs.clone(), unique_vin());
         let (packets, refused_filters) = blocking(move || {
             let mut s = connected(&certs, addr, &vin, true);
@@ -610,6 +611,12 @@ async fn the_edge_survives_attacks_and_counts_them_while_the_fleet_delivers() {
         .await;
         let counted = g.refused("subscribe-not-permitted") - before;
         assert_eq!(counted, f64::from(refused_filters));
+        // Counted, each of them, but not logged each: the vehicle does not fill the log.
+        let logged = g.log_text().lines().count() - log_lines;
+        assert!(
+            logged <= 5,
+            "{logged} log lines for one connection's refusals"
+        );
         format!("{packets} SUBSCRIBEs: {counted} `subscribe-not-permitted`")
     });
 
