@@ -519,12 +519,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if self.limiter.check().is_err() {
             self.ctx.stats.throttled();
-            // Wait for a cell and take it: a publish that waited is charged like any other,
-            // or every throttled one would pass free and the connection get twice its rate.
-            while let Err(not_until) = self.limiter.check() {
-                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-                tokio::time::sleep(wait).await;
-            }
+            self.wait_for_rate().await?;
         }
         let ack = (qos == 1).then(|| {
             let (ack, rx) = Ack::new();
@@ -538,6 +533,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ack,
         });
         self.forward()
+    }
+
+    /// Waits until the publish rate allows one more publish, and takes it: a publish that
+    /// waited is charged like any other, or every throttled one would pass free. A close
+    /// (blocked, revoked, taken over) or shutdown ends the wait: the publishes already read
+    /// could otherwise hold the connection open for minutes.
+    async fn wait_for_rate(&mut self) -> Result<(), End> {
+        let mut stop = self.ctx.stop.clone();
+        while let Err(not_until) = self.limiter.check() {
+            if *stop.borrow_and_update() {
+                return Err(Refusal::ShuttingDown.into());
+            }
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Err(Refusal::ShuttingDown.into()),
+                control = self.control.recv() => match control {
+                    Some(Control::Close(why)) => return Err(why.into()),
+                    Some(Control::Deliver) => self.deliver(),
+                    None => {}
+                },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Moves what the pipeline's channel takes now from the outbox into it. What stays waits

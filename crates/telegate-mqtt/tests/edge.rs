@@ -722,3 +722,50 @@ async fn a_flooding_vehicle_gets_its_publish_rate_and_no_more() {
         "{taken} frames: the rate itself was not given"
     );
 }
+
+/// A vehicle throttled for its publish rate with many publishes already read is still closed
+/// at once when it is blocked: the wait for the rate does not hold up the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_vehicle_is_closed_at_once_when_blocked() {
+    let cfg = EdgeConfig {
+        publish_rate: 2,
+        publish_burst: 1,
+        ..anonymous()
+    };
+    let (edge, rx) = start(cfg, open_gate()).await;
+    let _frames = accept_all(rx);
+    let addr = edge.local_addr(Listener::PlainV4).expect("v4");
+    let mut raw = TcpStream::connect(addr).await.expect("tcp");
+    raw.write_all(&connect_bytes(30)).await.expect("connect");
+    let mut buf = [0u8; 64];
+    let n = raw.read(&mut buf).await.expect("connack");
+    assert_eq!(&buf[..n], &[0x20, 2, 0, 0], "accepted");
+    // A large publish first, so that the edge reads in large pieces, then many small ones.
+    let mut publishes = BytesMut::new();
+    v4::Packet::Publish(v4::Publish::new(
+        status(A),
+        QoS::AtMostOnce,
+        vec![1u8; 100_000],
+    ))
+    .write(&mut publishes, 1 << 20)
+    .expect("encodes");
+    for _ in 0..2_000 {
+        v4::Packet::Publish(v4::Publish::new(status(A), QoS::AtMostOnce, vec![1u8]))
+            .write(&mut publishes, 1 << 20)
+            .expect("encodes");
+    }
+    raw.write_all(&publishes).await.expect("publishes");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(edge.close(&vin(A), Refusal::VehicleBlocked));
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open 2 s after it was blocked");
+    assert_eq!(edge.stats().refused(Refusal::VehicleBlocked), 1);
+}
