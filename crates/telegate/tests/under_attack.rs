@@ -16,13 +16,14 @@ mod tls_gateway;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use telegate_sim::tls::VehicleCertificates;
 use telegate_tests::*;
 use tls_gateway::Gateway;
+use tls_gateway::raw::*;
 
 const FLEET: usize = 20;
 /// Each fleet vehicle's frames per second.
@@ -136,101 +137,6 @@ async fn vehicle(
     }
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), events).await;
-}
-
-/// A raw TLS connection presenting `vin`'s certificate.
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-fn tls(certs: &VehicleCertificates, addr: SocketAddr, vin: &str) -> Tls {
-    let cfg = certs.client_config(vin).expect("vehicle certificate");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let conn = rustls::ClientConnection::new(cfg, name).expect("TLS client");
-    let tcp = TcpStream::connect(addr).expect("tcp");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).expect("TLS handshake");
-    }
-    s
-}
-
-fn remaining_length(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return out;
-        }
-    }
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    [&[first][..], &remaining_length(body.len()), body].concat()
-}
-
-fn string(s: &[u8]) -> Vec<u8> {
-    [&(s.len() as u16).to_be_bytes()[..], s].concat()
-}
-
-/// An MQTT 3.1.1 CONNECT.
-fn connect(keep_alive: u16, clean: bool) -> Vec<u8> {
-    let mut body = string(b"MQTT");
-    body.push(4);
-    body.push(if clean { 0x02 } else { 0x00 });
-    body.extend(keep_alive.to_be_bytes());
-    body.extend(string(
-        format!("atk-{:x}", rand::random::<u32>()).as_bytes(),
-    ));
-    packet(0x10, &body)
-}
-
-fn publish(topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> {
-    let body = [&string(topic.as_bytes())[..], &pkid.to_be_bytes(), payload].concat();
-    packet(0x32, &body)
-}
-
-/// A connected vehicle: TLS, CONNECT, CONNACK accepted.
-fn connected(certs: &VehicleCertificates, addr: SocketAddr, vin: &str, clean: bool) -> Tls {
-    let mut s = tls(certs, addr, vin);
-    s.write_all(&connect(30, clean)).expect("CONNECT");
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack).expect("CONNACK");
-    assert_eq!((ack[0], ack[3]), (0x20, 0), "CONNACK {ack:?}");
-    s
-}
-
-/// Whether the server closed the connection within `within`.
-fn closed_by_server(s: &mut impl Read, sock: &TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        sock.set_read_timeout(Some(left)).expect("timeout");
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return true,
-        }
-    }
-}
-
-fn tls_closed(s: &mut Tls, within: Duration) -> bool {
-    let sock = s.sock.try_clone().expect("clone");
-    closed_by_server(s, &sock, within)
 }
 
 /// The refusals counted for these reasons, summed.

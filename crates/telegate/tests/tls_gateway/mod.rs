@@ -4,6 +4,8 @@
 // Each test file that includes this module uses part of it.
 #![allow(dead_code)]
 
+pub(crate) mod raw;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
