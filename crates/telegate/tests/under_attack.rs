@@ -631,6 +631,12 @@ async fn the_edge_survives_attacks_and_counts_them_while_the_fleet_delivers() {
         "memory grew from {rss_before} KiB to {rss_after} KiB"
     );
     assert!(g.alive());
+    // Every VIN of the test, the fleet's and the attackers', starts with WP0ZZZ or WP1ZZZ.
+    let log = g.log_text();
+    assert!(
+        !log.contains("WP0ZZZ") && !log.contains("WP1ZZZ"),
+        "a VIN in the gateway's log"
+    );
 
     println!(
         "\nUnder attack: {FLEET} vehicles x {FLEET_RATE} frames/s (QoS 1, TLS); before = the {} s just before the attack\n",
@@ -652,10 +658,11 @@ async fn the_edge_survives_attacks_and_counts_them_while_the_fleet_delivers() {
         );
     }
     println!(
-        "\nfleet: {published} frames, all acknowledged; gateway RSS {} MiB before the attacks, {} MiB after, peak {} MiB; {:.0} s in all",
+        "\nfleet: {published} frames, all acknowledged; gateway RSS {} MiB before the attacks, {} MiB after, peak {} MiB; {} log lines; {:.0} s in all",
         rss_before / 1024,
         rss_after / 1024,
         peak / 1024,
+        log.lines().count(),
         started.elapsed().as_secs_f64()
     );
 }
