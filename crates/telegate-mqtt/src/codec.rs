@@ -94,6 +94,27 @@ fn framed(buf: &BytesMut, max: usize) -> Result<usize, ReadError> {
         .map_err(read_error_v4)
 }
 
+/// Whether a fixed header's flags are what both versions fix them to: PUBLISH carries DUP,
+/// QoS (never 3) and RETAIN; PUBREL, SUBSCRIBE and UNSUBSCRIBE carry 0b0010; every other
+/// packet 0 (MQTT 3.1.1 §2.2.2, MQTT 5 §2.1.3). rumqttc's readers do not check them.
+fn flags_valid(first: u8) -> bool {
+    let flags = first & 0x0F;
+    match first >> 4 {
+        3 => (flags >> 1) & 0b11 != 0b11,
+        6 | 8 | 10 => flags == 0b0010,
+        _ => flags == 0,
+    }
+}
+
+/// Frames the next packet and checks its fixed header's flags.
+fn framed_checked(buf: &BytesMut, max: usize) -> Result<usize, ReadError> {
+    let len = framed(buf, max)?;
+    if !flags_valid(buf[0]) {
+        return Err(ReadError::Refused(Refusal::MalformedPacket));
+    }
+    Ok(len)
+}
+
 /// A decoding error of a packet that was framed whole. The readers have consumed it by then,
 /// so running out of bytes inside it (a length that points past its end) cannot mean "read
 /// more": the packet is malformed.
@@ -113,6 +134,9 @@ pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Hello, ReadError> 
     let packet = &buf[..framed(buf, max)?];
     if packet[0] >> 4 != 1 {
         return Err(ReadError::Refused(Refusal::ProtocolError));
+    }
+    if !flags_valid(packet[0]) {
+        return Err(ReadError::Refused(Refusal::MalformedPacket));
     }
     let header = 1 + packet[1..].iter().take_while(|b| *b & 0x80 != 0).count() + 1;
     let name_len = packet
@@ -169,7 +193,7 @@ pub fn read(version: Version, buf: &mut BytesMut, max: usize) -> Result<Inbound,
 }
 
 fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
-    framed(buf, max)?;
+    framed_checked(buf, max)?;
     let packet = v4::Packet::read(buf, max)
         .map_err(read_error_v4)
         .map_err(after_framing)?;
@@ -208,7 +232,7 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
         let _ = buf.split_to(2);
         return Ok(Inbound::Disconnect);
     }
-    framed(buf, max)?;
+    framed_checked(buf, max)?;
     let packet = v5::Packet::read(buf, Some(max_u32(max)))
         .map_err(read_error_v5)
         .map_err(after_framing)?;
@@ -604,6 +628,40 @@ mod tests {
                 "followed by {after:?}"
             );
         }
+    }
+
+    /// A SUBSCRIBE whose fixed header says 0x80 instead of 0x82 is malformed (MQTT 3.1.1
+    /// §3.8.1); rumqttc's reader had granted it. Found by the under-attack test.
+    #[test]
+    fn fixed_header_flags_are_checked() {
+        for version in [Version::V4, Version::V5] {
+            let subscribe: &[u8] = match version {
+                Version::V4 => b"\x00\x01\x00\x01a\x01",
+                Version::V5 => b"\x00\x01\x00\x00\x01a\x01",
+            };
+            for (first, ok) in [(0x82u8, true), (0x80, false), (0x83, false)] {
+                let mut buf = BytesMut::from(&[first, subscribe.len() as u8][..]);
+                buf.extend_from_slice(subscribe);
+                let got = read(version, &mut buf, 1024);
+                assert_eq!(got.is_ok(), ok, "{version:?} SUBSCRIBE {first:#x}: {got:?}");
+                if !ok {
+                    assert_eq!(
+                        got.expect_err("refused"),
+                        ReadError::Refused(Refusal::MalformedPacket)
+                    );
+                }
+            }
+            // PINGREQ with a flag set; a QoS 3 PUBLISH.
+            let mut ping = BytesMut::from(&[0xC1u8, 0][..]);
+            assert!(read(version, &mut ping, 1024).is_err());
+            assert!(flags_valid(0x30) && flags_valid(0x3B) && !flags_valid(0x36));
+        }
+        let mut connect = connect_v4();
+        connect[0] = 0x11;
+        assert_eq!(
+            read_connect(&mut connect, 1024).expect_err("refused"),
+            ReadError::Refused(Refusal::MalformedPacket)
+        );
     }
 
     #[test]
