@@ -11,8 +11,6 @@
 //!
 //! Loss is asserted; duplicates and timings are printed, never asserted.
 
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::{Headers, Message};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -293,43 +291,6 @@ async fn vehicle(
     link.close().await;
 }
 
-/// How often each (VIN, seq) of `vins` is in `topic`: read from the beginning until every key
-/// in `want` was seen, or `patience` passed without a new record.
-async fn in_kafka(
-    bootstrap: &str,
-    topic: &str,
-    vins: &[String],
-    want: &BTreeSet<Key>,
-    patience: Duration,
-) -> HashMap<Key, u32> {
-    let ours: BTreeSet<&str> = vins.iter().map(String::as_str).collect();
-    let c: StreamConsumer = consumer_on(bootstrap, &[topic]);
-    let mut seen: HashMap<Key, u32> = HashMap::new();
-    let mut missing = want.len();
-    while missing > 0 {
-        let Ok(Ok(m)) = tokio::time::timeout(patience, c.recv()).await else {
-            break;
-        };
-        let vin = m.key().and_then(|k| std::str::from_utf8(k).ok());
-        let seq = m
-            .headers()
-            .and_then(|h| h.iter().find(|x| x.key == "telegate-seq"))
-            .and_then(|x| x.value)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
-        if let (Some(vin), Some(seq)) = (vin, seq)
-            && ours.contains(vin)
-        {
-            let key = (vin.to_owned(), seq);
-            let n = seen.entry(key.clone()).or_default();
-            *n += 1;
-            if *n == 1 && want.contains(&key) {
-                missing -= 1;
-            }
-        }
-    }
-    seen
-}
-
 fn missing(want: &BTreeSet<Key>, seen: &HashMap<Key, u32>) -> usize {
     want.iter().filter(|k| !seen.contains_key(*k)).count()
 }
@@ -376,7 +337,7 @@ async fn a_gateway_killed_with_sigkill_loses_no_acknowledged_frame_and_the_vehic
     // PUBACKs the gateway wrote before it died may still be on their way to the vehicles.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acknowledged = vehicles.acknowledged();
-    let seen = in_kafka(
+    let seen = frames_in_kafka(
         &kafka(),
         &topic,
         &vehicles.vins,
@@ -407,7 +368,7 @@ async fn a_gateway_killed_with_sigkill_loses_no_acknowledged_frame_and_the_vehic
         .await;
     let vehicles = vehicles.stop().await;
     let made = vehicles.made();
-    let seen = in_kafka(
+    let seen = frames_in_kafka(
         &kafka(),
         &topic,
         &vehicles.vins,
@@ -465,7 +426,7 @@ async fn a_kafka_outage_under_load_loses_nothing_and_drains_when_kafka_returns()
     let rss = gateway.peak_rss_mib();
     let vehicles = vehicles.stop().await;
     let made = vehicles.made();
-    let seen = in_kafka(
+    let seen = frames_in_kafka(
         cluster.bootstrap(),
         &format!("{ns}telegate.loadgen"),
         &vehicles.vins,
@@ -525,7 +486,7 @@ async fn frames_kafka_did_not_take_in_time_come_back_to_the_vehicles_and_go_out_
         .await;
     let vehicles = vehicles.stop().await;
     let made = vehicles.made();
-    let seen = in_kafka(
+    let seen = frames_in_kafka(
         cluster.bootstrap(),
         &format!("{ns}telegate.loadgen"),
         &vehicles.vins,

@@ -4,7 +4,7 @@
 use rdkafka::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 pub use telegate_frame::now_ms;
@@ -400,4 +400,42 @@ impl Drop for KafkaCluster {
             .arg(&self.dir)
             .output();
     }
+}
+
+/// How often each (VIN, seq) of `vins` is in `topic` on the cluster at `bootstrap` (records
+/// keyed by VIN, with `telegate-seq`): read from the beginning until every key in `want` was
+/// seen, or `patience` passed without a new record.
+pub async fn frames_in_kafka(
+    bootstrap: &str,
+    topic: &str,
+    vins: &[String],
+    want: &BTreeSet<(String, u64)>,
+    patience: Duration,
+) -> HashMap<(String, u64), u32> {
+    let ours: BTreeSet<&str> = vins.iter().map(String::as_str).collect();
+    let c: StreamConsumer = consumer_on(bootstrap, &[topic]);
+    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
+    let mut missing = want.len();
+    while missing > 0 {
+        let Ok(Ok(m)) = tokio::time::timeout(patience, c.recv()).await else {
+            break;
+        };
+        let vin = m.key().and_then(|k| std::str::from_utf8(k).ok());
+        let seq = m
+            .headers()
+            .and_then(|h| h.iter().find(|x| x.key == "telegate-seq"))
+            .and_then(|x| x.value)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        if let (Some(vin), Some(seq)) = (vin, seq)
+            && ours.contains(vin)
+        {
+            let key = (vin.to_owned(), seq);
+            let n = seen.entry(key.clone()).or_default();
+            *n += 1;
+            if *n == 1 && want.contains(&key) {
+                missing -= 1;
+            }
+        }
+    }
+    seen
 }

@@ -1,8 +1,6 @@
 //! Vehicles that keep every frame until its PUBACK (telegate-sim's link), and what of their
 //! frames is in Kafka.
 
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::{Headers, Message};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -148,40 +146,14 @@ async fn vehicle(
     link.close().await;
 }
 
-/// How often each (VIN, seq) of `vins` is in `topic`: read from the beginning until every
-/// key in `want` was seen, or `patience` passed without a new record.
+/// How often each (VIN, seq) of `vins` is in `topic` on the suite's Kafka.
 pub(crate) async fn in_kafka(
     topic: &str,
     vins: &[String],
     want: &BTreeSet<(String, u64)>,
     patience: Duration,
 ) -> HashMap<(String, u64), u32> {
-    let ours: BTreeSet<&str> = vins.iter().map(String::as_str).collect();
-    let c: StreamConsumer = consumer(&[topic]);
-    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
-    let mut missing = want.len();
-    while missing > 0 {
-        let Ok(Ok(m)) = tokio::time::timeout(patience, c.recv()).await else {
-            break;
-        };
-        let vin = m.key().and_then(|k| std::str::from_utf8(k).ok());
-        let seq = m
-            .headers()
-            .and_then(|h| h.iter().find(|x| x.key == "telegate-seq"))
-            .and_then(|x| x.value)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
-        if let (Some(vin), Some(seq)) = (vin, seq)
-            && ours.contains(vin)
-        {
-            let key = (vin.to_owned(), seq);
-            let n = seen.entry(key.clone()).or_default();
-            *n += 1;
-            if *n == 1 && want.contains(&key) {
-                missing -= 1;
-            }
-        }
-    }
-    seen
+    frames_in_kafka(&kafka(), topic, vins, want, patience).await
 }
 
 /// How many vehicles the kill runs with: `TELEGATE_LB_VEHICLES`, 200 by default.
