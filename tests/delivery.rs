@@ -12,47 +12,26 @@
 //! Loss is asserted; duplicates and timings are printed, never asserted.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use telegate_frame::pb::{self, vehicle_frame::Body};
-use telegate_gateway::{Config, Gateway, PackSource};
+use telegate_gateway::Config;
 use telegate_sim::{DeliveryStats, Link, LinkConfig, MqttVersion, Update};
 use telegate_tests::*;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// The variable that makes this test binary the gateway (see [`gateway_process`]).
-const CHILD_CONFIG: &str = "TELEGATE_DELIVERY_GATEWAY_CONFIG";
-const READY: &str = "telegate-delivery-gateway-ready";
-
-/// Not a test: the gateway's own process. The tests run this binary again with
-/// [`CHILD_CONFIG`] naming a JSON config; without it, this returns at once.
+/// Not a test: the gateway's own process, which the tests start (see
+/// [`spawn_gateway_process`]).
 #[test]
 #[ignore = "the gateway process of the delivery tests, started by them"]
 fn gateway_process() {
-    let Ok(path) = std::env::var(CHILD_CONFIG) else {
-        return;
-    };
-    let config: Config =
-        serde_json::from_slice(&std::fs::read(path).expect("config file")).expect("config");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let _gateway = Gateway::start(&config, PackSource::Config)
-            .await
-            .expect("gateway starts");
-        println!("{READY}");
-        std::future::pending::<()>().await;
-    });
+    run_gateway_process();
 }
 
 /// A gateway in a child process, killed with SIGKILL when dropped.
@@ -62,23 +41,7 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     fn start(config: &Path, log: &Path) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("this test binary"))
-            .args(["gateway_process", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_CONFIG, config)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).expect("log file"))
-            .spawn()
-            .expect("the gateway process starts");
-        let out = child.stdout.take().expect("stdout");
-        let ready = BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains(READY));
-        assert!(
-            ready,
-            "the gateway process did not start: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
+        let child = spawn_gateway_process(config, log);
         Self { child }
     }
 

@@ -439,3 +439,59 @@ pub async fn frames_in_kafka(
     }
     seen
 }
+
+/// The variable that makes a test binary a gateway process ([`run_gateway_process`]).
+const GATEWAY_CONFIG: &str = "TELEGATE_TEST_GATEWAY_CONFIG";
+const GATEWAY_READY: &str = "telegate-test-gateway-ready";
+
+/// The body of a test binary's ignored `gateway_process` test, which is not a test: the
+/// gateway's own process, for tests that kill it with SIGKILL. [`spawn_gateway_process`] runs
+/// the binary again with a JSON config named in the environment; without one, this returns at
+/// once.
+pub fn run_gateway_process() {
+    let Ok(path) = std::env::var(GATEWAY_CONFIG) else {
+        return;
+    };
+    let config: telegate_gateway::Config =
+        serde_json::from_slice(&std::fs::read(path).expect("config file")).expect("config");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let _gateway =
+            telegate_gateway::Gateway::start(&config, telegate_gateway::PackSource::Config)
+                .await
+                .expect("gateway starts");
+        println!("{GATEWAY_READY}");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Runs this test binary again as its `gateway_process` with the JSON config at `config`, its
+/// log in `log`, and returns once the gateway is ready.
+pub fn spawn_gateway_process(
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["gateway_process", "--exact", "--ignored", "--nocapture"])
+        .env(GATEWAY_CONFIG, config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("the gateway process starts");
+    let out = child.stdout.take().expect("stdout");
+    let ready = std::io::BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains(GATEWAY_READY));
+    assert!(
+        ready,
+        "the gateway process did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    child
+}

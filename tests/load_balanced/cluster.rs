@@ -1,7 +1,6 @@
 //! The processes of the load-balanced test: gateways (this test binary run again as its
 //! ignored `gateway_process` test) and HAProxy in front of them, and the gateways' admin API.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,8 +12,6 @@ use telegate_tests::*;
 use tonic::transport::Channel;
 
 /// The variable that makes this test binary a gateway (see `gateway_process`).
-pub(crate) const CHILD_CONFIG: &str = "TELEGATE_LB_GATEWAY_CONFIG";
-pub(crate) const READY: &str = "telegate-lb-gateway-ready";
 const TOKEN: &str = "lb-admin-token-0123456789";
 
 /// A gateway in a child process, killed with SIGKILL when dropped.
@@ -32,23 +29,7 @@ impl Instance {
         let path = dir.join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec(&config).expect("JSON")).expect("write");
         let log = dir.join(format!("{name}.log"));
-        let mut child = Command::new(std::env::current_exe().expect("this test binary"))
-            .args(["gateway_process", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_CONFIG, &path)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("the gateway process starts");
-        let out = child.stdout.take().expect("stdout");
-        let ready = BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains(READY));
-        assert!(
-            ready,
-            "gateway {name} did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let child = spawn_gateway_process(&path, &log);
         Self {
             child,
             mqtt: config.mqtt.listen.expect("mqtt"),

@@ -19,14 +19,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use telegate_admin_proto::pb as apb;
 use telegate_frame::pb::{self, vehicle_frame::Body};
-use telegate_gateway::{Config, Gateway, PackSource};
 use telegate_policy::SubjectRecord;
 use telegate_tests::*;
 
 mod cluster;
 mod fleet;
 
-use cluster::{Admin, CHILD_CONFIG, Haproxy, Instance, READY, admin, origin, settings};
+use cluster::{Admin, Haproxy, Instance, admin, origin, settings};
 use fleet::{Fleet, fleet_size, in_kafka};
 
 /// One record per status frame keyed by VIN with its seq (as the load pack), a purpose on
@@ -67,28 +66,12 @@ identity = "vin"
 retention = "1day"
 "#;
 
-/// Not a test: a gateway's own process. The test runs this binary again with
-/// [`CHILD_CONFIG`] naming a JSON config; without it, this returns at once.
+/// Not a test: a gateway's own process, which the test starts (see
+/// [`spawn_gateway_process`]).
 #[test]
 #[ignore = "a gateway process of the load-balanced test, started by it"]
 fn gateway_process() {
-    let Ok(path) = std::env::var(CHILD_CONFIG) else {
-        return;
-    };
-    let config: Config =
-        serde_json::from_slice(&std::fs::read(path).expect("config file")).expect("config");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let _gateway = Gateway::start(&config, PackSource::Config)
-            .await
-            .expect("gateway starts");
-        println!("{READY}");
-        std::future::pending::<()>().await;
-    });
+    run_gateway_process();
 }
 
 /// An instance's view of a vehicle, through its admin API (what its decisions read).
