@@ -93,8 +93,8 @@ impl std::fmt::Display for Unread {
 }
 
 impl StateStore {
-    /// A store kept only in memory (tools and tests).
-    pub fn local(keys: StateKeys) -> Self {
+    /// A store not yet replicated.
+    fn local(keys: StateKeys) -> Self {
         Self {
             keys,
             subjects: DashMap::new(),
@@ -135,23 +135,8 @@ impl StateStore {
         let (applied_tx, mut applied) = watch::channel(false);
         let applier = store.clone();
         let applying = tokio::spawn(async move {
-            // Catch-up: everything the follower read before it reached the topic's end is in
-            // the channel by the time it says so.
-            loop {
-                tokio::select! {
-                    biased;
-                    e = entries.recv() => match e {
-                        Some(e) => applier.apply_remote(e),
-                        None => return,
-                    },
-                    r = read_to_end.wait_for(|c| *c) => match r {
-                        Ok(_) => break,
-                        Err(_) => return,
-                    },
-                }
-            }
-            while let Ok(e) = entries.try_recv() {
-                applier.apply_remote(e);
+            if !read_to_its_end(&mut entries, &mut read_to_end, |e| applier.apply_remote(e)).await {
+                return;
             }
             applier.caught_up.store(true, Ordering::Release);
             let _ = applied_tx.send(true);
@@ -515,6 +500,32 @@ impl StateStore {
             );
         }
     }
+}
+
+/// Hands `apply` every entry a follower ([`follow`]) read before it reached the topic's end:
+/// they are all in the channel by the time it says so. False if the follower stopped first.
+pub(crate) async fn read_to_its_end(
+    entries: &mut tokio::sync::mpsc::Receiver<Entry>,
+    read_to_end: &mut watch::Receiver<bool>,
+    mut apply: impl FnMut(Entry),
+) -> bool {
+    loop {
+        tokio::select! {
+            biased;
+            e = entries.recv() => match e {
+                Some(e) => apply(e),
+                None => return false,
+            },
+            r = read_to_end.wait_for(|c| *c) => match r {
+                Ok(_) => break,
+                Err(_) => return false,
+            },
+        }
+    }
+    while let Ok(e) = entries.try_recv() {
+        apply(e);
+    }
+    true
 }
 
 /// Writes locally changed records to the state topic, coalescing bursts, until `stop` turns

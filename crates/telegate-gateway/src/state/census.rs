@@ -3,8 +3,8 @@
 //! rewrap`): after a wrapping key rotation, before the old key leaves the key file, and to
 //! migrate a topic of the first format without starting a gateway.
 
-use super::StateStore;
 use super::record::{self, Read};
+use super::{StateStore, read_to_its_end};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -69,32 +69,15 @@ impl Census {
         let (mut entries, mut read_to_end) =
             follow(cfg, topic, 4096, stopped).with_context(|| format!("reading {topic}"))?;
         let mut latest: HashMap<Vec<u8>, Latest> = HashMap::new();
-        let reading = async {
-            loop {
-                tokio::select! {
-                    biased;
-                    e = entries.recv() => match e {
-                        Some(e) => {
-                            let what = classify(keys, &e.key, e.value.as_deref());
-                            latest.insert(e.key, what);
-                        }
-                        None => anyhow::bail!("{topic}: the reader stopped"),
-                    },
-                    r = read_to_end.wait_for(|c| *c) => {
-                        r.context("the reader stopped")?;
-                        break;
-                    }
-                }
-            }
-            while let Ok(e) = entries.try_recv() {
-                let what = classify(keys, &e.key, e.value.as_deref());
-                latest.insert(e.key, what);
-            }
-            Ok(())
-        };
+        let reading = read_to_its_end(&mut entries, &mut read_to_end, |e| {
+            let what = classify(keys, &e.key, e.value.as_deref());
+            latest.insert(e.key, what);
+        });
         let read = tokio::time::timeout(within, reading).await;
         let _ = stop.send(true);
-        read.with_context(|| format!("{topic} was not read to its end within {within:?}"))??;
+        let done =
+            read.with_context(|| format!("{topic} was not read to its end within {within:?}"))?;
+        anyhow::ensure!(done, "{topic}: the reader stopped");
         let mut census = Self::default();
         for what in latest.into_values() {
             match what {
