@@ -80,6 +80,11 @@ pub struct Report {
     /// window, when its pid was given.
     pub broker_cpu_us_per_frame: Option<f64>,
     pub broker_rss_bytes: Option<u64>,
+    /// The load generator's own CPU seconds over the same window (this process: vehicles,
+    /// observer, tracker), and per frame delivered in it. Beside the target's, it says which
+    /// of the two sets the ceiling on a shared machine.
+    pub generator_cpu_s: Option<f64>,
+    pub generator_cpu_us_per_frame: Option<f64>,
     pub series: Vec<Second>,
 }
 
@@ -95,6 +100,7 @@ impl Report {
         tracker: &Tracker,
         cpu: Option<(ProcSample, ProcSample)>,
         broker: Option<(ProcSample, ProcSample)>,
+        generator: Option<(ProcSample, ProcSample)>,
     ) -> Self {
         let (delivered, lost, duplicates, _) = tracker.totals();
         let series: Vec<Second> = tracker
@@ -144,8 +150,15 @@ impl Report {
             rss_bytes: cpu.map(|(a, b)| a.rss_bytes.max(b.rss_bytes)),
             broker_cpu_us_per_frame: broker.map(|(a, b)| per_frame(b.cpu_s - a.cpu_s)),
             broker_rss_bytes: broker.map(|(a, b)| a.rss_bytes.max(b.rss_bytes)),
+            generator_cpu_s: generator.map(|(a, b)| b.cpu_s - a.cpu_s),
+            generator_cpu_us_per_frame: generator.map(|(a, b)| per_frame(b.cpu_s - a.cpu_s)),
             series,
         }
+    }
+
+    /// Cores the load generator kept busy over the measured window, on average.
+    pub fn generator_cores(&self) -> Option<f64> {
+        self.generator_cpu_s.map(|c| c / self.measured_s.max(1e-9))
     }
 }
 
@@ -185,6 +198,7 @@ pub fn table(reports: &[Report]) -> String {
     if broker {
         let _ = write!(s, "  {:>14} {:>13}", "Kafka CPU µs/f", "Kafka RSS MiB");
     }
+    let _ = write!(s, "  {:>12} {:>9}", "gen CPU µs/f", "gen cores");
     s.push('\n');
     let base = reports
         .first()
@@ -224,6 +238,13 @@ pub fn table(reports: &[Report]) -> String {
                 mib(r.broker_rss_bytes)
             );
         }
+        let _ = write!(
+            s,
+            "  {:>12} {:>9}",
+            us(r.generator_cpu_us_per_frame),
+            r.generator_cores()
+                .map_or("-".into(), |c| format!("{c:.2}"))
+        );
         s.push('\n');
     }
     for r in reports
@@ -234,6 +255,12 @@ pub fn table(reports: &[Report]) -> String {
             s,
             "{}: {} lost after their PUBACK, {} still unacknowledged at the end, {} ticks skipped with a full outbox",
             r.target, r.lost_after_puback, r.unacknowledged, r.held_back
+        );
+    }
+    if reports.iter().any(|r| r.generator_cpu_s.is_some()) {
+        s.push_str(
+            "gen: the load generator itself (vehicles, observer, tracker) over the same window; \
+             CPU µs/f: the target\n",
         );
     }
     s
@@ -306,6 +333,13 @@ pub fn html(reports: &[Report]) -> String {
             "<h2>{}</h2><p>{} vehicles × {} frames/s, QoS {}, {}</p>",
             r.target, r.vehicles, r.rate_per_vehicle, r.qos, r.format
         );
+        if let (Some(us), Some(cores)) = (r.generator_cpu_us_per_frame, r.generator_cores()) {
+            let _ = write!(
+                s,
+                "<p>The load generator itself: {us:.1} µs of CPU per frame delivered, \
+                 {cores:.2} cores over the measured window.</p>"
+            );
+        }
         s.push_str(&chart(
             "throughput",
             &[

@@ -441,6 +441,8 @@ async fn measure(
     let window = (a.load.warm_up, a.load.duration);
     let sampler = tokio::spawn(sample(target.pid, window));
     let broker_sampler = tokio::spawn(sample(a.broker_pid, window));
+    // This process over the same window: the vehicles, the observer and the tracker.
+    let generator_sampler = tokio::spawn(sample(Some(std::process::id() as i32), window));
     let progress = progress_bar(a, label);
     let ticker = {
         let tracker = tracker.clone();
@@ -464,6 +466,7 @@ async fn measure(
     crate::run(&a.load, &sink, vins, tracker.clone()).await?;
     let cpu = sampler.await.ok().flatten();
     let broker = broker_sampler.await.ok().flatten();
+    let generator = generator_sampler.await.ok().flatten();
     // Let what is in flight arrive: a frame counts as lost only if it has not arrived when
     // nothing has moved for 10 s (a loaded broker can lag by seconds), and at most 60 s.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -494,6 +497,7 @@ async fn measure(
         &tracker,
         cpu,
         broker,
+        generator,
     ))
 }
 
