@@ -1,30 +1,21 @@
 //! The vehicles: each publishes its own frames at a fixed rate, on its own MQTT connection
 //! (anonymous, or over TLS with its own certificate; or, for the Kafka ceiling, straight to
-//! Kafka), with ramp-up and warm-up. Over MQTT a vehicle keeps every QoS 1 frame until its
-//! PUBACK and publishes it again after a reconnect or a failure reason (telegate-sim's link);
-//! when its outbox is full it skips its ticks, counted.
+//! Kafka), with ramp-up and warm-up. Over MQTT the vehicles are the generator's lean ones
+//! ([`crate::lean`]): a vehicle keeps every QoS 1 frame until its PUBACK and publishes it
+//! again, marked DUP, after a reconnect; when its outbox is full it skips its ticks, counted;
+//! at the end it waits for its outstanding PUBACKs.
 
 use crate::tls::FleetTls;
 use crate::tracker::Tracker;
 use anyhow::Context;
-use rumqttc::{TlsConfiguration, Transport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use telegate_frame::now_ms;
 use telegate_frame::pb::{self, VehicleFrame, vehicle_frame::Body};
-use telegate_frame::{FrameKind, PayloadFormat, encode, vehicle_topic};
+use telegate_frame::{PayloadFormat, encode};
 use telegate_kafka::KafkaSink;
 use telegate_policy::OutRecord;
-use telegate_sim::{Link, LinkConfig, Update};
-
-/// Frames a vehicle keeps unacknowledged before it stops making new ones: 100 s of a Kafka
-/// outage at 10 frames/s.
-const OUTBOX: usize = 1_000;
-
-/// Once the load has ended, how long a vehicle waits for its outstanding PUBACKs after the
-/// last one came.
-const DRAIN_IDLE: Duration = Duration::from_secs(30);
 
 /// Relative weights of the frame kinds each vehicle sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +82,9 @@ pub fn vins(n: usize) -> Vec<String> {
     out
 }
 
-fn frame(vin: &str, seq: u64, mix: Mix) -> VehicleFrame {
+/// Vehicle `vin`'s frame `seq`: the same bytes every time for the same capture time, so that
+/// a frame published again is the frame published first.
+pub(crate) fn frame(vin: &str, seq: u64, mix: Mix, captured_at_ms: i64) -> VehicleFrame {
     let total = (mix.status + mix.diagnostics + mix.location).max(1) as u64;
     let slot = (seq % total) as u32;
     let body = if slot < mix.status {
@@ -134,16 +127,9 @@ fn frame(vin: &str, seq: u64, mix: Mix) -> VehicleFrame {
     VehicleFrame {
         vin: vin.to_owned(),
         seq,
-        captured_at_ms: now_ms(),
+        captured_at_ms,
         body: Some(body),
     }
-}
-
-/// What vehicles send through, resolved once from the sink.
-#[derive(Clone)]
-enum Out {
-    Mqtt(SocketAddr, Option<Arc<FleetTls>>),
-    Kafka(Arc<KafkaSink>, String),
 }
 
 /// Runs every vehicle to the end of warm-up plus duration, sending to `sink`; returns frames
@@ -155,9 +141,7 @@ pub async fn run(
     tracker: Arc<Tracker>,
 ) -> anyhow::Result<u64> {
     let start = Instant::now();
-    // One sink shared by every vehicle: telegate's own, with its producer settings.
-    let out = match sink {
-        Sink::Kafka { kafka, topic } => Out::Kafka(Arc::new(KafkaSink::new(kafka)?), topic.clone()),
+    match sink {
         Sink::Mqtt { addr, tls } => {
             if let Some(tls) = tls {
                 anyhow::ensure!(
@@ -167,130 +151,39 @@ pub async fn run(
                     vins.len()
                 );
             }
-            Out::Mqtt(*addr, tls.clone())
+            crate::lean::run(cfg, *addr, tls.clone(), vins, tracker, start).await
         }
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, vin) in vins.iter().enumerate() {
-        let cfg = cfg.clone();
-        let out = out.clone();
-        let vin = vin.clone();
-        let tracker = tracker.clone();
-        let delay = cfg.ramp_up.mul_f64(i as f64 / vins.len().max(1) as f64);
-        tasks.spawn(async move { vehicle(i, vin, cfg, tracker, out, start, delay).await });
-    }
-    let mut published = 0;
-    while let Some(r) = tasks.join_next().await {
-        published += r??;
-    }
-    // Dropping a producer purges what it still holds: give every record up to the same 60 s
-    // the observer waits. What is still queued then is purged and counted as lost.
-    if let Out::Kafka(sink, _) = out {
-        let sink = Arc::into_inner(sink).context("every vehicle has finished with the sink")?;
-        sink.close(Duration::from_secs(60)).await;
-    }
-    Ok(published)
-}
-
-async fn vehicle(
-    i: usize,
-    vin: String,
-    cfg: LoadConfig,
-    tracker: Arc<Tracker>,
-    out: Out,
-    start: Instant,
-    delay: Duration,
-) -> anyhow::Result<u64> {
-    tokio::time::sleep(delay).await;
-    match out {
-        Out::Mqtt(addr, tls) => {
-            let mut link_cfg =
-                LinkConfig::new(addr.ip().to_string(), addr.port(), format!("lg-{i}"));
-            link_cfg.keep_alive = Duration::from_secs(60);
-            link_cfg.max_packet_bytes = 64 * 1024;
-            link_cfg.outbox = OUTBOX;
-            link_cfg.at_least_once = cfg.qos != 0;
-            link_cfg.reconnect_after = Duration::from_millis(400);
-            if let Some(tls) = tls {
-                let config = tls
-                    .config(i)
-                    .with_context(|| format!("no TLS identity for vehicle {i}"))?;
-                link_cfg.transport =
-                    Some(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        Sink::Kafka { kafka, topic } => {
+            // One sink shared by every vehicle: telegate's own, with its producer settings.
+            let sink = Arc::new(KafkaSink::new(kafka)?);
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, vin) in vins.iter().enumerate() {
+                let (cfg, vin, tracker) = (cfg.clone(), vin.clone(), tracker.clone());
+                let (sink, topic) = (sink.clone(), topic.clone());
+                let delay = cfg.ramp_up.mul_f64(i as f64 / vins.len().max(1) as f64);
+                tasks.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    kafka_vehicle(i, &vin, &cfg, &tracker, &sink, &topic, start).await
+                });
             }
-            mqtt_vehicle(
-                i,
-                &vin,
-                &cfg,
-                &tracker,
-                Link::open(&link_cfg, tracker.delivery()),
-                start,
-            )
-            .await
-        }
-        Out::Kafka(sink, topic) => {
-            kafka_vehicle(i, &vin, &cfg, &tracker, &sink, &topic, start).await
+            let mut published = 0;
+            while let Some(r) = tasks.join_next().await {
+                published += r??;
+            }
+            // Dropping a producer purges what it still holds: give every record up to the
+            // same 60 s the observer waits. What is still queued then is purged and counted
+            // as lost.
+            let sink = Arc::into_inner(sink).context("every vehicle has finished with the sink")?;
+            sink.close(Duration::from_secs(60)).await;
+            Ok(published)
         }
     }
-}
-
-/// What a vehicle keeps with each frame until its PUBACK.
-#[derive(Debug)]
-struct Kept {
-    seq: u64,
-    at: Instant,
-    measured: bool,
 }
 
 fn ticker(cfg: &LoadConfig) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate.max(0.001)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
-}
-
-async fn mqtt_vehicle(
-    i: usize,
-    vin: &str,
-    cfg: &LoadConfig,
-    tracker: &Tracker,
-    mut link: Link<Kept>,
-    start: Instant,
-) -> anyhow::Result<u64> {
-    let settle = |update: Update<Kept>| {
-        if let Update::Acked(k) = update {
-            tracker.acked(i, k.seq, k.at.elapsed(), k.measured);
-        }
-    };
-    let end = tokio::time::sleep_until((start + cfg.warm_up + cfg.duration).into());
-    tokio::pin!(end);
-    let mut tick = ticker(cfg);
-    let mut seq = 0u64;
-    loop {
-        tokio::select! {
-            _ = &mut end => break,
-            update = link.next() => match update {
-                Update::Closed => anyhow::bail!("vehicle {i}'s MQTT client stopped"),
-                update => settle(update),
-            },
-            _ = tick.tick() => {
-                if link.is_full() {
-                    tracker.delivery().held_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-                seq += 1;
-                let f = frame(vin, seq, cfg.mix);
-                let kind = FrameKind::of_body(f.body.as_ref().expect("built with a body"));
-                let measured = start.elapsed() >= cfg.warm_up;
-                tracker.published(i, seq, measured);
-                let kept = Kept { seq, at: Instant::now(), measured };
-                link.push(vehicle_topic(vin, kind), encode(&f, cfg.format), kept);
-            }
-        }
-    }
-    // Whatever is still kept goes on being published until it is acknowledged.
-    link.drain(DRAIN_IDLE, settle).await;
-    link.close().await;
-    Ok(seq)
 }
 
 async fn kafka_vehicle(
@@ -308,7 +201,7 @@ async fn kafka_vehicle(
     while start.elapsed() < end {
         tick.tick().await;
         seq += 1;
-        let f = frame(vin, seq, cfg.mix);
+        let f = frame(vin, seq, cfg.mix, now_ms());
         let payload = encode(&f, cfg.format);
         tracker.published(i, seq, start.elapsed() >= cfg.warm_up);
         // The same record telegate would write, its headers included, through telegate's

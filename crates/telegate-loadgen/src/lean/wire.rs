@@ -1,0 +1,199 @@
+//! The few MQTT 3.1.1 packets a lean vehicle writes (CONNECT, PUBLISH, PINGREQ, DISCONNECT)
+//! and reads (CONNACK, PUBACK, PINGRESP), by hand: a publish is written straight into the
+//! connection's write buffer, topic and payload included, with no packet value in between.
+
+/// The largest packet accepted from the target: a publisher is sent acknowledgements only.
+const MAX_INCOMING: usize = 64 * 1024;
+
+pub(crate) const PINGREQ: [u8; 2] = [0xC0, 0x00];
+pub(crate) const DISCONNECT: [u8; 2] = [0xE0, 0x00];
+
+/// Appends MQTT's variable-length "remaining length".
+fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+/// A clean-session CONNECT without credentials: what the vehicle has not seen acknowledged it
+/// publishes again itself, so the target keeps no session for it.
+pub(crate) fn connect(out: &mut Vec<u8>, client_id: &str, keep_alive_s: u16) {
+    let id = client_id.as_bytes();
+    out.push(0x10);
+    remaining_length(out, 10 + 2 + id.len());
+    out.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02]);
+    out.extend_from_slice(&keep_alive_s.to_be_bytes());
+    out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    out.extend_from_slice(id);
+}
+
+/// Appends a PUBLISH whose topic is `topic`'s parts joined. `pkid` is QoS 1 (QoS 0 without);
+/// `dup` marks a frame written before, on this connection or an earlier one.
+pub(crate) fn publish(
+    out: &mut Vec<u8>,
+    topic: &[&str],
+    pkid: Option<u16>,
+    dup: bool,
+    payload: &[u8],
+) {
+    let topic_len: usize = topic.iter().map(|p| p.len()).sum();
+    let mut flags = 0x30;
+    if pkid.is_some() {
+        flags |= 0x02;
+        if dup {
+            flags |= 0x08;
+        }
+    }
+    out.push(flags);
+    let id_len = if pkid.is_some() { 2 } else { 0 };
+    remaining_length(out, 2 + topic_len + id_len + payload.len());
+    out.extend_from_slice(&(topic_len as u16).to_be_bytes());
+    for part in topic {
+        out.extend_from_slice(part.as_bytes());
+    }
+    if let Some(id) = pkid {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// A packet from the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    ConnAck {
+        session_present: bool,
+        code: u8,
+    },
+    PubAck(u16),
+    PingResp,
+    /// Anything else (of this packet type): a publisher has no use for it.
+    Other(u8),
+}
+
+/// What the target sent cannot be MQTT: the connection is to be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Malformed;
+
+/// Reads one packet from the front of `buf`: the packet and its length, or `None` while it is
+/// incomplete.
+pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Incoming, usize)>, Malformed> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let mut len = 0usize;
+    let mut at = 1;
+    loop {
+        let Some(&byte) = buf.get(at) else {
+            return Ok(None);
+        };
+        len |= usize::from(byte & 0x7f) << (7 * (at - 1));
+        at += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if at > 4 {
+            return Err(Malformed);
+        }
+    }
+    if len > MAX_INCOMING {
+        return Err(Malformed);
+    }
+    let Some(body) = buf.get(at..at + len) else {
+        return Ok(None);
+    };
+    let packet = match (first, body) {
+        (0x20, [flags, code]) => Incoming::ConnAck {
+            session_present: flags & 1 == 1,
+            code: *code,
+        },
+        (0x40, [hi, lo]) => Incoming::PubAck(u16::from_be_bytes([*hi, *lo])),
+        (0xD0, []) => Incoming::PingResp,
+        (0x20 | 0x40 | 0xD0, _) => return Err(Malformed),
+        (other, _) => Incoming::Other(other >> 4),
+    };
+    Ok(Some((packet, at + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_is_what_a_codec_reads() {
+        let mut out = Vec::new();
+        let payload = vec![7u8; 300];
+        publish(
+            &mut out,
+            &["/tenants/", "V", "/v1/", "status"],
+            Some(513),
+            true,
+            &payload,
+        );
+        // QoS 1 with DUP; 2 + 20 + 2 + 300 = 324 bytes follow, in two length bytes.
+        assert_eq!(&out[..3], &[0x3A, 0xC4, 0x02]);
+        assert_eq!(&out[3..5], &[0, 20]);
+        assert_eq!(&out[5..25], b"/tenants/V/v1/status");
+        assert_eq!(&out[25..27], &[2, 1]);
+        assert_eq!(out.len(), 27 + 300);
+
+        out.clear();
+        publish(&mut out, &["t"], None, true, b"x");
+        assert_eq!(
+            out,
+            [0x30, 4, 0, 1, b't', b'x'],
+            "QoS 0 has no id and no DUP"
+        );
+    }
+
+    #[test]
+    fn a_connect_asks_for_a_clean_session() {
+        let mut out = Vec::new();
+        connect(&mut out, "lg-7", 60);
+        assert_eq!(
+            out,
+            [
+                0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 4, b'l', b'g', b'-',
+                b'7'
+            ]
+        );
+    }
+
+    #[test]
+    fn acknowledgements_are_read_one_at_a_time_and_partial_ones_wait() {
+        let bytes = [0x40, 2, 0x01, 0x02, 0xD0, 0, 0x20, 2, 1, 0, 0x40, 2, 0];
+        let (p, n) = parse(&bytes).expect("valid").expect("complete");
+        assert_eq!((p, n), (Incoming::PubAck(0x0102), 4));
+        let (p, n) = parse(&bytes[4..]).expect("valid").expect("complete");
+        assert_eq!((p, n), (Incoming::PingResp, 2));
+        let (p, _) = parse(&bytes[6..]).expect("valid").expect("complete");
+        assert_eq!(
+            p,
+            Incoming::ConnAck {
+                session_present: true,
+                code: 0
+            }
+        );
+        assert_eq!(parse(&bytes[10..]), Ok(None), "incomplete");
+        assert_eq!(parse(&[0x40, 3, 0, 0, 0]), Err(Malformed));
+        assert_eq!(parse(&[0x40, 0xff, 0xff, 0xff, 0xff]), Err(Malformed));
+        assert_eq!(
+            parse(&[0x40, 0xff, 0xff, 0x7f]),
+            Err(Malformed),
+            "too large"
+        );
+        assert_eq!(
+            parse(&[0x90, 3, 0, 1, 0])
+                .expect("valid")
+                .expect("complete"),
+            (Incoming::Other(9), 5)
+        );
+    }
+}
