@@ -58,11 +58,21 @@ async fn a_short_comparison_accounts_for_every_frame_on_every_target() {
         reports[0].cpu_s.is_some() && reports[0].rss_bytes.is_some(),
         "gateway CPU and memory sampled"
     );
+    for r in &reports {
+        assert!(
+            r.generator_cpu_s.is_some_and(|s| s > 0.0)
+                && r.generator_cpu_us_per_frame.is_some_and(|us| us > 0.0),
+            "{}: the generator's own CPU sampled: {r:?}",
+            r.target
+        );
+    }
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json report")).expect("json");
     assert_eq!(written.as_array().map(Vec::len), Some(4));
+    assert!(written[0]["generator_cpu_us_per_frame"].is_f64());
     let page = std::fs::read_to_string(&html).expect("html report");
     assert!(page.contains("<svg") && page.contains("bare embedded rumqttd"));
+    assert!(page.contains("The load generator itself"));
 }
 
 /// `--kafka-bootstrap mock`: each target gets a fresh mock cluster in a process of its own;
