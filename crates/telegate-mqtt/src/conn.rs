@@ -8,25 +8,73 @@ use crate::codec::{
 use crate::config::Listener;
 use crate::edge::Shared;
 use crate::rules::{is_concrete, may_publish, may_subscribe, named_vin};
-use crate::sessions::{Control, Owner, SharedSession, lock};
+use crate::sessions::{Owner, SharedSession, lock};
+use crate::signal::Signal;
 use crate::{Ack, Incoming, Refusal};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 use telegate_frame::Vin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::server::TlsStream;
+
+/// What a plain socket reserves to read into once it is readable. Most packets fit; a
+/// longer one takes more reads.
+const READ_CHUNK: usize = 4096;
+
+/// What a TLS connection keeps to read into while it waits: rustls holds what does not fit
+/// and hands it over on the next read.
+const TLS_READ_CHUNK: usize = 512;
+
+/// A write buffer larger than this is given back once written; a smaller one is kept for the
+/// next PUBACK.
+const WRITE_KEEP: usize = 64;
+
+/// How a connection reads. A plain socket waits until it is readable and only then takes a
+/// read buffer, so an idle plain connection holds none; TLS reads through rustls into a small
+/// buffer kept while waiting.
+pub(crate) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+}
+
+impl Wire for TcpStream {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                // Readiness is cleared only by a read that finds nothing: wait without the
+                // buffer.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                }
+                read => return read,
+            }
+        }
+    }
+}
+
+impl Wire for Box<TlsStream<TcpStream>> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        buf.reserve(TLS_READ_CHUNK);
+        self.read_buf(buf).await
+    }
+}
 
 /// Who the peer proved to be.
 #[derive(Debug)]
@@ -53,20 +101,37 @@ impl From<Refusal> for End {
     }
 }
 
-/// Accepts one TCP connection on a listener: the TLS handshake first where there is one.
-pub(crate) async fn accept(tcp: TcpStream, listener: Listener, ctx: Arc<Shared>) {
+/// Serves one TCP connection of a plain listener. The connection's task is this future, so
+/// it holds nothing of TLS.
+pub(crate) async fn plain(tcp: TcpStream, listener: Listener, ctx: Arc<Shared>) {
     let deadline = Instant::now() + ctx.cfg.connect_timeout;
     let _ = tcp.set_nodelay(true);
-    let acceptor = ctx
-        .tls
-        .as_ref()
-        .filter(|_| listener == Listener::Tls)
-        .map(|tls| tls.acceptor());
-    let Some(acceptor) = acceptor else {
-        return run(tcp, listener, Peer::Anonymous, deadline, ctx).await;
-    };
+    run(tcp, listener, Peer::Anonymous, deadline, ctx).await
+}
+
+/// Serves one TCP connection of the TLS listener: the handshake first. The handshake's state
+/// and then the TLS stream live on the heap, each for as long as it is needed, so the task
+/// holds neither.
+pub(crate) async fn tls(tcp: TcpStream, ctx: Arc<Shared>) {
+    let deadline = Instant::now() + ctx.cfg.connect_timeout;
+    let _ = tcp.set_nodelay(true);
+    if let Some((stream, peer)) = Box::pin(handshake(tcp, &ctx, deadline)).await {
+        run(stream, Listener::Tls, peer, deadline, ctx).await;
+    }
+}
+
+/// The TLS handshake and who the certificate names; `None` (counted) if it failed.
+async fn handshake(
+    tcp: TcpStream,
+    ctx: &Shared,
+    deadline: Instant,
+) -> Option<(Box<TlsStream<TcpStream>>, Peer)> {
+    let acceptor = ctx.tls.as_ref()?.acceptor();
     match timeout_at(deadline, acceptor.accept(tcp)).await {
-        Err(_) => ctx.refused(Refusal::HandshakeTimeout),
+        Err(_) => {
+            ctx.refused(Refusal::HandshakeTimeout);
+            None
+        }
         Ok(Err(e)) => {
             let revoked = e
                 .get_ref()
@@ -83,6 +148,7 @@ pub(crate) async fn accept(tcp: TcpStream, listener: Listener, ctx: Arc<Shared>)
             };
             tracing::debug!(reason = why.as_str(), error = %e, "TLS handshake refused");
             ctx.refused(why);
+            None
         }
         Ok(Ok(stream)) => {
             let peer = match stream
@@ -97,32 +163,16 @@ pub(crate) async fn accept(tcp: TcpStream, listener: Listener, ctx: Arc<Shared>)
                     None => Peer::NoVin,
                 },
             };
-            run(stream, listener, peer, deadline, ctx).await;
+            Some((Box::new(stream), peer))
         }
     }
 }
 
-/// A QoS 1 publish waiting for the pipeline, in arrival order.
-struct PendingAck {
+/// A QoS 1 publish waiting for the pipeline, in arrival order, with its outcome once known.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
     pkid: u16,
-    rx: oneshot::Receiver<AckOutcome>,
-}
-
-impl Future for PendingAck {
-    type Output = (u16, AckOutcome);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let pkid = self.pkid;
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| (pkid, r.unwrap_or(AckOutcome::Failed)))
-    }
-}
-
-fn settled(pkid: u16, outcome: AckOutcome) -> PendingAck {
-    let (ack, rx) = Ack::new();
-    ack.complete(outcome);
-    PendingAck { pkid, rx }
+    outcome: Option<AckOutcome>,
 }
 
 struct Conn<S> {
@@ -136,9 +186,14 @@ struct Conn<S> {
     /// The vehicle this connection speaks for, once known.
     vin: Option<Vin>,
     session: Option<SharedSession>,
-    control_tx: mpsc::UnboundedSender<Control>,
-    control: mpsc::UnboundedReceiver<Control>,
-    pending: FuturesOrdered<PendingAck>,
+    /// Close orders, queued requests and completed publishes reach the connection here.
+    signal: Arc<Signal>,
+    /// QoS 1 publishes not yet acknowledged, oldest first; the newest has sequence number
+    /// `next_seq - 1`.
+    pending: VecDeque<Waiting>,
+    next_seq: u64,
+    /// Outcomes taken from the signal, kept to reuse its room.
+    done: Vec<(u64, AckOutcome)>,
     /// Publishes read but not yet in the pipeline's channel (it was full).
     outbox: VecDeque<Incoming>,
     limiter: DefaultDirectRateLimiter,
@@ -150,11 +205,13 @@ struct Conn<S> {
     warned: bool,
 }
 
-async fn run<S>(io: S, listener: Listener, peer: Peer, deadline: Instant, ctx: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut io = io;
+async fn run<S: Wire>(
+    mut io: S,
+    listener: Listener,
+    peer: Peer,
+    deadline: Instant,
+    ctx: Arc<Shared>,
+) {
     let mut rbuf = BytesMut::new();
     let max = ctx.cfg.max_packet_bytes;
     let hello = match timeout_at(deadline, read_hello(&mut io, &mut rbuf, max)).await {
@@ -165,7 +222,9 @@ where
     };
     let rate = NonZeroU32::new(ctx.cfg.publish_rate).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(NonZeroU32::MIN);
-    let (control_tx, control) = mpsc::unbounded_channel();
+    if rbuf.is_empty() {
+        rbuf = BytesMut::new();
+    }
     let mut conn = Conn {
         io,
         enc: Encoder(hello.version),
@@ -177,9 +236,10 @@ where
         conn_id: ctx.registry.next_conn_id(),
         vin: None,
         session: None,
-        control_tx,
-        control,
-        pending: FuturesOrdered::new(),
+        signal: Arc::default(),
+        pending: VecDeque::new(),
+        next_seq: 0,
+        done: Vec::new(),
         outbox: VecDeque::new(),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         keep_alive: ctx.cfg.max_keep_alive,
@@ -194,21 +254,18 @@ where
         conn.enc.disconnect(&mut conn.wbuf, why);
         let _ = conn.flush().await;
     }
+    conn.signal.end();
     if let Some(vin) = conn.vin {
         conn.ctx.registry.release(&vin, conn.conn_id);
     }
 }
 
-async fn read_hello<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Hello, End> {
+async fn read_hello<S: Wire>(io: &mut S, buf: &mut BytesMut, max: usize) -> Result<Hello, End> {
     loop {
         match codec::read_connect(buf, max) {
             Ok(hello) => return Ok(hello),
             Err(ReadError::Refused(r)) => return Err(End::Refused(r)),
-            Err(ReadError::Incomplete) => match io.read_buf(buf).await {
+            Err(ReadError::Incomplete) => match io.read_into(buf).await {
                 Ok(0) | Err(_) => return Err(End::Closed),
                 Ok(_) => {}
             },
@@ -216,7 +273,7 @@ async fn read_hello<S: AsyncRead + Unpin>(
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+impl<S: Wire> Conn<S> {
     /// Answers the CONNECT: identity, version, the vehicle's gate, its session.
     async fn open(&mut self, listener: Listener, peer: Peer) -> Result<(), End> {
         let version_ok = match listener {
@@ -312,7 +369,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn bind(&mut self, vin: Vin, serial: Option<Vec<u8>>, expiry: Duration) -> bool {
         let owner = Owner {
             conn: self.conn_id,
-            control: self.control_tx.clone(),
+            signal: self.signal.clone(),
             serial,
         };
         let (session, resumed) = self
@@ -345,9 +402,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn serve(&mut self) -> End {
         let mut stop = self.ctx.stop.clone();
-        // The loop's own handle on the pipeline's channel, apart from `self`.
+        // The loop's own handles, apart from `self`.
         let tx = self.ctx.tx.clone();
+        let signal = self.signal.clone();
         let mut last_heard = Instant::now();
+        // One timer for the connection's life, moved on only when it fires: a packet does
+        // not touch the timer wheel.
+        let silence = tokio::time::sleep_until(last_heard + self.keep_alive);
+        tokio::pin!(silence);
         loop {
             if let Err(end) = self.flush().await {
                 return end;
@@ -368,11 +430,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             tokio::select! {
                 biased;
                 _ = stop.changed() => return End::Refused(Refusal::ShuttingDown),
-                control = self.control.recv() => match control {
-                    Some(Control::Close(why)) => return End::Refused(why),
-                    Some(Control::Deliver) => self.deliver(),
-                    None => {}
-                },
+                () = signal.wait() => {
+                    if let Err(end) = self.signalled() {
+                        return end;
+                    }
+                }
                 permit = tx.reserve(), if !self.outbox.is_empty() => match permit {
                     Ok(permit) => {
                         if let Some(m) = self.outbox.pop_front() {
@@ -384,12 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     Err(_) => return End::Refused(Refusal::ShuttingDown),
                 },
-                Some((pkid, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Err(end) = self.acknowledge(pkid, outcome) {
-                        return end;
-                    }
-                }
-                read = self.io.read_buf(&mut self.rbuf), if can_read => match read {
+                read = self.io.read_into(&mut self.rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(_) => {
                         if let Err(end) = self.handle_buffered().await {
@@ -397,13 +454,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         }
                         // Handling may have waited for the pipeline: count from now.
                         last_heard = Instant::now();
+                        if self.rbuf.is_empty() {
+                            // The frames read hold their part of it; nothing else needs it.
+                            self.rbuf = BytesMut::new();
+                        }
                     }
                 },
-                _ = sleep_until(last_heard + self.keep_alive), if can_read => {
-                    return End::Refused(Refusal::KeepAliveTimeout);
+                () = &mut silence, if can_read => {
+                    let due = last_heard + self.keep_alive;
+                    if Instant::now() >= due {
+                        return End::Refused(Refusal::KeepAliveTimeout);
+                    }
+                    silence.as_mut().reset(due);
                 }
             }
         }
+    }
+
+    /// Acts on what the signal carries: a close order, queued requests, completed publishes.
+    fn signalled(&mut self) -> Result<(), End> {
+        if let Some(why) = self.signal.close_order() {
+            return Err(why.into());
+        }
+        if self.signal.take_deliver() {
+            self.deliver();
+        }
+        self.signal.take_done(&mut self.done);
+        let front = self.next_seq - self.pending.len() as u64;
+        for &(seq, outcome) in &self.done {
+            // An outcome for a publish before the oldest waiting one cannot come (each is
+            // completed once); the check keeps a bug from acknowledging the wrong packet.
+            if let Some(w) = seq
+                .checked_sub(front)
+                .and_then(|i| self.pending.get_mut(usize::try_from(i).ok()?))
+            {
+                w.outcome = Some(outcome);
+            }
+        }
+        self.acknowledge_ready()
+    }
+
+    /// PUBACKs for the oldest publishes whose outcome is known, in arrival order.
+    fn acknowledge_ready(&mut self) -> Result<(), End> {
+        while let Some(Waiting {
+            pkid,
+            outcome: Some(outcome),
+        }) = self.pending.front().copied()
+        {
+            self.pending.pop_front();
+            self.acknowledge(pkid, outcome)?;
+        }
+        Ok(())
     }
 
     fn acknowledge(&mut self, pkid: u16, outcome: AckOutcome) -> Result<(), End> {
@@ -503,9 +604,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             );
             return match (self.hello.version, qos) {
                 (Version::V5, 1) => {
-                    self.pending
-                        .push_back(settled(pkid, AckOutcome::NotAuthorized));
-                    Ok(())
+                    self.pending.push_back(Waiting {
+                        pkid,
+                        outcome: Some(AckOutcome::NotAuthorized),
+                    });
+                    self.next_seq += 1;
+                    self.acknowledge_ready()
                 }
                 (Version::V5, _) => Ok(()),
                 (Version::V4, _) => Err(End::Closed),
@@ -519,11 +623,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if self.limiter.check().is_err() {
             self.ctx.stats.throttled();
-            self.wait_for_rate().await?;
+            // On the heap: only a throttled publish needs the wait's state.
+            Box::pin(self.wait_for_rate()).await?;
         }
         let ack = (qos == 1).then(|| {
-            let (ack, rx) = Ack::new();
-            self.pending.push_back(PendingAck { pkid, rx });
+            let ack = Ack::on_connection(self.signal.clone(), self.next_seq);
+            self.pending.push_back(Waiting {
+                pkid,
+                outcome: None,
+            });
+            self.next_seq += 1;
             ack
         });
         self.ctx.stats.count_received(qos);
@@ -541,6 +650,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// could otherwise hold the connection open for minutes.
     async fn wait_for_rate(&mut self) -> Result<(), End> {
         let mut stop = self.ctx.stop.clone();
+        let signal = self.signal.clone();
         while let Err(not_until) = self.limiter.check() {
             if *stop.borrow_and_update() {
                 return Err(Refusal::ShuttingDown.into());
@@ -549,11 +659,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             tokio::select! {
                 biased;
                 _ = stop.changed() => return Err(Refusal::ShuttingDown.into()),
-                control = self.control.recv() => match control {
-                    Some(Control::Close(why)) => return Err(why.into()),
-                    Some(Control::Deliver) => self.deliver(),
-                    None => {}
-                },
+                () = signal.wait() => self.signalled()?,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -674,9 +780,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.io.write_all(&self.wbuf).await?;
             self.io.flush().await
         };
-        match timeout(self.ctx.cfg.write_timeout, write).await {
+        tokio::pin!(write);
+        // Nearly every write completes at once: the timer is set only for one that waits.
+        let written = match futures::poll!(write.as_mut()) {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => timeout(self.ctx.cfg.write_timeout, write).await,
+        };
+        match written {
             Ok(Ok(())) => {
-                self.wbuf.clear();
+                if self.wbuf.capacity() > WRITE_KEEP {
+                    self.wbuf = BytesMut::new();
+                } else {
+                    self.wbuf.clear();
+                }
                 Ok(())
             }
             Ok(Err(_)) => Err(End::Closed),

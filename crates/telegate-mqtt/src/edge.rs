@@ -376,11 +376,20 @@ async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
             continue;
         }
         let guard = OpenGuard::new(ctx.clone());
-        tokio::spawn(async move {
-            let ctx = guard.0.clone();
-            crate::conn::accept(tcp, kind, ctx).await;
-            drop(guard);
-        });
+        // One task per connection, of the listener's kind: a plain connection's task holds
+        // nothing of TLS.
+        let ctx = guard.0.clone();
+        if kind == Listener::Tls && ctx.tls.is_some() {
+            tokio::spawn(async move {
+                crate::conn::tls(tcp, ctx).await;
+                drop(guard);
+            });
+        } else {
+            tokio::spawn(async move {
+                crate::conn::plain(tcp, kind, ctx).await;
+                drop(guard);
+            });
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod external;
 mod refusal;
 mod rules;
 mod sessions;
+mod signal;
 mod tls;
 
 pub use codec::AckOutcome;
@@ -47,16 +48,30 @@ pub struct Incoming {
 /// Completes one QoS 1 publish. Dropping it without [`Ack::complete`] counts as
 /// [`AckOutcome::Failed`]: the vehicle never gets a success for a frame nobody took.
 #[derive(Debug)]
-pub struct Ack(oneshot::Sender<AckOutcome>);
+pub struct Ack(Option<signal::AckTo>);
 
 impl Ack {
     pub(crate) fn new() -> (Self, oneshot::Receiver<AckOutcome>) {
         let (tx, rx) = oneshot::channel();
-        (Self(tx), rx)
+        (Self(Some(signal::AckTo::Oneshot(tx))), rx)
     }
 
-    pub fn complete(self, outcome: AckOutcome) {
-        // The connection may be gone; then nobody waits for the answer.
-        let _ = self.0.send(outcome);
+    /// The `seq`-th publish of the connection that `signal` wakes.
+    pub(crate) fn on_connection(signal: std::sync::Arc<signal::Signal>, seq: u64) -> Self {
+        Self(Some(signal::AckTo::Conn { signal, seq }))
+    }
+
+    pub fn complete(mut self, outcome: AckOutcome) {
+        if let Some(to) = self.0.take() {
+            to.send(outcome);
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(to) = self.0.take() {
+            to.send(AckOutcome::Failed);
+        }
     }
 }

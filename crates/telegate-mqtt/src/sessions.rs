@@ -3,6 +3,7 @@
 //! acknowledged) outlives its connection until it expires.
 
 use crate::Refusal;
+use crate::signal::Signal;
 use bytes::Bytes;
 use dashmap::DashMap;
 use rumqttc::mqttbytes::matches;
@@ -11,16 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use telegate_frame::Vin;
-use tokio::sync::mpsc;
-
-/// What a live connection is told from outside.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Close now, for this reason.
-    Close(Refusal),
-    /// The session has requests to send.
-    Deliver,
-}
 
 /// A request to a vehicle, with its packet id once sent.
 #[derive(Debug, Clone)]
@@ -79,7 +70,8 @@ pub(crate) fn lock(s: &SharedSession) -> MutexGuard<'_, Session> {
 #[derive(Debug)]
 pub(crate) struct Owner {
     pub conn: u64,
-    pub control: mpsc::UnboundedSender<Control>,
+    /// How the connection is told to close, or to send queued requests.
+    pub signal: Arc<Signal>,
     /// The serial of the certificate it presented, for revocation while connected.
     pub serial: Option<Vec<u8>>,
 }
@@ -142,7 +134,7 @@ impl Registry {
             expires: Some(Instant::now()),
         });
         if let Some(old) = entry.owner.replace(owner) {
-            let _ = old.control.send(Control::Close(Refusal::SessionTakenOver));
+            old.signal.close(Refusal::SessionTakenOver);
         }
         let alive = entry.expires.is_none_or(|t| t > Instant::now());
         // A fresh entry is born expired, so it is never "resumed".
@@ -201,7 +193,7 @@ impl Registry {
             });
         }
         match &entry.owner {
-            Some(owner) if owner.control.send(Control::Deliver).is_ok() => Delivery::Sent,
+            Some(owner) if owner.signal.deliver() => Delivery::Sent,
             _ => Delivery::Queued,
         }
     }
@@ -219,11 +211,7 @@ impl Registry {
     pub(crate) fn close(&self, vin: &Vin, why: Refusal) -> bool {
         self.entries
             .get(vin)
-            .and_then(|e| {
-                e.owner
-                    .as_ref()
-                    .map(|o| o.control.send(Control::Close(why)).is_ok())
-            })
+            .and_then(|e| e.owner.as_ref().map(|o| o.signal.close(why)))
             .unwrap_or(false)
     }
 
@@ -234,14 +222,10 @@ impl Registry {
             .filter_map(|e| {
                 e.owner
                     .as_ref()
-                    .map(|o| (o.serial.clone(), o.control.clone()))
+                    .map(|o| (o.serial.clone(), o.signal.clone()))
             })
             .filter(|(serial, _)| serial.as_ref().is_some_and(|s| revoked.contains(s)))
-            .filter(|(_, control)| {
-                control
-                    .send(Control::Close(Refusal::CertificateRevoked))
-                    .is_ok()
-            })
+            .filter(|(_, signal)| signal.close(Refusal::CertificateRevoked))
             .count()
     }
 
@@ -262,15 +246,15 @@ mod tests {
         Vin::parse("WP0ZZZ99ZTS392124").expect("valid")
     }
 
-    fn owner(reg: &Registry) -> (Owner, mpsc::UnboundedReceiver<Control>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn owner(reg: &Registry) -> (Owner, Arc<Signal>) {
+        let signal = Arc::new(Signal::default());
         (
             Owner {
                 conn: reg.next_conn_id(),
-                control: tx,
+                signal: signal.clone(),
                 serial: Some(vec![1, 2]),
             },
-            rx,
+            signal,
         )
     }
 
@@ -278,7 +262,7 @@ mod tests {
     fn the_newest_connection_takes_over_and_resumes_a_persistent_session() {
         let reg = Registry::default();
         let day = Duration::from_secs(86_400);
-        let (first, mut first_rx) = owner(&reg);
+        let (first, first_rx) = owner(&reg);
         let first_id = first.conn;
         let (session, resumed) = reg.bind(vin(), first, false, day);
         assert!(!resumed);
@@ -290,10 +274,7 @@ mod tests {
         let (again, resumed) = reg.bind(vin(), second, false, day);
         assert!(resumed, "same vehicle, not clean: the session goes on");
         assert!(Arc::ptr_eq(&session, &again));
-        assert!(matches!(
-            first_rx.try_recv(),
-            Ok(Control::Close(Refusal::SessionTakenOver))
-        ));
+        assert_eq!(first_rx.close_order(), Some(Refusal::SessionTakenOver));
         // The old connection's end does not end the new one's session.
         reg.release(&vin(), first_id);
         assert_eq!(
@@ -360,13 +341,11 @@ mod tests {
     #[test]
     fn revocation_closes_only_the_revoked_certificate() {
         let reg = Registry::default();
-        let (o, mut rx) = owner(&reg);
+        let (o, rx) = owner(&reg);
         reg.bind(vin(), o, true, Duration::ZERO);
         assert_eq!(reg.close_revoked(&[vec![9]].into_iter().collect()), 0);
+        assert_eq!(rx.close_order(), None);
         assert_eq!(reg.close_revoked(&[vec![1, 2]].into_iter().collect()), 1);
-        assert!(matches!(
-            rx.try_recv(),
-            Ok(Control::Close(Refusal::CertificateRevoked))
-        ));
+        assert_eq!(rx.close_order(), Some(Refusal::CertificateRevoked));
     }
 }
