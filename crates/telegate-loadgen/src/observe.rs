@@ -1,14 +1,11 @@
 //! The far side: reads what arrived and matches it back by (VIN, seq).
 
 use crate::tracker::Tracker;
-use anyhow::Context;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use telegate_frame::{VEHICLE_TOPIC_FILTER, VehicleTopic, decode};
 use telegate_kafka::{Start, assign_all};
 use tokio::sync::watch;
 
@@ -16,7 +13,8 @@ use tokio::sync::watch;
 pub enum Observer {
     /// Records on a Kafka topic, keyed by VIN with a `telegate-seq` header.
     Kafka { bootstrap: String, topic: String },
-    /// An MQTT subscriber to every vehicle topic (bare brokers).
+    /// An MQTT subscriber to every vehicle topic (bare brokers): the generator's own, which
+    /// keeps its session across connections.
     Mqtt { addr: SocketAddr, qos: u8 },
 }
 
@@ -70,47 +68,7 @@ impl Observer {
                 }))
             }
             Observer::Mqtt { addr, qos } => {
-                let mut opts = MqttOptions::new(
-                    format!("lg-observer-{:x}", rand::random::<u32>()),
-                    addr.ip().to_string(),
-                    addr.port(),
-                );
-                opts.set_max_packet_size(1 << 20, 1 << 20);
-                opts.set_keep_alive(Duration::from_secs(60));
-                let (client, mut events) = AsyncClient::new(opts, 64);
-                let q = if qos == 0 {
-                    QoS::AtMostOnce
-                } else {
-                    QoS::AtLeastOnce
-                };
-                client
-                    .subscribe(VEHICLE_TOPIC_FILTER, q)
-                    .await
-                    .context("subscribing")?;
-                loop {
-                    match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
-                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-                        Ok(Ok(_)) => {}
-                        other => anyhow::bail!("observer could not subscribe at {addr}: {other:?}"),
-                    }
-                }
-                Ok(tokio::spawn(async move {
-                    let _client = client;
-                    loop {
-                        tokio::select! {
-                            _ = stop.changed() => return,
-                            e = events.poll() => match e {
-                                Ok(Event::Incoming(Packet::Publish(p))) => {
-                                    if let (Some(t), Ok((f, _))) = (VehicleTopic::parse(&p.topic), decode(&p.payload)) {
-                                        tracker.observed(t.vin, f.seq);
-                                    }
-                                }
-                                Ok(_) => {}
-                                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                            },
-                        }
-                    }
-                }))
+                crate::lean::subscriber::start(addr, qos, tracker, stop).await
             }
         }
     }

@@ -41,7 +41,7 @@ impl Conn {
             }
         };
         let mut packet = Vec::with_capacity(32);
-        wire::connect(&mut packet, client_id, keep_alive_s);
+        wire::connect(&mut packet, client_id, keep_alive_s, true);
         conn.write_all(&packet).await?;
         conn.flush().await?;
         let mut ack = [0u8; 4];

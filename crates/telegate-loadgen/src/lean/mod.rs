@@ -9,10 +9,13 @@
 //! a vehicle skips its ticks, counted; when the load ends each vehicle waits for its
 //! outstanding PUBACKs until none has come for 30 s. The vehicles connect with a
 //! clean session: what is not acknowledged they publish again themselves.
+//!
+//! [`subscriber`] is the far side of a bare broker, written the same way.
 
 mod conn;
 mod session;
 mod shard;
+pub(crate) mod subscriber;
 mod wire;
 
 #[cfg(test)]

@@ -535,7 +535,10 @@ impl Settle<'_> {
                     }
                 }
                 Incoming::PingResp => *self.ping = None,
-                Incoming::ConnAck { .. } | Incoming::Other(_) => {}
+                Incoming::ConnAck { .. }
+                | Incoming::Publish { .. }
+                | Incoming::SubAck { .. }
+                | Incoming::Other(_) => {}
             }
         }
         Ok(used)

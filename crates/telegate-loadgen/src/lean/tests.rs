@@ -281,3 +281,80 @@ async fn qos0_frames_are_written_once_and_not_kept() {
     assert_eq!(log.publishes.len() as u64, made);
     assert!(log.publishes.iter().all(|p| p.pkid.is_none() && !p.dup));
 }
+
+/// A broker's side of the observer's connection: CONNECT and SUBSCRIBE read, their acks
+/// written (with `before_suback` publishes between them), then `publishes`, each of whose
+/// PUBACK is read back. Returns the CONNECT's flags and the packet ids acknowledged.
+async fn feed(
+    stream: &mut tokio::net::TcpStream,
+    session_present: bool,
+    before_suback: &[Vec<u8>],
+    publishes: &[Vec<u8>],
+) -> (u8, Vec<u16>) {
+    let (_, connect) = packet(stream).await.expect("CONNECT");
+    let (header, _) = packet(stream).await.expect("SUBSCRIBE");
+    assert_eq!(header, 0x82);
+    stream
+        .write_all(&[0x20, 2, u8::from(session_present), 0])
+        .await
+        .expect("CONNACK");
+    for p in before_suback {
+        stream.write_all(p).await.expect("publish");
+    }
+    stream.write_all(&[0x90, 3, 0, 1, 1]).await.expect("SUBACK");
+    for p in publishes {
+        stream.write_all(p).await.expect("publish");
+    }
+    let mut acked = Vec::new();
+    for _ in 0..before_suback.len() + publishes.len() {
+        let (header, body) = packet(stream).await.expect("PUBACK");
+        assert_eq!(header, 0x40);
+        acked.push(u16::from_be_bytes([body[0], body[1]]));
+    }
+    (connect[7], acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_keeps_its_session_across_a_dropped_connection() {
+    let vins = crate::vins(1);
+    let tracker = Arc::new(Tracker::new(&vins, Instant::now()));
+    let vin = vins[0].clone();
+    let frame = move |seq: u64| {
+        let f = crate::generate::frame(&vin, seq, Mix::default(), 0);
+        let mut out = Vec::new();
+        let payload = telegate_frame::encode(&f, PayloadFormat::Protobuf);
+        let topic = format!("/tenants/{vin}/v1/status");
+        super::wire::publish(&mut out, &[&topic], Some(100 + seq as u16), false, &payload);
+        out
+    };
+    for seq in 1..=4 {
+        tracker.published(0, seq, true);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let broker = tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.expect("accept");
+        let one = feed(&mut first, false, &[], &[frame(1), frame(2), frame(3)]).await;
+        drop(first);
+        // The session was kept: what the broker queued meanwhile may come before the SUBACK.
+        let (mut second, _) = listener.accept().await.expect("accept");
+        let two = feed(&mut second, true, &[frame(4)], &[]).await;
+        (one, two, second)
+    });
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let observer = super::subscriber::start(addr, 1, tracker.clone(), stop_rx)
+        .await
+        .expect("subscribed");
+    let ((flags, acked), (flags_again, acked_again), _open) =
+        tokio::time::timeout(Duration::from_secs(10), broker)
+            .await
+            .expect("in time")
+            .expect("the broker's side");
+    assert_eq!(flags & 0x02, 0, "no clean session");
+    assert_eq!(flags_again & 0x02, 0);
+    assert_eq!(acked, [101, 102, 103]);
+    assert_eq!(acked_again, [104]);
+    assert_eq!(tracker.totals(), (4, 0, 0, 0), "all four observed once");
+    let _ = stop.send(true);
+    observer.await.expect("stops");
+}

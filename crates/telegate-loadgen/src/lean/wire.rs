@@ -1,9 +1,10 @@
-//! The few MQTT 3.1.1 packets a lean vehicle writes (CONNECT, PUBLISH, PINGREQ, DISCONNECT)
-//! and reads (CONNACK, PUBACK, PINGRESP), by hand: a publish is written straight into the
-//! connection's write buffer, topic and payload included, with no packet value in between.
+//! The few MQTT 3.1.1 packets the load generator's own clients write (CONNECT, PUBLISH,
+//! PUBACK, SUBSCRIBE, PINGREQ, DISCONNECT) and read (CONNACK, PUBACK, PUBLISH, SUBACK,
+//! PINGRESP), by hand: a publish is written straight into the connection's write buffer,
+//! topic and payload included, and read in place, with no packet value in between.
 
-/// The largest packet accepted from the target: a publisher is sent acknowledgements only.
-const MAX_INCOMING: usize = 64 * 1024;
+/// The largest packet accepted from the target: frames are a few hundred bytes.
+const MAX_INCOMING: usize = 1024 * 1024;
 
 pub(crate) const PINGREQ: [u8; 2] = [0xC0, 0x00];
 pub(crate) const DISCONNECT: [u8; 2] = [0xE0, 0x00];
@@ -23,13 +24,16 @@ fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
     }
 }
 
-/// A clean-session CONNECT without credentials: what the vehicle has not seen acknowledged it
-/// publishes again itself, so the target keeps no session for it.
-pub(crate) fn connect(out: &mut Vec<u8>, client_id: &str, keep_alive_s: u16) {
+/// A CONNECT without credentials. A vehicle asks for a clean session: what it has not seen
+/// acknowledged it publishes again itself, so the target keeps no session for it. The
+/// observer asks for a session kept across connections, so that nothing published while it
+/// reconnects is lost to it.
+pub(crate) fn connect(out: &mut Vec<u8>, client_id: &str, keep_alive_s: u16, clean: bool) {
     let id = client_id.as_bytes();
     out.push(0x10);
     remaining_length(out, 10 + 2 + id.len());
-    out.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02]);
+    let flags = if clean { 0x02 } else { 0x00 };
+    out.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, flags]);
     out.extend_from_slice(&keep_alive_s.to_be_bytes());
     out.extend_from_slice(&(id.len() as u16).to_be_bytes());
     out.extend_from_slice(id);
@@ -65,16 +69,43 @@ pub(crate) fn publish(
     out.extend_from_slice(payload);
 }
 
-/// A packet from the target.
+/// A SUBSCRIBE to one filter.
+pub(crate) fn subscribe(out: &mut Vec<u8>, pkid: u16, filter: &str, qos: u8) {
+    out.push(0x82);
+    remaining_length(out, 2 + 2 + filter.len() + 1);
+    out.extend_from_slice(&pkid.to_be_bytes());
+    out.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    out.extend_from_slice(filter.as_bytes());
+    out.push(qos);
+}
+
+/// The PUBACK of a received QoS 1 publish.
+pub(crate) fn puback(out: &mut Vec<u8>, pkid: u16) {
+    let [hi, lo] = pkid.to_be_bytes();
+    out.extend_from_slice(&[0x40, 0x02, hi, lo]);
+}
+
+/// A packet from the target, read in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Incoming {
+pub(crate) enum Incoming<'a> {
     ConnAck {
         session_present: bool,
         code: u8,
     },
     PubAck(u16),
+    Publish {
+        /// QoS 1 and 2's packet id.
+        pkid: Option<u16>,
+        topic: &'a [u8],
+        payload: &'a [u8],
+    },
+    /// The QoS granted (0x80: refused) for the one filter asked for.
+    SubAck {
+        pkid: u16,
+        granted: u8,
+    },
     PingResp,
-    /// Anything else (of this packet type): a publisher has no use for it.
+    /// Anything else (of this packet type): these clients have no use for it.
     Other(u8),
 }
 
@@ -84,7 +115,7 @@ pub(crate) struct Malformed;
 
 /// Reads one packet from the front of `buf`: the packet and its length, or `None` while it is
 /// incomplete.
-pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Incoming, usize)>, Malformed> {
+pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Incoming<'_>, usize)>, Malformed> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -116,10 +147,35 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Incoming, usize)>, Malformed> 
         },
         (0x40, [hi, lo]) => Incoming::PubAck(u16::from_be_bytes([*hi, *lo])),
         (0xD0, []) => Incoming::PingResp,
-        (0x20 | 0x40 | 0xD0, _) => return Err(Malformed),
+        (0x90, [hi, lo, granted]) => Incoming::SubAck {
+            pkid: u16::from_be_bytes([*hi, *lo]),
+            granted: *granted,
+        },
+        (0x30..=0x3F, _) => publish_in(first, body)?,
+        (0x20 | 0x40 | 0xD0 | 0x90, _) => return Err(Malformed),
         (other, _) => Incoming::Other(other >> 4),
     };
     Ok(Some((packet, at + len)))
+}
+
+fn publish_in(first: u8, body: &[u8]) -> Result<Incoming<'_>, Malformed> {
+    let qos = (first >> 1) & 0x03;
+    let [hi, lo, rest @ ..] = body else {
+        return Err(Malformed);
+    };
+    let topic_len = usize::from(u16::from_be_bytes([*hi, *lo]));
+    let topic = rest.get(..topic_len).ok_or(Malformed)?;
+    let rest = &rest[topic_len..];
+    let (pkid, payload) = match (qos, rest) {
+        (0, payload) => (None, payload),
+        (1 | 2, [hi, lo, payload @ ..]) => (Some(u16::from_be_bytes([*hi, *lo])), payload),
+        _ => return Err(Malformed),
+    };
+    Ok(Incoming::Publish {
+        pkid,
+        topic,
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -154,9 +210,9 @@ mod tests {
     }
 
     #[test]
-    fn a_connect_asks_for_a_clean_session() {
+    fn a_connect_asks_for_a_clean_session_or_a_kept_one() {
         let mut out = Vec::new();
-        connect(&mut out, "lg-7", 60);
+        connect(&mut out, "lg-7", 60, true);
         assert_eq!(
             out,
             [
@@ -164,6 +220,68 @@ mod tests {
                 b'7'
             ]
         );
+        out.clear();
+        connect(&mut out, "lg-7", 60, false);
+        assert_eq!(out[9], 0x00);
+    }
+
+    #[test]
+    fn what_a_publisher_writes_a_subscriber_reads() {
+        let mut out = Vec::new();
+        publish(
+            &mut out,
+            &["/tenants/", "V", "/v1/status"],
+            Some(9),
+            false,
+            b"frame",
+        );
+        publish(&mut out, &["t"], None, false, b"");
+        let (p, n) = parse(&out).expect("valid").expect("complete");
+        assert_eq!(
+            p,
+            Incoming::Publish {
+                pkid: Some(9),
+                topic: b"/tenants/V/v1/status",
+                payload: b"frame"
+            }
+        );
+        let (p, _) = parse(&out[n..]).expect("valid").expect("complete");
+        assert_eq!(
+            p,
+            Incoming::Publish {
+                pkid: None,
+                topic: b"t",
+                payload: b""
+            }
+        );
+        assert_eq!(
+            parse(&[0x32, 3, 0, 9, b'x']),
+            Err(Malformed),
+            "topic past the end"
+        );
+        assert_eq!(
+            parse(&[0x32, 3, 0, 1, b'x']),
+            Err(Malformed),
+            "no packet id"
+        );
+
+        out.clear();
+        subscribe(&mut out, 1, "/tenants/+/v1/+", 1);
+        assert_eq!(out[..6], [0x82, 20, 0, 1, 0, 15]);
+        assert_eq!(out[21], 1);
+        assert_eq!(
+            parse(&[0x90, 3, 0, 1, 0x80])
+                .expect("valid")
+                .expect("complete")
+                .0,
+            Incoming::SubAck {
+                pkid: 1,
+                granted: 0x80
+            }
+        );
+        out.clear();
+        puback(&mut out, 0x0102);
+        assert_eq!(out, [0x40, 2, 1, 2]);
     }
 
     #[test]
@@ -190,10 +308,8 @@ mod tests {
             "too large"
         );
         assert_eq!(
-            parse(&[0x90, 3, 0, 1, 0])
-                .expect("valid")
-                .expect("complete"),
-            (Incoming::Other(9), 5)
+            parse(&[0xB0, 2, 0, 1]).expect("valid").expect("complete"),
+            (Incoming::Other(11), 4)
         );
     }
 }
