@@ -1,15 +1,18 @@
-//! Producing and delivery tracking.
+//! Producing and delivery tracking: each record carries its receipt through librdkafka, and
+//! the delivery report completes it on librdkafka's polling thread.
 
 use crate::config::KafkaConfig;
+use metrics::{Counter, Histogram};
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use telegate_policy::OutRecord;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -88,18 +91,88 @@ impl Drop for ReceiptInner {
     }
 }
 
-struct Pending {
-    delivery: DeliveryFuture,
-    topic: String,
-    started: Instant,
+/// What travels with a record through librdkafka until its delivery report. Dropped without
+/// a successful report (purged at shutdown, say), it fails its receipt: a frame is never
+/// acknowledged for a record Kafka did not confirm.
+struct Delivery {
     receipt: Option<Receipt>,
+    started: Instant,
+    delivered: bool,
+    /// Returned to the in-flight limit when the report has been handled.
+    _slot: OwnedSemaphorePermit,
 }
 
-/// The producer plus a tracker task that awaits every delivery in order.
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.delivered
+            && let Some(r) = &self.receipt
+        {
+            r.fail();
+        }
+    }
+}
+
+/// Handles delivery reports on librdkafka's polling thread: counts them and completes each
+/// record's receipt there, with no task, channel or future per record.
+struct Reports {
+    stats: Arc<SinkStats>,
+    latency: Histogram,
+    /// `telegate_kafka_delivered_total` by topic, registered once per topic.
+    delivered: Mutex<HashMap<String, Counter>>,
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, mut d: Box<Delivery>) {
+        match result {
+            Ok(msg) => {
+                d.delivered = true;
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.latency.record(d.started.elapsed().as_secs_f64());
+                let topic = msg.topic();
+                let mut counters = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                match counters.get(topic) {
+                    Some(c) => c.increment(1),
+                    None => {
+                        let c = metrics::counter!("telegate_kafka_delivered_total", "topic" => topic.to_owned());
+                        c.increment(1);
+                        counters.insert(topic.to_owned(), c);
+                    }
+                }
+            }
+            Err((error, msg)) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let topic = msg.topic().to_owned();
+                let code = match error {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue)
+                    | KafkaError::MessageProduction(RDKafkaErrorCode::PurgeInflight) => {
+                        tracing::error!(%topic, "producer dropped a record before delivery");
+                        "canceled".to_owned()
+                    }
+                    error => {
+                        tracing::error!(%topic, %error, "Kafka did not take a record");
+                        error
+                            .rdkafka_error_code()
+                            .map(|c| format!("{c:?}"))
+                            .unwrap_or_else(|| "other".to_owned())
+                    }
+                };
+                metrics::counter!("telegate_kafka_delivery_failed_total", "topic" => topic, "error" => code)
+                    .increment(1);
+            }
+        }
+        // Dropping `d` completes its part of the receipt (failed unless delivered).
+    }
+}
+
+/// The producer: librdkafka's own polling thread runs the delivery reports.
 pub struct KafkaSink {
-    producer: FutureProducer,
-    pending: mpsc::Sender<Pending>,
-    tracker: JoinHandle<()>,
+    producer: ThreadedProducer<Reports>,
+    /// At most `max_in_flight` records handed over and not yet reported.
+    in_flight: Arc<Semaphore>,
     stats: Arc<SinkStats>,
 }
 
@@ -112,16 +185,21 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    /// Creates the producer; must run inside a tokio runtime.
+    /// Creates the producer and its polling thread.
     pub fn new(cfg: &KafkaConfig) -> Result<Self, SinkError> {
-        let producer: FutureProducer = cfg.producer_config().create().map_err(SinkError::Create)?;
-        let (tx, rx) = mpsc::channel(cfg.max_in_flight.max(1));
         let stats = Arc::new(SinkStats::default());
-        let tracker = tokio::spawn(track(rx, stats.clone()));
+        let reports = Reports {
+            stats: stats.clone(),
+            latency: metrics::histogram!("telegate_kafka_delivery_seconds"),
+            delivered: Mutex::new(HashMap::new()),
+        };
+        let producer = cfg
+            .producer_config()
+            .create_with_context(reports)
+            .map_err(SinkError::Create)?;
         Ok(Self {
             producer,
-            pending: tx,
-            tracker,
+            in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
             stats,
         })
     }
@@ -134,6 +212,12 @@ impl KafkaSink {
     /// acknowledged it. Waits while librdkafka's queue is full or too many deliveries are
     /// outstanding: that wait is the pipeline's back-pressure.
     pub async fn send(&self, rec: &OutRecord, receipt: Option<&Receipt>) -> Result<(), SinkError> {
+        let slot = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SinkError::Closed)?;
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (name, value) in &rec.headers {
             headers = headers.insert(Header {
@@ -141,23 +225,31 @@ impl KafkaSink {
                 value: Some(value.as_bytes()),
             });
         }
-        let mut record = FutureRecord::<[u8], [u8]>::to(&rec.topic)
-            .payload(&rec.payload)
-            .headers(headers);
+        let delivery = Box::new(Delivery {
+            receipt: receipt.cloned(),
+            started: Instant::now(),
+            delivered: false,
+            _slot: slot,
+        });
+        let mut record =
+            BaseRecord::<[u8], [u8], Box<Delivery>>::with_opaque_to(&rec.topic, delivery)
+                .payload(&rec.payload)
+                .headers(headers);
         if let Some(key) = &rec.key {
             record = record.key(key);
         }
-        let started = Instant::now();
         let mut backoff = Duration::from_micros(200);
-        let delivery = loop {
-            match self.producer.send_result(record) {
-                Ok(d) => break d,
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     metrics::counter!("telegate_kafka_queue_full_total").increment(1);
                     record = r;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(50));
                 }
+                // The record comes back with its delivery, which fails the receipt as it
+                // is dropped here.
                 Err((error, _)) => {
                     return Err(SinkError::Produce {
                         topic: rec.topic.clone(),
@@ -165,65 +257,24 @@ impl KafkaSink {
                     });
                 }
             }
-        };
-        self.pending
-            .send(Pending {
-                delivery,
-                topic: rec.topic.clone(),
-                started,
-                receipt: receipt.cloned(),
-            })
-            .await
-            .map_err(|_| SinkError::Closed)
+        }
     }
 
-    /// Waits until every record handed over so far is delivered or has failed.
+    /// Waits until every record handed over so far is delivered or has failed: what Kafka
+    /// has not confirmed within `timeout` is purged and its receipts fail.
     pub async fn close(self, timeout: Duration) {
-        let producer = self.producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        let producer = self.producer;
+        let flushed = tokio::task::spawn_blocking(move || {
+            let flushed = producer.flush(timeout);
+            // Purges what is left and runs its reports before returning.
+            drop(producer);
+            flushed
+        })
+        .await;
         if !matches!(flushed, Ok(Ok(()))) {
             tracing::warn!(
                 "Kafka flush did not finish in {timeout:?}; undelivered records are counted as failed"
             );
-        }
-        drop(self.pending);
-        let _ = self.tracker.await;
-    }
-}
-
-async fn track(mut rx: mpsc::Receiver<Pending>, stats: Arc<SinkStats>) {
-    while let Some(p) = rx.recv().await {
-        let outcome = p.delivery.await;
-        let latency = p.started.elapsed().as_secs_f64();
-        match outcome {
-            Ok(Ok(_)) => {
-                stats.delivered.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("telegate_kafka_delivered_total", "topic" => p.topic)
-                    .increment(1);
-                metrics::histogram!("telegate_kafka_delivery_seconds").record(latency);
-            }
-            Ok(Err((error, _))) => {
-                if let Some(r) = &p.receipt {
-                    r.fail();
-                }
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                let code = error
-                    .rdkafka_error_code()
-                    .map(|c| format!("{c:?}"))
-                    .unwrap_or_else(|| "other".to_owned());
-                tracing::error!(topic = %p.topic, %error, "Kafka did not take a record");
-                metrics::counter!("telegate_kafka_delivery_failed_total", "topic" => p.topic, "error" => code)
-                    .increment(1);
-            }
-            Err(_canceled) => {
-                if let Some(r) = &p.receipt {
-                    r.fail();
-                }
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(topic = %p.topic, "producer dropped a record before delivery");
-                metrics::counter!("telegate_kafka_delivery_failed_total", "topic" => p.topic, "error" => "canceled")
-                    .increment(1);
-            }
         }
     }
 }
