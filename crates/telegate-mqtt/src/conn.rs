@@ -55,15 +55,18 @@ impl Wire for TcpStream {
         loop {
             self.readable().await?;
             buf.reserve(READ_CHUNK);
-            match self.try_read_buf(buf) {
-                // Readiness is cleared only by a read that finds nothing: wait without the
-                // buffer.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if buf.is_empty() {
-                        *buf = BytesMut::new();
-                    }
-                }
-                read => return read,
+            // One attempt: tokio's read takes a short read as the socket drained and clears
+            // its readiness, so the next wait does not cost a read that finds nothing.
+            let polled = {
+                let read = std::pin::pin!(self.read_buf(buf));
+                futures::poll!(read)
+            };
+            if let Poll::Ready(read) = polled {
+                return read;
+            }
+            // The readiness was stale, and is cleared now: wait without the buffer.
+            if buf.is_empty() {
+                *buf = BytesMut::new();
             }
         }
     }
@@ -410,6 +413,10 @@ impl<S: Wire> Conn<S> {
         // not touch the timer wheel.
         let silence = tokio::time::sleep_until(last_heard + self.keep_alive);
         tokio::pin!(silence);
+        // The wait on the stop, too, lasts across packets: a packet does not register and
+        // remove a waiter.
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
         loop {
             if let Err(end) = self.flush().await {
                 return end;
@@ -429,8 +436,8 @@ impl<S: Wire> Conn<S> {
             }
             tokio::select! {
                 biased;
-                _ = stop.changed() => return End::Refused(Refusal::ShuttingDown),
-                () = signal.wait() => {
+                _ = &mut stopped => return End::Refused(Refusal::ShuttingDown),
+                () = signal.notified() => {
                     if let Err(end) = self.signalled() {
                         return end;
                     }
@@ -659,7 +666,7 @@ impl<S: Wire> Conn<S> {
             tokio::select! {
                 biased;
                 _ = stop.changed() => return Err(Refusal::ShuttingDown.into()),
-                () = signal.wait() => self.signalled()?,
+                () = signal.notified() => self.signalled()?,
                 _ = tokio::time::sleep(wait) => {}
             }
         }

@@ -1,19 +1,24 @@
 //! What reaches a live connection from outside, in one small allocation per connection: a
 //! close order (blocked, revoked, taken over), "requests are queued", and the outcomes of its
-//! QoS 1 publishes as the pipeline completes them. One [`Notify`] wakes the connection for
-//! all three. It replaces a channel per connection and a oneshot channel plus a future per
+//! QoS 1 publishes as the pipeline completes them. One waker wakes the connection's task for
+//! all three, whichever of its waits is pending (the serve loop, or a throttled publish). It replaces a channel per connection and a oneshot channel plus a future per
 //! publish: an idle connection holds a few dozen bytes here, and a publish's acknowledgement
 //! costs a reference count, a short lock and a wake-up.
 
 use crate::Refusal;
 use crate::codec::AckOutcome;
+use futures::task::AtomicWaker;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::task::Poll;
 
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
-    notify: Notify,
+    /// The connection's task, as it last waited.
+    waker: AtomicWaker,
+    /// Set by every signal, taken by the wait that sees it.
+    woken: AtomicBool,
     /// 0, or the index in [`Refusal::ALL`] plus one of the reason to close.
     close: AtomicU8,
     deliver: AtomicBool,
@@ -31,14 +36,14 @@ impl Signal {
         let _ = self
             .close
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
+        self.wake();
         !self.ended.load(Ordering::Acquire)
     }
 
     /// Tells the connection its session has requests to send; false if it had ended.
     pub(crate) fn deliver(&self) -> bool {
         self.deliver.store(true, Ordering::Release);
-        self.notify.notify_one();
+        self.wake();
         !self.ended.load(Ordering::Acquire)
     }
 
@@ -47,12 +52,24 @@ impl Signal {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((seq, outcome));
-        self.notify.notify_one();
+        self.wake();
     }
 
-    /// Waits until something was signalled since the last wait.
-    pub(crate) async fn wait(&self) {
-        self.notify.notified().await
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Completes once something was signalled since the last wait completed. Only the
+    /// connection's own task waits.
+    pub(crate) fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            match self.woken.swap(false, Ordering::AcqRel) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
     }
 
     /// The close order, if one came.
@@ -139,7 +156,7 @@ mod tests {
     async fn a_signal_before_the_wait_is_not_lost() {
         let s = Signal::default();
         s.complete(0, AckOutcome::Accepted);
-        tokio::time::timeout(std::time::Duration::from_secs(5), s.wait())
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.notified())
             .await
             .expect("the stored wake-up ends the wait at once");
     }
