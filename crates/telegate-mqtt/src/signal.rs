@@ -30,21 +30,24 @@ pub(crate) struct Signal {
 }
 
 impl Signal {
-    /// Orders the connection closed; false if it had ended already.
+    /// Orders the connection closed; false if it had ended already. Whether it lives is read
+    /// before it is woken: woken, it may act on the order and end before this returns.
     pub(crate) fn close(&self, why: Refusal) -> bool {
+        let alive = !self.ended.load(Ordering::Acquire);
         let code = u8::try_from(why.index() + 1).expect("fewer than 255 refusals");
         let _ = self
             .close
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.wake();
-        !self.ended.load(Ordering::Acquire)
+        alive
     }
 
     /// Tells the connection its session has requests to send; false if it had ended.
     pub(crate) fn deliver(&self) -> bool {
+        let alive = !self.ended.load(Ordering::Acquire);
         self.deliver.store(true, Ordering::Release);
         self.wake();
-        !self.ended.load(Ordering::Acquire)
+        alive
     }
 
     pub(crate) fn complete(&self, seq: u64, outcome: AckOutcome) {
