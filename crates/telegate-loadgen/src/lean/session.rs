@@ -111,14 +111,22 @@ impl Session {
 
     /// The next packet id after the last one given, never 0 and never one still awaiting its
     /// PUBACK.
+    ///
+    /// Ids are given in the order frames go on the wire, so the frames on the wire hold ids
+    /// rising (modulo the wrap) from the oldest to the last given. Counting on from the last
+    /// one, the first id still in use that can come up is the oldest frame's, then the next
+    /// frame's: only a run of them at the front needs skipping, never a search.
     fn free_pkid(&mut self) -> u16 {
-        loop {
-            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
-            let id = self.last_pkid;
-            if !self.kept.range(..self.on_wire).any(|k| k.pkid == id) {
-                return id;
+        let next = |id: u16| id.checked_add(1).unwrap_or(1);
+        let mut id = next(self.last_pkid);
+        for k in self.kept.range(..self.on_wire) {
+            if k.pkid != id {
+                break;
             }
+            id = next(id);
         }
+        self.last_pkid = id;
+        id
     }
 
     /// A PUBACK: the frame it acknowledges, which leaves the vehicle; `None` for an id with
@@ -232,6 +240,54 @@ mod tests {
             assert_eq!(s.acked(id).map(|f| f.seq), Some(seq));
         }
         assert_eq!(s.acked(1).map(|f| f.seq), Some(1));
+    }
+
+    #[test]
+    fn no_packet_id_is_given_twice_while_on_the_wire_whatever_is_acknowledged_when() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(15);
+        let mut s = Session::new(usize::MAX, 7, true);
+        let mut on_wire: Vec<u16> = Vec::new();
+        let mut seq = 0;
+        for step in 0..400_000 {
+            match rng.random_range(0..100) {
+                // Some PUBACKs never come for a long while: those frames stay at the front.
+                0..=44 => {
+                    seq += 1;
+                    s.push(frame(seq));
+                    if let Some(w) = s.next_write() {
+                        let id = w.pkid.expect("QoS 1");
+                        assert!(
+                            id != 0 && !on_wire.contains(&id),
+                            "step {step}: id {id} given while {on_wire:?} are on the wire"
+                        );
+                        on_wire.push(id);
+                    }
+                }
+                45..=94 => {
+                    // The two oldest are acknowledged rarely: ids wrap around them.
+                    let at = if rng.random_range(0..100_000) == 0 {
+                        (!on_wire.is_empty()).then(|| rng.random_range(0..on_wire.len()))
+                    } else {
+                        (on_wire.len() > 2).then(|| rng.random_range(2..on_wire.len()))
+                    };
+                    if let Some(at) = at {
+                        let id = on_wire.remove(at);
+                        assert!(s.acked(id).is_some(), "step {step}: id {id} on the wire");
+                    }
+                }
+                95 if rng.random_range(0..1000) == 0 => {
+                    s.lost();
+                    on_wire.clear();
+                }
+                _ => {}
+            }
+            while let Some(w) = s.next_write() {
+                let id = w.pkid.expect("QoS 1");
+                assert!(!on_wire.contains(&id), "step {step}: id {id} reused");
+                on_wire.push(id);
+            }
+        }
     }
 
     #[test]
