@@ -277,6 +277,8 @@ pub(crate) enum ConnectCode {
     Accepted,
     NotAuthorized,
     UnsupportedVersion,
+    /// The edge holds as many vehicles as it may.
+    ServerBusy,
 }
 
 /// What the edge tells an MQTT 5 client it supports, in the CONNACK.
@@ -335,6 +337,7 @@ impl Encoder {
                     ConnectCode::UnsupportedVersion => {
                         v4::ConnectReturnCode::RefusedProtocolVersion
                     }
+                    ConnectCode::ServerBusy => v4::ConnectReturnCode::ServiceUnavailable,
                 };
                 Self::put4(
                     buf,
@@ -348,6 +351,7 @@ impl Encoder {
                     ConnectCode::UnsupportedVersion => {
                         v5::ConnectReturnCode::UnsupportedProtocolVersion
                     }
+                    ConnectCode::ServerBusy => v5::ConnectReturnCode::ServerBusy,
                 };
                 let properties = v5::ConnAckProperties {
                     session_expiry_interval: o.session_expiry,
@@ -514,7 +518,10 @@ impl Refusal {
         use v5::DisconnectReasonCode as D;
         match self {
             Refusal::PublishNotPermitted | Refusal::SubscribeNotPermitted => D::NotAuthorized,
-            Refusal::VehicleBlocked | Refusal::CertificateRevoked => D::AdministrativeAction,
+            Refusal::VehicleBlocked | Refusal::CertificateRevoked | Refusal::CertificateExpired => {
+                D::AdministrativeAction
+            }
+            Refusal::BufferBudget => D::ServerBusy,
             Refusal::PacketTooLarge => D::PacketTooLarge,
             Refusal::MalformedPacket => D::MalformedPacket,
             Refusal::QosNotSupported => D::QoSNotSupported,

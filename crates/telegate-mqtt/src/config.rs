@@ -33,8 +33,21 @@ pub struct EdgeConfig {
     /// Development only: clients without a certificate are admitted. Each is bound to the
     /// first vehicle its topics name and may use only that vehicle's topics.
     pub allow_anonymous: bool,
-    /// Open connections, handshakes included.
+    /// Vehicles connected at once (past CONNACK); a CONNECT beyond it is refused with
+    /// "server unavailable" (3.1.1) or "server busy" (5).
     pub max_connections: usize,
+    /// Connections that have not authenticated yet (TLS handshake and CONNECT under way),
+    /// apart from `max_connections`. When full, the oldest of the source address holding the
+    /// most is closed to make room. Default: a quarter of the process's file-descriptor
+    /// limit, between 16 and 8,192.
+    pub max_handshakes: Option<usize>,
+    /// Of those, how many one source address (IPv6: one /64) may hold; past it, its own
+    /// oldest is closed. Vehicles behind one carrier NAT share an address: keep it above the
+    /// number that may reconnect at once through one.
+    pub max_handshakes_per_source: usize,
+    /// Memory all connections together may hold for partial packets (read buffers above
+    /// 16 KiB); a connection that needs more when it is used up is closed.
+    pub max_buffered_bytes: usize,
     /// The largest packet a client may send; larger ones close the connection. Keep it above
     /// the validation limit so that oversize frames get a counted rejection instead.
     pub max_packet_bytes: usize,
@@ -95,6 +108,9 @@ impl Default for EdgeConfig {
             crl_check_interval: Duration::from_secs(5),
             allow_anonymous: false,
             max_connections: 1_000_000,
+            max_handshakes: None,
+            max_handshakes_per_source: 256,
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_packet_bytes: 256 * 1024,
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: Duration::from_secs(1200),

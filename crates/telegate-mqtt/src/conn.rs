@@ -7,6 +7,7 @@ use crate::codec::{
 };
 use crate::config::Listener;
 use crate::edge::Shared;
+use crate::handshakes::Pending;
 use crate::rules::{is_concrete, may_publish, may_subscribe, named_vin};
 use crate::sessions::{Owner, SharedSession, lock};
 use crate::signal::Signal;
@@ -14,6 +15,7 @@ use crate::{Ack, Incoming, Refusal};
 use bytes::{Bytes, BytesMut};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rustls_pki_types::CertificateDer;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -40,6 +42,10 @@ const TLS_READ_CHUNK: usize = 512;
 /// next PUBACK.
 const WRITE_KEEP: usize = 64;
 
+/// The largest CONNECT the edge reads (or `max_packet_bytes`, if smaller). A vehicle's is a
+/// few dozen bytes; a client that has not authenticated gets no room for more.
+const MAX_CONNECT_BYTES: usize = 16 * 1024;
+
 /// How a connection reads. A plain socket waits until it is readable and only then takes a
 /// read buffer, so an idle plain connection holds none; TLS reads through rustls into a small
 /// buffer kept while waiting.
@@ -48,6 +54,11 @@ pub(crate) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
         &'a mut self,
         buf: &'a mut BytesMut,
     ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// The certificate chain the client presented, end entity first (TLS only).
+    fn peer_chain(&self) -> Option<&[CertificateDer<'static>]> {
+        None
+    }
 }
 
 impl Wire for TcpStream {
@@ -77,6 +88,10 @@ impl Wire for Box<TlsStream<TcpStream>> {
         buf.reserve(TLS_READ_CHUNK);
         self.read_buf(buf).await
     }
+
+    fn peer_chain(&self) -> Option<&[CertificateDer<'static>]> {
+        self.get_ref().1.peer_certificates()
+    }
 }
 
 /// Who the peer proved to be.
@@ -85,7 +100,7 @@ pub(crate) enum Peer {
     /// No certificate (a plain listener, or TLS without client authentication).
     Anonymous,
     /// A certificate naming one VIN.
-    Vehicle { vin: Vin, serial: Vec<u8> },
+    Vehicle(crate::tls::Identity),
     /// A certificate that names no vehicle.
     NoVin,
 }
@@ -104,22 +119,46 @@ impl From<Refusal> for End {
     }
 }
 
+/// A connection just accepted: its signal (which also carries an eviction from the budget of
+/// unauthenticated connections) and its place in that budget, held until CONNACK.
+pub(crate) struct Accepted {
+    pub signal: Arc<Signal>,
+    pub pending: Pending,
+}
+
 /// Serves one TCP connection of a plain listener. The connection's task is this future, so
 /// it holds nothing of TLS.
-pub(crate) async fn plain(tcp: TcpStream, listener: Listener, ctx: Arc<Shared>) {
+pub(crate) async fn plain(tcp: TcpStream, listener: Listener, ctx: Arc<Shared>, new: Accepted) {
     let deadline = Instant::now() + ctx.cfg.connect_timeout;
     let _ = tcp.set_nodelay(true);
-    run(tcp, listener, Peer::Anonymous, deadline, ctx).await
+    run(tcp, listener, Peer::Anonymous, deadline, ctx, new).await
 }
 
 /// Serves one TCP connection of the TLS listener: the handshake first. The handshake's state
 /// and then the TLS stream live on the heap, each for as long as it is needed, so the task
 /// holds neither.
-pub(crate) async fn tls(tcp: TcpStream, ctx: Arc<Shared>) {
+pub(crate) async fn tls(tcp: TcpStream, ctx: Arc<Shared>, new: Accepted) {
     let deadline = Instant::now() + ctx.cfg.connect_timeout;
     let _ = tcp.set_nodelay(true);
-    if let Some((stream, peer)) = Box::pin(handshake(tcp, &ctx, deadline)).await {
-        run(stream, Listener::Tls, peer, deadline, ctx).await;
+    let shaken = tokio::select! {
+        biased;
+        why = new.signal.closed() => return ctx.refused(why),
+        shaken = Box::pin(handshake(tcp, &ctx, deadline)) => shaken,
+    };
+    if let Some((stream, peer)) = shaken {
+        run(stream, Listener::Tls, peer, deadline, ctx, new).await;
+    }
+}
+
+/// Why a client certificate was refused, as counted.
+fn certificate_refusal(e: &rustls::Error) -> Refusal {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::Revoked) => Refusal::CertificateRevoked,
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            Refusal::CertificateExpired
+        }
+        _ => Refusal::HandshakeFailed,
     }
 }
 
@@ -136,19 +175,10 @@ async fn handshake(
             None
         }
         Ok(Err(e)) => {
-            let revoked = e
+            let why = e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(|e| {
-                    matches!(
-                        e,
-                        rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
-                    )
-                });
-            let why = match revoked {
-                true => Refusal::CertificateRevoked,
-                false => Refusal::HandshakeFailed,
-            };
+                .map_or(Refusal::HandshakeFailed, certificate_refusal);
             tracing::debug!(reason = why.as_str(), error = %e, "TLS handshake refused");
             ctx.refused(why);
             None
@@ -162,7 +192,7 @@ async fn handshake(
             {
                 None => Peer::Anonymous,
                 Some(der) => match crate::tls::identity(der) {
-                    Some((vin, serial)) => Peer::Vehicle { vin, serial },
+                    Some(id) => Peer::Vehicle(id),
                     None => Peer::NoVin,
                 },
             };
@@ -206,6 +236,8 @@ struct Conn<S> {
     window: usize,
     /// Whether a refusal that left the connection open was logged at WARN already.
     warned: bool,
+    /// What the read buffer has charged to the edge's budget for partial packets.
+    charged: usize,
 }
 
 async fn run<S: Wire>(
@@ -214,14 +246,28 @@ async fn run<S: Wire>(
     peer: Peer,
     deadline: Instant,
     ctx: Arc<Shared>,
+    new: Accepted,
 ) {
     let mut rbuf = BytesMut::new();
-    let max = ctx.cfg.max_packet_bytes;
-    let hello = match timeout_at(deadline, read_hello(&mut io, &mut rbuf, max)).await {
-        Err(_) => return ctx.refused(Refusal::HandshakeTimeout),
-        Ok(Err(End::Closed)) => return,
-        Ok(Err(End::Refused(r))) => return ctx.refused(r),
-        Ok(Ok(hello)) => hello,
+    let max = ctx.cfg.max_packet_bytes.min(MAX_CONNECT_BYTES);
+    let mut charged = 0;
+    let read = tokio::select! {
+        biased;
+        why = new.signal.closed() => Ok(Err(End::Refused(why))),
+        read = timeout_at(deadline, read_hello(&mut io, &mut rbuf, max, &ctx, &mut charged)) => read,
+    };
+    let hello = match read {
+        Err(_) => Err(Refusal::HandshakeTimeout),
+        Ok(Err(End::Closed)) => return ctx.buffers.release(&mut charged),
+        Ok(Err(End::Refused(r))) => Err(r),
+        Ok(Ok(hello)) => Ok(hello),
+    };
+    let hello = match hello {
+        Ok(hello) => hello,
+        Err(why) => {
+            ctx.buffers.release(&mut charged);
+            return ctx.refused(why);
+        }
     };
     let rate = NonZeroU32::new(ctx.cfg.publish_rate).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(NonZeroU32::MIN);
@@ -239,17 +285,31 @@ async fn run<S: Wire>(
         conn_id: ctx.registry.next_conn_id(),
         vin: None,
         session: None,
-        signal: Arc::default(),
+        signal: new.signal,
         pending: VecDeque::new(),
         next_seq: 0,
         done: Vec::new(),
         outbox: VecDeque::new(),
         limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
         keep_alive: ctx.cfg.max_keep_alive,
+        charged,
         ctx,
     };
-    let end = match conn.open(listener, peer).await {
-        Ok(()) => conn.serve().await,
+    let signal = conn.signal.clone();
+    let opened = tokio::select! {
+        biased;
+        why = signal.closed() => Err(End::Refused(why)),
+        opened = conn.open(listener, peer) => opened,
+    };
+    // Authenticated (or refused): the connection leaves the budget of those that are not.
+    drop(new.pending);
+    let end = match opened {
+        Ok(()) => {
+            conn.ctx.stats.authenticated(1);
+            let end = conn.serve().await;
+            conn.ctx.stats.authenticated(-1);
+            end
+        }
         Err(end) => end,
     };
     if let End::Refused(why) = end {
@@ -258,19 +318,26 @@ async fn run<S: Wire>(
         let _ = conn.flush().await;
     }
     conn.signal.end();
+    conn.ctx.buffers.release(&mut conn.charged);
     if let Some(vin) = conn.vin {
         conn.ctx.registry.release(&vin, conn.conn_id);
     }
 }
 
-async fn read_hello<S: Wire>(io: &mut S, buf: &mut BytesMut, max: usize) -> Result<Hello, End> {
+async fn read_hello<S: Wire>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+    ctx: &Shared,
+    charged: &mut usize,
+) -> Result<Hello, End> {
     loop {
         match codec::read_connect(buf, max) {
             Ok(hello) => return Ok(hello),
             Err(ReadError::Refused(r)) => return Err(End::Refused(r)),
             Err(ReadError::Incomplete) => match io.read_into(buf).await {
                 Ok(0) | Err(_) => return Err(End::Closed),
-                Ok(_) => {}
+                Ok(_) => ctx.buffers.charge(charged, buf.capacity())?,
             },
         }
     }
@@ -290,7 +357,14 @@ impl<S: Wire> Conn<S> {
                 .await;
         }
         let bound = match peer {
-            Peer::Vehicle { vin, serial } => Some((vin, serial)),
+            Peer::Vehicle(id) => {
+                // Whether or not TLS resumed a session, the certificate is checked now, as a
+                // full handshake would check it now.
+                if let Err(why) = self.check_certificate() {
+                    return self.refuse_connect(ConnectCode::NotAuthorized, why).await;
+                }
+                Some(id)
+            }
             Peer::NoVin => {
                 return self
                     .refuse_connect(ConnectCode::NotAuthorized, Refusal::CertificateWithoutVin)
@@ -312,15 +386,20 @@ impl<S: Wire> Conn<S> {
         } else {
             asked
         };
+        if self.ctx.stats.authenticated_now() >= self.ctx.cfg.max_connections {
+            return self
+                .refuse_connect(ConnectCode::ServerBusy, Refusal::TooManyConnections)
+                .await;
+        }
         let (expiry, capped) = self.expiry();
         let mut resumed = false;
-        if let Some((vin, serial)) = bound {
-            if !(self.ctx.gate)(&vin) {
+        if let Some(id) = bound {
+            if !(self.ctx.gate)(&id.vin) {
                 return self
                     .refuse_connect(ConnectCode::NotAuthorized, Refusal::VehicleBlocked)
                     .await;
             }
-            resumed = self.bind(vin, Some(serial), expiry);
+            resumed = self.bind(id.vin, Some((id.serial, id.not_after)), expiry);
         }
         let offer = Offer {
             receive_maximum: self.ctx.cfg.max_inflight,
@@ -335,6 +414,14 @@ impl<S: Wire> Conn<S> {
             self.resend();
         }
         self.flush().await
+    }
+
+    /// The presented certificate against the CRL in force and the clock now.
+    fn check_certificate(&self) -> Result<(), Refusal> {
+        match (&self.ctx.tls, self.io.peer_chain()) {
+            (Some(tls), Some(chain)) => tls.check(chain).map_err(|e| certificate_refusal(&e)),
+            _ => Ok(()),
+        }
     }
 
     /// The session expiry this connection gets, and the value to announce if it was capped.
@@ -369,11 +456,13 @@ impl<S: Wire> Conn<S> {
     }
 
     /// Makes this connection the vehicle's one live connection; true if its session resumed.
-    fn bind(&mut self, vin: Vin, serial: Option<Vec<u8>>, expiry: Duration) -> bool {
+    fn bind(&mut self, vin: Vin, certificate: Option<(Vec<u8>, i64)>, expiry: Duration) -> bool {
+        let (serial, not_after) = certificate.unzip();
         let owner = Owner {
             conn: self.conn_id,
             signal: self.signal.clone(),
             serial,
+            not_after,
         };
         let (session, resumed) = self
             .ctx
@@ -456,14 +545,23 @@ impl<S: Wire> Conn<S> {
                 read = self.io.read_into(&mut self.rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(_) => {
-                        if let Err(end) = self.handle_buffered().await {
-                            return end;
+                        if let Err(why) = self.ctx.buffers.charge(&mut self.charged, self.rbuf.capacity()) {
+                            return why.into();
                         }
-                        // Handling may have waited for the pipeline: count from now.
-                        last_heard = Instant::now();
+                        match self.handle_buffered().await {
+                            Err(end) => return end,
+                            // Only a whole packet is heard: bytes of one dribbled in slowly do
+                            // not keep a connection alive past its keep-alive. Handling may
+                            // have waited for the pipeline: count from now.
+                            Ok(handled) if handled > 0 => last_heard = Instant::now(),
+                            Ok(_) => {}
+                        }
                         if self.rbuf.is_empty() {
                             // The frames read hold their part of it; nothing else needs it.
                             self.rbuf = BytesMut::new();
+                        }
+                        if let Err(why) = self.ctx.buffers.charge(&mut self.charged, self.rbuf.capacity()) {
+                            return why.into();
                         }
                     }
                 },
@@ -526,8 +624,9 @@ impl<S: Wire> Conn<S> {
         }
     }
 
-    /// Handles every whole packet read so far.
-    async fn handle_buffered(&mut self) -> Result<(), End> {
+    /// Handles every whole packet read so far; returns how many there were.
+    async fn handle_buffered(&mut self) -> Result<usize, End> {
+        let mut handled = 0;
         loop {
             let packet = match codec::read(
                 self.hello.version,
@@ -535,9 +634,10 @@ impl<S: Wire> Conn<S> {
                 self.ctx.cfg.max_packet_bytes,
             ) {
                 Ok(p) => p,
-                Err(ReadError::Incomplete) => return Ok(()),
+                Err(ReadError::Incomplete) => return Ok(handled),
                 Err(ReadError::Refused(r)) => return Err(r.into()),
             };
+            handled += 1;
             match packet {
                 Inbound::Publish {
                     qos,

@@ -1,9 +1,13 @@
 //! The running edge: listeners, the accept loops, the shared state of all connections, and
 //! the housekeeping (expired sessions, CRL reloads).
 
+use crate::budget::BufferBudget;
 use crate::config::{EdgeConfig, Listener};
+use crate::conn::Accepted;
 use crate::external::External;
+use crate::handshakes::Handshakes;
 use crate::sessions::Registry;
+use crate::signal::Signal;
 use crate::tls::{Tls, TlsError, TlsFiles};
 use crate::{Incoming, Refusal};
 use bytes::Bytes;
@@ -38,6 +42,7 @@ pub enum EdgeError {
 pub struct EdgeStats {
     received: AtomicU64,
     open: AtomicUsize,
+    authenticated: AtomicUsize,
     refused: [AtomicU64; Refusal::ALL.len()],
     m: Metrics,
 }
@@ -50,6 +55,10 @@ struct Metrics {
     throttled: Counter,
     accepted: Counter,
     open: Gauge,
+    /// Connections not yet authenticated, and memory held for partial packets, as of the
+    /// last housekeeping round.
+    handshakes: Gauge,
+    buffered: Gauge,
     refused: Vec<Counter>,
     requests: [Counter; 4],
 }
@@ -64,6 +73,8 @@ impl EdgeStats {
             throttled: metrics::counter!("telegate_mqtt_throttled_total"),
             accepted: metrics::counter!("telegate_mqtt_connections_accepted_total"),
             open: metrics::gauge!("telegate_mqtt_connections_open"),
+            handshakes: metrics::gauge!("telegate_mqtt_handshakes_waiting"),
+            buffered: metrics::gauge!("telegate_mqtt_partial_packet_bytes"),
             refused: Refusal::ALL
                 .iter()
                 .map(|r| metrics::counter!("telegate_mqtt_refused_total", "reason" => r.as_str()))
@@ -84,6 +95,7 @@ impl EdgeStats {
         Self {
             received: AtomicU64::new(0),
             open: AtomicUsize::new(0),
+            authenticated: AtomicUsize::new(0),
             refused: std::array::from_fn(|_| AtomicU64::new(0)),
             m,
         }
@@ -97,6 +109,22 @@ impl EdgeStats {
     /// Open connections, handshakes included.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections past CONNACK: the ones `max_connections` counts.
+    pub fn authenticated_now(&self) -> usize {
+        self.authenticated.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn authenticated(&self, change: isize) {
+        match change >= 0 {
+            true => self
+                .authenticated
+                .fetch_add(change.unsigned_abs(), Ordering::Relaxed),
+            false => self
+                .authenticated
+                .fetch_sub(change.unsigned_abs(), Ordering::Relaxed),
+        };
     }
 
     pub fn refused(&self, why: Refusal) -> u64 {
@@ -146,6 +174,10 @@ pub(crate) struct Shared {
     pub tls: Option<Tls>,
     pub stats: Arc<EdgeStats>,
     pub stop: watch::Receiver<bool>,
+    /// Connections that have not authenticated yet.
+    pub handshakes: Arc<Handshakes>,
+    /// Memory for partial packets, all connections together.
+    pub buffers: BufferBudget,
 }
 
 impl Shared {
@@ -235,6 +267,12 @@ impl Edge {
             tls,
             stats: Arc::new(EdgeStats::new()),
             stop: stopped,
+            handshakes: Arc::new(Handshakes::new(
+                cfg.max_handshakes
+                    .unwrap_or_else(crate::handshakes::default_max_handshakes),
+                cfg.max_handshakes_per_source,
+            )),
+            buffers: BufferBudget::new(cfg.max_buffered_bytes),
         });
         let external = match &cfg.external {
             Some(_) => Some(External::start(cfg, ctx.stats.clone(), ctx.tx.clone())?),
@@ -362,8 +400,8 @@ async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
             _ = stop.changed() => return,
             a = listener.accept() => a,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, mostly: wait for connections to close.
                 tracing::warn!(error = %e, listener = kind.as_str(), "accept failed");
@@ -371,22 +409,25 @@ async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
                 continue;
             }
         };
-        if ctx.stats.open() >= ctx.cfg.max_connections {
-            ctx.refused(Refusal::TooManyConnections);
-            continue;
-        }
         let guard = OpenGuard::new(ctx.clone());
+        // Until CONNACK the connection holds a place among those not yet authenticated;
+        // taking it may close another to make room.
+        let signal = Arc::new(Signal::default());
+        let new = Accepted {
+            pending: ctx.handshakes.admit(peer.ip(), signal.clone()),
+            signal,
+        };
         // One task per connection, of the listener's kind: a plain connection's task holds
         // nothing of TLS.
         let ctx = guard.0.clone();
         if kind == Listener::Tls && ctx.tls.is_some() {
             tokio::spawn(async move {
-                crate::conn::tls(tcp, ctx).await;
+                crate::conn::tls(tcp, ctx, new).await;
                 drop(guard);
             });
         } else {
             tokio::spawn(async move {
-                crate::conn::plain(tcp, kind, ctx).await;
+                crate::conn::plain(tcp, kind, ctx, new).await;
                 drop(guard);
             });
         }
@@ -394,7 +435,7 @@ async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
 }
 
 /// Expired sessions go; a changed CRL takes effect for new handshakes and closes the live
-/// connections of the certificates it revokes.
+/// connections of the certificates it revokes; connections whose certificate expired close.
 async fn housekeeping(ctx: Arc<Shared>) {
     let mut stop = ctx.stop.clone();
     let period = ctx.cfg.crl_check_interval.max(Duration::from_millis(100));
@@ -406,7 +447,19 @@ async fn housekeeping(ctx: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         ctx.registry.sweep();
+        ctx.stats.m.handshakes.set(ctx.handshakes.waiting() as f64);
+        ctx.stats.m.buffered.set(ctx.buffers.used() as f64);
         let Some(tls) = &ctx.tls else { continue };
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let expired = ctx.registry.close_expired(now_s);
+        if expired > 0 {
+            tracing::info!(
+                closed = expired,
+                "connections closed at their certificate's expiry"
+            );
+        }
         match tls.reload_if_changed() {
             Ok(None) => {}
             Ok(Some(revoked)) => {

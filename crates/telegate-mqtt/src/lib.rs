@@ -7,16 +7,19 @@
 //!
 //! It knows VINs (to bind identities) but nothing of frames, policy or Kafka.
 
+mod budget;
 mod codec;
 mod config;
 mod conn;
 mod edge;
 mod external;
+mod handshakes;
 mod refusal;
 mod rules;
 mod sessions;
 mod signal;
 mod tls;
+mod verify;
 
 pub use codec::AckOutcome;
 pub use config::{DEFAULT_TLS_LISTEN, EdgeConfig, Listener};

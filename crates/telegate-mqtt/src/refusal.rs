@@ -8,16 +8,26 @@ pub enum Refusal {
     Anonymous,
     /// The client certificate does not name exactly one valid VIN in its subject CN.
     CertificateWithoutVin,
-    /// The certificate was revoked (at the handshake, or while connected).
+    /// The certificate was revoked (at the handshake, at CONNECT, or while connected).
     CertificateRevoked,
-    /// The TLS handshake failed (unknown CA, expired certificate, not TLS at all).
+    /// The certificate's validity ended (at the handshake, at CONNECT, or while connected).
+    CertificateExpired,
+    /// The TLS handshake failed (unknown CA, a certificate not yet valid or outside the
+    /// fleet CA's path-length limit, not TLS at all).
     HandshakeFailed,
     /// TLS handshake and CONNECT did not complete within the connect timeout.
     HandshakeTimeout,
+    /// Closed before authenticating to make room: unauthenticated connections were at
+    /// `max_handshakes`, and this was the oldest of the source address holding the most.
+    TooManyHandshakes,
+    /// Refused at accept: its source address already had `max_handshakes_per_source`
+    /// connections that had not authenticated.
+    TooManyFromSource,
     /// The vehicle is blocked or erased.
     VehicleBlocked,
     /// A protocol version this listener does not serve.
     ProtocolVersion,
+    /// CONNECT refused (server busy): `max_connections` vehicles are connected.
     TooManyConnections,
     /// A publish outside the vehicle's own prefix.
     PublishNotPermitted,
@@ -38,16 +48,22 @@ pub enum Refusal {
     SessionTakenOver,
     /// The client did not read what the edge had to send it.
     WriteTimeout,
+    /// Partial packets of all connections together held `max_buffered_bytes`; the one that
+    /// needed more was closed.
+    BufferBudget,
     ShuttingDown,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 24] = [
         Refusal::Anonymous,
         Refusal::CertificateWithoutVin,
         Refusal::CertificateRevoked,
+        Refusal::CertificateExpired,
         Refusal::HandshakeFailed,
         Refusal::HandshakeTimeout,
+        Refusal::TooManyHandshakes,
+        Refusal::TooManyFromSource,
         Refusal::VehicleBlocked,
         Refusal::ProtocolVersion,
         Refusal::TooManyConnections,
@@ -62,6 +78,7 @@ impl Refusal {
         Refusal::KeepAliveTimeout,
         Refusal::SessionTakenOver,
         Refusal::WriteTimeout,
+        Refusal::BufferBudget,
         Refusal::ShuttingDown,
     ];
 
@@ -70,8 +87,11 @@ impl Refusal {
             Refusal::Anonymous => "anonymous",
             Refusal::CertificateWithoutVin => "certificate-without-vin",
             Refusal::CertificateRevoked => "certificate-revoked",
+            Refusal::CertificateExpired => "certificate-expired",
             Refusal::HandshakeFailed => "handshake-failed",
             Refusal::HandshakeTimeout => "handshake-timeout",
+            Refusal::TooManyHandshakes => "too-many-handshakes",
+            Refusal::TooManyFromSource => "too-many-from-source",
             Refusal::VehicleBlocked => "vehicle-blocked",
             Refusal::ProtocolVersion => "protocol-version",
             Refusal::TooManyConnections => "too-many-connections",
@@ -86,6 +106,7 @@ impl Refusal {
             Refusal::KeepAliveTimeout => "keep-alive-timeout",
             Refusal::SessionTakenOver => "session-taken-over",
             Refusal::WriteTimeout => "write-timeout",
+            Refusal::BufferBudget => "buffer-budget",
             Refusal::ShuttingDown => "shutting-down",
         }
     }

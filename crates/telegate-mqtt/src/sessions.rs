@@ -74,6 +74,8 @@ pub(crate) struct Owner {
     pub signal: Arc<Signal>,
     /// The serial of the certificate it presented, for revocation while connected.
     pub serial: Option<Vec<u8>>,
+    /// When that certificate expires (Unix seconds), for expiry while connected.
+    pub not_after: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -229,6 +231,21 @@ impl Registry {
             .count()
     }
 
+    /// Closes every live connection whose certificate expired before `now_s` (Unix seconds);
+    /// returns how many.
+    pub(crate) fn close_expired(&self, now_s: i64) -> usize {
+        self.entries
+            .iter()
+            .filter_map(|e| {
+                e.owner
+                    .as_ref()
+                    .filter(|o| o.not_after.is_some_and(|t| t < now_s))
+                    .map(|o| o.signal.clone())
+            })
+            .filter(|signal| signal.close(Refusal::CertificateExpired))
+            .count()
+    }
+
     /// Drops sessions that expired without a connection; returns how many remain.
     pub(crate) fn sweep(&self) -> usize {
         let now = Instant::now();
@@ -253,6 +270,7 @@ mod tests {
                 conn: reg.next_conn_id(),
                 signal: signal.clone(),
                 serial: Some(vec![1, 2]),
+                not_after: Some(1_000),
             },
             signal,
         )
@@ -347,5 +365,16 @@ mod tests {
         assert_eq!(rx.close_order(), None);
         assert_eq!(reg.close_revoked(&[vec![1, 2]].into_iter().collect()), 1);
         assert_eq!(rx.close_order(), Some(Refusal::CertificateRevoked));
+    }
+
+    #[test]
+    fn expiry_closes_a_connection_once_its_certificate_ends() {
+        let reg = Registry::default();
+        let (o, rx) = owner(&reg);
+        reg.bind(vin(), o, true, Duration::ZERO);
+        assert_eq!(reg.close_expired(1_000), 0, "valid through its last second");
+        assert_eq!(rx.close_order(), None);
+        assert_eq!(reg.close_expired(1_001), 1);
+        assert_eq!(rx.close_order(), Some(Refusal::CertificateExpired));
     }
 }

@@ -83,6 +83,16 @@ impl Signal {
         }
     }
 
+    /// Completes with the close order once one comes.
+    pub(crate) async fn closed(&self) -> Refusal {
+        loop {
+            if let Some(why) = self.close_order() {
+                return why;
+            }
+            self.notified().await;
+        }
+    }
+
     /// Whether requests were queued since the last call.
     pub(crate) fn take_deliver(&self) -> bool {
         self.deliver.swap(false, Ordering::AcqRel)

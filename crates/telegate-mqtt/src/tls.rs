@@ -1,11 +1,17 @@
 //! TLS: the server's certificate, the fleet's CA and CRL, and the VIN a vehicle certificate
 //! names. The CRL is re-read while running; each reload builds a new server configuration
 //! for new handshakes and returns the revoked serials so that live connections can be closed.
+//!
+//! Vehicles may resume TLS sessions (a reconnecting fleet then costs no full handshakes), but
+//! a resumed session proves nothing about today's CRL: every CONNECT checks the certificate
+//! again ([`Tls::check`]), and a reload issues tickets under a new key and starts a new
+//! session cache, so that no ticket outlives the CRL it was issued under.
 
+use crate::verify::FleetVerifier;
 use rustls::RootCertStore;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -82,8 +88,7 @@ pub(crate) struct TlsFiles {
 
 pub(crate) struct Tls {
     files: TlsFiles,
-    ticketer: Ticketer,
-    current: RwLock<TlsAcceptor>,
+    current: RwLock<Current>,
     /// The CRL file's modification time and length when last read.
     crl_seen: Mutex<Option<(SystemTime, u64)>>,
 }
@@ -100,13 +105,11 @@ impl Tls {
     /// Reads every file; fails on the first that is missing or unusable.
     pub(crate) fn load(files: TlsFiles) -> Result<(Self, Revoked), TlsError> {
         let crl_seen = files.client_crl.as_deref().and_then(stamp);
-        let ticketer = rustls::crypto::ring::Ticketer::new()?;
-        let (acceptor, revoked) = build(&files, ticketer.clone())?;
+        let (current, revoked) = build(&files)?;
         Ok((
             Self {
                 files,
-                ticketer,
-                current: RwLock::new(acceptor),
+                current: RwLock::new(current),
                 crl_seen: Mutex::new(crl_seen),
             },
             revoked,
@@ -115,9 +118,26 @@ impl Tls {
 
     /// The configuration new handshakes use.
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        match self.current.read() {
-            Ok(a) => a.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .acceptor
+            .clone()
+    }
+
+    /// Checks a client's certificate chain (end entity first) as a full handshake would
+    /// now, against the CRL in force now: for every CONNECT, resumed sessions included.
+    /// Without a client CA there is nothing to check.
+    pub(crate) fn check(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let verifier = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .verifier
+            .clone();
+        match verifier {
+            Some(v) => v.check(chain, UnixTime::now()),
+            None => Ok(()),
         }
     }
 
@@ -134,8 +154,8 @@ impl Tls {
                 return Ok(None);
             }
         }
-        let (acceptor, revoked) = build(&self.files, self.ticketer.clone())?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+        let (current, revoked) = build(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = current;
         *self.crl_seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
         Ok(Some(revoked))
     }
@@ -144,16 +164,13 @@ impl Tls {
 /// Reads and checks the TLS files a configuration names, as the edge will at start.
 pub fn check_tls(cfg: &crate::EdgeConfig) -> Result<(), TlsError> {
     match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => build(
-            &TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: cfg.client_ca.clone(),
-                client_crl: cfg.client_crl.clone(),
-                allow_anonymous: cfg.allow_anonymous,
-            },
-            rustls::crypto::ring::Ticketer::new()?,
-        )
+        (Some(cert), Some(key)) => build(&TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: cfg.client_ca.clone(),
+            client_crl: cfg.client_crl.clone(),
+            allow_anonymous: cfg.allow_anonymous,
+        })
         .map(|_| ()),
         _ => Ok(()),
     }
@@ -164,12 +181,17 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Stateless session tickets: a reconnecting vehicle resumes its TLS session without the
-/// server keeping one per vehicle (rustls's default store holds 256). One ticketer lives as
-/// long as the edge, so tickets survive CRL reloads.
-type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
+/// One configuration: the acceptor for new handshakes and the verifier it uses.
+struct Current {
+    acceptor: TlsAcceptor,
+    verifier: Option<Arc<FleetVerifier>>,
+}
 
-fn build(files: &TlsFiles, ticketer: Ticketer) -> Result<(TlsAcceptor, Revoked), TlsError> {
+/// Builds a configuration from the files. Its session tickets (stateless: a reconnecting
+/// vehicle resumes without the server keeping a session per vehicle) are sealed under a key
+/// of this configuration's own, and its session cache is new: what was issued under an
+/// earlier CRL does not resume under this one.
+fn build(files: &TlsFiles) -> Result<(Current, Revoked), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = read_all(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Read {
@@ -179,12 +201,14 @@ fn build(files: &TlsFiles, ticketer: Ticketer) -> Result<(TlsAcceptor, Revoked),
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let mut revoked = Revoked::new();
+    let mut fleet = None;
     let config = match &files.client_ca {
         None => builder.with_no_client_auth().with_single_cert(certs, key)?,
         Some(ca) => {
+            let cas = read_all::<CertificateDer<'static>>(ca)?;
             let mut roots = RootCertStore::empty();
-            for cert in read_all::<CertificateDer<'static>>(ca)? {
-                roots.add(cert)?;
+            for cert in &cas {
+                roots.add(cert.clone())?;
             }
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -207,14 +231,22 @@ fn build(files: &TlsFiles, ticketer: Ticketer) -> Result<(TlsAcceptor, Revoked),
             if files.allow_anonymous {
                 verifier = verifier.allow_unauthenticated();
             }
+            let verifier = Arc::new(FleetVerifier::new(verifier.build()?, &cas)?);
+            fleet = Some(verifier.clone());
             builder
-                .with_client_cert_verifier(verifier.build()?)
+                .with_client_cert_verifier(verifier)
                 .with_single_cert(certs, key)?
         }
     };
     let mut config = config;
-    config.ticketer = ticketer;
-    Ok((TlsAcceptor::from(Arc::new(config)), revoked))
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok((
+        Current {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            verifier: fleet,
+        },
+        revoked,
+    ))
 }
 
 fn revoked_serials(crl: &[u8]) -> Option<Vec<Vec<u8>>> {
@@ -229,11 +261,21 @@ fn revoked_serials(crl: &[u8]) -> Option<Vec<Vec<u8>>> {
 /// The VIN a vehicle certificate names: its subject CommonName, present exactly once and a
 /// valid VIN. Anything else names no vehicle.
 pub fn vin_of_certificate(der: &[u8]) -> Option<Vin> {
-    identity(der).map(|(vin, _)| vin)
+    identity(der).map(|id| id.vin)
 }
 
-/// The VIN and the serial number of a vehicle certificate.
-pub(crate) fn identity(der: &[u8]) -> Option<(Vin, Vec<u8>)> {
+/// Who a vehicle certificate names, and what the edge keeps of it while connected.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub vin: Vin,
+    /// Its serial number (DER integer bytes), for revocation while connected.
+    pub serial: Vec<u8>,
+    /// The end of its validity period (Unix seconds), for expiry while connected.
+    pub not_after: i64,
+}
+
+/// The VIN, serial number and expiry of a vehicle certificate.
+pub(crate) fn identity(der: &[u8]) -> Option<Identity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let mut names = cert.subject().iter_common_name();
     let cn = names.next()?;
@@ -241,5 +283,9 @@ pub(crate) fn identity(der: &[u8]) -> Option<(Vin, Vec<u8>)> {
         return None;
     }
     let vin = Vin::parse(cn.as_str().ok()?).ok()?;
-    Some((vin, cert.raw_serial().to_vec()))
+    Some(Identity {
+        vin,
+        serial: cert.raw_serial().to_vec(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
 }

@@ -134,10 +134,22 @@ impl Authority {
     }
 
     /// Issues `vin` a new certificate and key, replacing any it had (a renewal; the old
-    /// certificate stays valid until it expires unless revoked first).
+    /// certificate stays valid until it expires unless revoked first, for instance with
+    /// [`Authority::revoke_all`]).
     pub fn issue(&self, vin: &Vin) -> Result<VehicleFiles, PkiError> {
         let _lock = store::lock(&self.dir)?;
-        self.issue_locked(vin)
+        self.issue_locked(vin, profile::VEHICLE_LIFETIME)
+    }
+
+    /// [`Authority::issue`] with a certificate that expires `lifetime` from now.
+    pub fn issue_valid_for(
+        &self,
+        vin: &Vin,
+        lifetime: std::time::Duration,
+    ) -> Result<VehicleFiles, PkiError> {
+        let lifetime = time::Duration::try_from(lifetime).map_err(|_| PkiError::Lifetime)?;
+        let _lock = store::lock(&self.dir)?;
+        self.issue_locked(vin, lifetime)
     }
 
     /// The files of `vin`, issued first if they do not exist yet. Concurrent callers for
@@ -151,31 +163,78 @@ impl Authority {
         if files.exist() {
             return Ok(files);
         }
-        self.issue_locked(vin)
+        self.issue_locked(vin, profile::VEHICLE_LIFETIME)
     }
 
-    fn issue_locked(&self, vin: &Vin) -> Result<VehicleFiles, PkiError> {
+    fn issue_locked(&self, vin: &Vin, lifetime: time::Duration) -> Result<VehicleFiles, PkiError> {
         let files = VehicleFiles::of(&self.dir, vin);
         store::create_dir(&self.dir.join(VEHICLES))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let cert = profile::vehicle(OffsetDateTime::now_utc(), self.serial()?, vin)
+        let serial = self.serial()?;
+        let cert = profile::vehicle(OffsetDateTime::now_utc(), serial.clone(), vin, lifetime)
             .signed_by(&key, &self.issuer)?;
-        // Key first: `ensure_issued` takes the files as issued once the certificate exists.
+        // The serial is on record before the certificate exists, so `revoke --all` can
+        // never miss a certificate that was handed out.
         let buffered = Durability::Buffered;
+        let mut history = self.history_of(&files)?;
+        history.push(serial);
+        store::replace(
+            &files.serials,
+            &history
+                .iter()
+                .map(|s| format!("{}\n", hex::encode(s.to_bytes())))
+                .collect::<String>(),
+            Access::Public,
+            buffered,
+        )?;
+        // Key first: `ensure_issued` takes the files as issued once the certificate exists.
         store::replace(&files.key, &key.serialize_pem(), Access::Private, buffered)?;
         store::replace(&files.cert, &cert.pem(), Access::Public, buffered)?;
         Ok(files)
     }
 
+    /// Every serial this directory issued `files`' vehicle, oldest first (certificates issued
+    /// before the directory kept a history are not on it).
+    fn history_of(&self, files: &VehicleFiles) -> Result<Vec<SerialNumber>, PkiError> {
+        if !files.serials.exists() {
+            return Ok(Vec::new());
+        }
+        store::read_text(&files.serials)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                hex::decode(l.trim())
+                    .map(|b| SerialNumber::from_slice(&b))
+                    .map_err(|_| PkiError::Invalid {
+                        path: files.serials.clone(),
+                        what: "a line is not a hexadecimal serial number",
+                    })
+            })
+            .collect()
+    }
+
     /// Adds the serial of `vin`'s current certificate to the directory's revocation list,
     /// keeping every serial already there. Returns the list's path.
     pub fn revoke(&self, vin: &Vin) -> Result<PathBuf, PkiError> {
+        self.revoke_some(vin, false)
+    }
+
+    /// Revokes every certificate this directory ever issued `vin` (its current one and the
+    /// ones renewals replaced), for a vehicle whose keys may all be compromised.
+    pub fn revoke_all(&self, vin: &Vin) -> Result<PathBuf, PkiError> {
+        self.revoke_some(vin, true)
+    }
+
+    fn revoke_some(&self, vin: &Vin, earlier_too: bool) -> Result<PathBuf, PkiError> {
         let files = VehicleFiles::of(&self.dir, vin);
         let _lock = store::lock(&self.dir)?;
         if !files.cert.exists() {
             return Err(PkiError::NotIssued(files.cert));
         }
-        let serial = self.serial_of(&files.cert)?;
+        let mut serials = vec![self.serial_of(&files.cert)?];
+        if earlier_too {
+            serials.extend(self.history_of(&files)?);
+        }
         let crl_path = self.dir.join(CRL);
         let previous = if crl_path.exists() {
             crl::read(&crl_path, &self.ca_subject)?
@@ -184,7 +243,7 @@ impl Authority {
         };
         let params = crl::next(
             previous,
-            serial,
+            serials,
             KeyIdMethod::PreSpecified(self.ca_key_id.clone()),
             OffsetDateTime::now_utc(),
         );

@@ -62,23 +62,25 @@ pub(crate) fn first(key_id: KeyIdMethod, now: OffsetDateTime) -> CertificateRevo
     }
 }
 
-/// The next list: every entry of `previous`, plus `serial` unless it is already one.
+/// The next list: every entry of `previous`, plus each of `serials` not already one.
 /// `key_id` must give the CA's subject key identifier, which the list names as its
 /// authority key identifier.
 pub(crate) fn next(
     previous: Revoked,
-    serial: SerialNumber,
+    serials: impl IntoIterator<Item = SerialNumber>,
     key_id: KeyIdMethod,
     now: OffsetDateTime,
 ) -> CertificateRevocationListParams {
     let mut revoked_certs = previous.entries;
-    if !revoked_certs.iter().any(|r| r.serial_number == serial) {
-        revoked_certs.push(RevokedCertParams {
-            serial_number: serial,
-            revocation_time: now,
-            reason_code: None,
-            invalidity_date: None,
-        });
+    for serial in serials {
+        if !revoked_certs.iter().any(|r| r.serial_number == serial) {
+            revoked_certs.push(RevokedCertParams {
+                serial_number: serial,
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
     }
     CertificateRevocationListParams {
         this_update: now,
@@ -101,7 +103,7 @@ mod tests {
     #[test]
     fn the_first_list_is_number_one_with_one_entry() {
         let now = OffsetDateTime::now_utc();
-        let params = next(Revoked::default(), serial(1), KeyIdMethod::Sha256, now);
+        let params = next(Revoked::default(), [serial(1)], KeyIdMethod::Sha256, now);
         assert_eq!(params.crl_number.to_bytes(), vec![1]);
         assert_eq!(params.revoked_certs.len(), 1);
         assert!(params.next_update > params.this_update);
@@ -110,12 +112,12 @@ mod tests {
     #[test]
     fn the_next_list_keeps_earlier_entries_once_each() {
         let now = OffsetDateTime::now_utc();
-        let first = next(Revoked::default(), serial(1), KeyIdMethod::Sha256, now);
+        let first = next(Revoked::default(), [serial(1)], KeyIdMethod::Sha256, now);
         let previous = Revoked {
             entries: first.revoked_certs,
             number: BigUint::from(255u32),
         };
-        let second = next(previous, serial(2), KeyIdMethod::Sha256, now);
+        let second = next(previous, [serial(2)], KeyIdMethod::Sha256, now);
         assert_eq!(second.crl_number.to_bytes(), vec![1, 0]);
         let serials: Vec<_> = second
             .revoked_certs
@@ -129,10 +131,24 @@ mod tests {
                 entries: second.revoked_certs,
                 number: BigUint::from(256u32),
             },
-            serial(1),
+            [serial(1), serial(2)],
             KeyIdMethod::Sha256,
             now,
         );
         assert_eq!(again.revoked_certs.len(), 2, "revoking twice adds nothing");
+        let more = next(
+            Revoked {
+                entries: again.revoked_certs,
+                number: BigUint::from(257u32),
+            },
+            [serial(2), serial(3), serial(3)],
+            KeyIdMethod::Sha256,
+            now,
+        );
+        assert_eq!(
+            more.revoked_certs.len(),
+            3,
+            "each new serial once, in one list"
+        );
     }
 }

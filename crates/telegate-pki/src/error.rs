@@ -45,6 +45,8 @@ pub enum PkiError {
     Host(String),
     #[error("not a VIN: {0}")]
     Vin(telegate_frame::VinError),
+    #[error("a certificate lifetime this long cannot be written; choose a shorter one")]
+    Lifetime,
     #[error("the operating system's random source failed; retry")]
     Random,
     #[error("cannot sign a certificate or revocation list: {0}")]

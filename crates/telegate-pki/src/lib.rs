@@ -53,12 +53,16 @@ pub const VEHICLES: &str = "vehicles";
 pub const VEHICLE_CERT_EXTENSION: &str = "crt";
 /// The extension of a vehicle's key file.
 pub const VEHICLE_KEY_EXTENSION: &str = "key";
+/// A vehicle's issued serials: `dir/vehicles/VIN.serials`.
+pub const VEHICLE_SERIALS_EXTENSION: &str = "serials";
 
 /// Where one vehicle's certificate and key live in a fleet directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VehicleFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The serial of every certificate issued to the vehicle, one hexadecimal serial a line.
+    pub serials: PathBuf,
 }
 
 impl VehicleFiles {
@@ -68,6 +72,7 @@ impl VehicleFiles {
         Self {
             cert: base.with_extension(VEHICLE_CERT_EXTENSION),
             key: base.with_extension(VEHICLE_KEY_EXTENSION),
+            serials: base.with_extension(VEHICLE_SERIALS_EXTENSION),
         }
     }
 
@@ -96,10 +101,25 @@ pub fn ensure_issued(dir: &Path, vin: &Vin) -> Result<VehicleFiles, PkiError> {
     Authority::open(dir)?.ensure_issued(vin)
 }
 
+/// Issues (or renews) `vin`'s certificate, valid for `lifetime` from now; see
+/// [`Authority::issue_valid_for`].
+pub fn issue_valid_for(
+    dir: &Path,
+    vin: &Vin,
+    lifetime: std::time::Duration,
+) -> Result<VehicleFiles, PkiError> {
+    Authority::open(dir)?.issue_valid_for(vin, lifetime)
+}
+
 /// Revokes `vin`'s current certificate; returns the path of `crl.pem`. See
 /// [`Authority::revoke`].
 pub fn revoke(dir: &Path, vin: &Vin) -> Result<PathBuf, PkiError> {
     Authority::open(dir)?.revoke(vin)
+}
+
+/// Revokes every certificate the directory issued `vin`; see [`Authority::revoke_all`].
+pub fn revoke_all(dir: &Path, vin: &Vin) -> Result<PathBuf, PkiError> {
+    Authority::open(dir)?.revoke_all(vin)
 }
 
 /// A TLS client configuration for `vin` against a gateway of this fleet: trusts `ca.crt`

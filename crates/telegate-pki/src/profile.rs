@@ -48,8 +48,13 @@ pub(crate) fn server(
 
 /// A vehicle's TLS client certificate: the VIN is the subject's only CommonName, which is
 /// how the gateway learns who is connecting.
-pub(crate) fn vehicle(now: OffsetDateTime, serial: SerialNumber, vin: &Vin) -> CertificateParams {
-    let mut params = base(now, VEHICLE_LIFETIME, serial, vin.expose());
+pub(crate) fn vehicle(
+    now: OffsetDateTime,
+    serial: SerialNumber,
+    vin: &Vin,
+    lifetime: Duration,
+) -> CertificateParams {
+    let mut params = base(now, lifetime, serial, vin.expose());
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params

@@ -81,9 +81,11 @@ fn without_paths(e: &PkiError) -> String {
             "the fleet CA changed while in use".to_owned()
         }
         // These name no file.
-        PkiError::Host(_) | PkiError::Vin(_) | PkiError::Random | PkiError::Sign(_) => {
-            e.to_string()
-        }
+        PkiError::Host(_)
+        | PkiError::Vin(_)
+        | PkiError::Random
+        | PkiError::Sign(_)
+        | PkiError::Lifetime => e.to_string(),
     }
 }
 

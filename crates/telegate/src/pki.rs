@@ -23,10 +23,24 @@ enum PkiCommand {
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
     },
-    /// Issue a vehicle's client certificate (CN = VIN); re-issuing renews it.
-    Issue { dir: PathBuf, vin: String },
+    /// Issue a vehicle's client certificate (CN = VIN); re-issuing renews it. Every serial
+    /// issued is kept in DIR/vehicles/VIN.serials for `revoke --all`.
+    Issue {
+        dir: PathBuf,
+        vin: String,
+        /// How long the certificate is valid from now (e.g. `730days`, `10min`).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "730days")]
+        valid_for: std::time::Duration,
+    },
     /// Revoke a vehicle's current certificate: add its serial to DIR/crl.pem.
-    Revoke { dir: PathBuf, vin: String },
+    Revoke {
+        dir: PathBuf,
+        vin: String,
+        /// Revoke every certificate ever issued to the vehicle from DIR, not only the
+        /// current one (a renewal leaves the one it replaces valid until it expires).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -43,11 +57,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .map(|name| dir.join(name))
             .to_vec()
         }
-        PkiCommand::Issue { dir, vin } => {
-            let files = telegate_pki::issue(&dir, &parse_vin(&vin)?)?;
+        PkiCommand::Issue {
+            dir,
+            vin,
+            valid_for,
+        } => {
+            let files = telegate_pki::issue_valid_for(&dir, &parse_vin(&vin)?, valid_for)?;
             vec![files.cert, files.key]
         }
-        PkiCommand::Revoke { dir, vin } => vec![telegate_pki::revoke(&dir, &parse_vin(&vin)?)?],
+        PkiCommand::Revoke { dir, vin, all } => {
+            let vin = parse_vin(&vin)?;
+            vec![match all {
+                true => telegate_pki::revoke_all(&dir, &vin)?,
+                false => telegate_pki::revoke(&dir, &vin)?,
+            }]
+        }
     };
     let lines: String = written
         .iter()

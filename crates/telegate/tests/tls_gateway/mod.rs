@@ -46,6 +46,15 @@ impl Gateway {
     /// Starts the gateway with these settings (`TELEGATE__…` variables) and waits until it is
     /// ready.
     pub(crate) async fn start(settings: &[(&str, &str)]) -> Self {
+        Self::start_with_fd_limit(settings, None).await
+    }
+
+    /// [`Gateway::start`], the process limited to `fd_limit` open files when given (through
+    /// util-linux's `prlimit`, which then runs the gateway in its own place).
+    pub(crate) async fn start_with_fd_limit(
+        settings: &[(&str, &str)],
+        fd_limit: Option<u32>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let pki = dir.path().join("fleet");
         telegate_pki(&["init", pki.to_str().expect("UTF-8 path")]);
@@ -53,7 +62,16 @@ impl Gateway {
         let ns = format!("h{:08x}.", rand::random::<u32>());
         let log = dir.path().join("serve.log");
         let file = |name: &str| pki.join(name).to_str().expect("UTF-8").to_owned();
-        let child = Command::new(env!("CARGO_BIN_EXE_telegate"))
+        let mut command = match fd_limit {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg(env!("CARGO_BIN_EXE_telegate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_telegate")),
+        };
+        let child = command
             .arg("serve")
             .args(["--mqtt-tls-listen", &tls.to_string()])
             .args(["--mqtt-tls-cert", &file("server.crt")])
