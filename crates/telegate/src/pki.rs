@@ -63,7 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             valid_for,
         } => {
             let files = telegate_pki::issue_valid_for(&dir, &parse_vin(&vin)?, valid_for)?;
-            vec![files.cert, files.key]
+            vec![files.cert, files.key, files.serials]
         }
         PkiCommand::Revoke { dir, vin, all } => {
             let vin = parse_vin(&vin)?;

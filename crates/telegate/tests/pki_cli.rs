@@ -64,8 +64,9 @@ fn init_issue_and_revoke_write_the_fleet_files() {
 
     let crt = format!("vehicles/{VIN}.crt");
     let key = format!("vehicles/{VIN}.key");
+    let serials = format!("vehicles/{VIN}.serials");
     let issue = succeeds(&["issue", d, VIN]);
-    assert_eq!(issue, printed(&dir, &[&crt, &key]));
+    assert_eq!(issue, printed(&dir, &[&crt, &key, &serials]));
     for line in &issue {
         assert!(Path::new(line).is_file(), "{line} exists");
     }
@@ -79,7 +80,7 @@ fn init_issue_and_revoke_write_the_fleet_files() {
     let vehicles = std::fs::read_dir(dir.join("vehicles"))
         .expect("vehicles/")
         .count();
-    assert_eq!(vehicles, 2, "nothing written for the invalid VIN");
+    assert_eq!(vehicles, 3, "nothing written for the invalid VIN");
 
     openssl_verify(&dir, &[&crt], true);
     // The empty list init wrote revokes nothing.
