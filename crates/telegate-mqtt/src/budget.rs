@@ -28,6 +28,11 @@ impl BufferBudget {
     /// closed, and [`BufferBudget::release`] gives back what it held.
     pub(crate) fn charge(&self, held: &mut usize, capacity: usize) -> Result<(), Refusal> {
         let want = if capacity > FREE { capacity } else { 0 };
+        if want == *held {
+            // The common case, a small buffer: the shared counter is not touched, so
+            // connections on many cores do not contend for it.
+            return Ok(());
+        }
         if want > *held {
             let more = want - *held;
             let before = self.used.fetch_add(more, Ordering::Relaxed);
