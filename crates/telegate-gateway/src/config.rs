@@ -42,8 +42,17 @@ pub struct Config {
     /// for the limitation period; 10 years by default).
     #[serde(with = "humantime_serde")]
     pub ledger_retention: Duration,
+    /// How often each partition of `telegate.consent-state` gets a roll marker, so its
+    /// segments close and an erased vehicle's earlier record is compacted away even where no
+    /// vehicle writes (`crate::roll`). It adds to the time erased key material may stay in the
+    /// log: keep it well under the topic's `segment.ms`. `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub state_roll_interval: Duration,
     pub admin: AdminConfig,
 }
+
+/// Roll markers more often than this would be load for nothing.
+const MIN_STATE_ROLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The admin API. Off unless `listen` is set; never served without a token.
 #[derive(Clone, Serialize, Deserialize)]
@@ -130,6 +139,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(15),
             kafka_startup_timeout: Duration::from_secs(60),
             ledger_retention: Duration::from_secs(3653 * 86_400),
+            // 5 minutes: the hour of segment.ms and max.compaction.lag.ms plus a twelfth.
+            state_roll_interval: telegate_kafka::COMPACTION_BOUND / 12,
             admin: AdminConfig::default(),
         }
     }
@@ -362,6 +373,16 @@ impl Config {
         }
         if self.kafka.bootstrap.trim().is_empty() {
             errors.push("kafka.bootstrap", "empty: name at least one HOST:PORT");
+        }
+        let roll = self.state_roll_interval;
+        if !roll.is_zero() && roll < MIN_STATE_ROLL_INTERVAL {
+            errors.push(
+                "state_roll_interval",
+                format!(
+                    "{roll:?} is shorter than {MIN_STATE_ROLL_INTERVAL:?}: a few minutes keeps \
+                     erasure's bound (0s turns the roll markers off)"
+                ),
+            );
         }
         let pack = self.pack(source, &mut errors);
         let keys = self.keys(&mut errors);
@@ -607,6 +628,38 @@ mod tests {
             assert_eq!(s.kafka.compression, "lz4", "defaults fill the rest");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_state_roll_interval_is_off_or_at_least_a_second() {
+        let loaded =
+            Config::load(None, &serde_json::json!({ "state_roll_interval": "2m" })).expect("loads");
+        assert_eq!(loaded.state_roll_interval, Duration::from_secs(120));
+        assert_eq!(
+            Config::default().state_roll_interval,
+            Duration::from_secs(300),
+            "docs/operations.md states the default"
+        );
+        let mut config = Config::default();
+        config.mqtt.allow_anonymous = true;
+        for (interval, valid) in [
+            (Duration::ZERO, true),
+            (Duration::from_millis(500), false),
+            (Duration::from_secs(1), true),
+        ] {
+            config.state_roll_interval = interval;
+            match config.check(&PackSource::Inline {
+                name: "reference".into(),
+                text: crate::REFERENCE_PACK.into(),
+            }) {
+                Ok(_) => assert!(valid, "{interval:?} accepted"),
+                Err(e) => {
+                    assert!(!valid, "{interval:?} refused: {e}");
+                    assert_eq!(e.0.len(), 1, "{e}");
+                    assert_eq!(e.0[0].path, "state_roll_interval");
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::http;
 use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
 use crate::requests::{Directory, Requests};
+use crate::roll;
 use crate::state::StateStore;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub struct Gateway {
     /// Stops the admin API, its sweeper and the follower of requests to vehicles.
     stop_admin: watch::Sender<bool>,
     admin_tasks: Vec<JoinHandle<()>>,
+    /// Stops the roll markers on the consent-state topic, first.
+    stop_roll: watch::Sender<bool>,
+    roll: Option<JoinHandle<()>>,
     /// Stops the HTTP endpoints, last.
     stop_http: watch::Sender<bool>,
     http: Option<JoinHandle<()>>,
@@ -123,11 +127,9 @@ impl Gateway {
         if let Some(file) = &state_file {
             state.load(file)?;
         }
-        let ledger = Arc::new(Ledger::new(
-            LogWriter::new(&config.kafka).context("ledger writer")?,
-            ledger_topic.name,
-            keys.clone(),
-        ));
+        // The ledger's writer also writes the consent-state topic's roll markers.
+        let writer = LogWriter::new(&config.kafka).context("ledger writer")?;
+        let ledger = Arc::new(Ledger::new(writer.clone(), ledger_topic.name, keys.clone()));
         let sink = KafkaSink::new(&config.kafka).context("Kafka producer")?;
         let sink_stats = sink.stats();
         // A blocked vehicle may not connect; its live connection is closed when it is blocked.
@@ -192,6 +194,23 @@ impl Gateway {
         );
         let (stop_pipeline, pipeline_stopped) = watch::channel(false);
         let pipeline = tokio::spawn(pipeline.run(rx, pipeline_stopped, config.shutdown_timeout));
+        // Started after the last step that can fail, so that every start that returns a
+        // gateway also stops it.
+        let (stop_roll, roll_stopped) = watch::channel(false);
+        let roll = if config.state_roll_interval.is_zero() {
+            tracing::warn!(
+                "state_roll_interval is 0s: an erased vehicle's earlier record stays in the log \
+                 until something else is written to its partition of the consent-state topic"
+            );
+            None
+        } else {
+            Some(tokio::spawn(roll::keep_rolling(
+                writer,
+                state_topic.name,
+                config.state_roll_interval,
+                roll_stopped,
+            )))
+        };
         ready.store(true, Ordering::Release);
         tracing::info!(policy = %pack.label(), "telegate ready");
         Ok(Self {
@@ -203,6 +222,8 @@ impl Gateway {
             pipeline,
             stop_admin,
             admin_tasks,
+            stop_roll,
+            roll,
             stop_http,
             http,
             ready,
@@ -251,13 +272,19 @@ impl Gateway {
         self.ephemeral_keys
     }
 
-    /// Stops in order: not ready; the admin API, its sweeper and the follower of requests to
-    /// vehicles (calls under way finish); the MQTT edge (no new connections, every connection
-    /// closed; unacknowledged QoS 1 frames stay with their vehicles); the pipeline (frames
-    /// already read are processed, records flushed to Kafka); the consent state (every change
-    /// written to its topic); the HTTP endpoints last.
+    /// Stops in order: not ready; the roll markers on the consent-state topic; the admin API,
+    /// its sweeper and the follower of requests to vehicles (calls under way finish); the MQTT
+    /// edge (no new connections, every connection closed; unacknowledged QoS 1 frames stay with
+    /// their vehicles); the pipeline (frames already read are processed, records flushed to
+    /// Kafka); the consent state (every change written to its topic); the HTTP endpoints last.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
+        let _ = self.stop_roll.send(true);
+        if let Some(roll) = self.roll
+            && roll.await.is_err()
+        {
+            tracing::error!("consent-state roll task failed during shutdown");
+        }
         let _ = self.stop_admin.send(true);
         for task in self.admin_tasks {
             if task.await.is_err() {

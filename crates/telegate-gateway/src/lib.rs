@@ -1,9 +1,10 @@
 //! The telegate gateway as a library: its configuration (data, validated before anything starts),
-//! the per-frame pipeline from MQTT ingress to the Kafka sink, every vehicle's consent state and
-//! the consent ledger, the admin API server, requests to vehicles across instances, the HTTP
-//! endpoints, and start-up and shutdown in order. It knows nothing of the command line, the
-//! simulator, the reference consumers or the load generator (CI checks its dependency tree); the
-//! `telegate` binary and the system tests build on it.
+//! the per-frame pipeline from MQTT ingress to the Kafka sink, every vehicle's consent state
+//! (with the roll markers that keep erasure's bound on its quiet partitions) and the consent
+//! ledger, the admin API server, requests to vehicles across instances, the HTTP endpoints, and
+//! start-up and shutdown in order. It knows nothing of the command line, the simulator, the
+//! reference consumers or the load generator (CI checks its dependency tree); the `telegate`
+//! binary and the system tests build on it.
 
 pub mod admin;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod ledger;
 pub mod pipeline;
 pub mod requests;
+mod roll;
 pub mod state;
 
 pub use config::Config;

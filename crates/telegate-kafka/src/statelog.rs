@@ -8,7 +8,7 @@ use crate::sink::SinkError;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
@@ -71,9 +71,99 @@ impl LogWriter {
     }
 }
 
+/// The key of every roll marker ([`LogWriter::roll`]) starts with this. No record of
+/// telegate's has such a key: a state key is 32 hex digits, a VIN 17 letters and digits.
+const ROLL_MARKER: &[u8] = b"__telegate.roll.";
+
+/// True for the key of a roll marker: [`follow`] and [`scan`] never return one, and any other
+/// reader of a topic [`LogWriter::roll`] writes to must skip it.
+pub fn is_roll_marker(key: &[u8]) -> bool {
+    key.starts_with(ROLL_MARKER)
+}
+
+/// The key of partition `partition`'s roll marker: one key per partition, so that compaction
+/// keeps at most one marker in each.
+pub fn roll_marker(partition: i32) -> Vec<u8> {
+    let mut key = ROLL_MARKER.to_vec();
+    key.extend_from_slice(partition.to_string().as_bytes());
+    key
+}
+
+impl LogWriter {
+    /// The partitions of `topic` as the cluster reports them now. The metadata request blocks,
+    /// so it runs on tokio's blocking pool; it gives up after 5 s.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<i32>, SinkError> {
+        let producer = self.producer.clone();
+        let name = topic.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == name && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            Ok::<_, KafkaError>(partitions)
+        })
+        .await
+        .map_err(|_| SinkError::Closed)?;
+        match found {
+            Ok(partitions) if !partitions.is_empty() => Ok(partitions),
+            Ok(_) => Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            )),
+            Err(error) => Err(error),
+        }
+        .map_err(|error| SinkError::Produce {
+            topic: topic.to_owned(),
+            error,
+        })
+    }
+
+    /// Appends a roll marker, a tombstone under a reserved key ([`roll_marker`]), to each of
+    /// `partitions` of `topic`, produced to that partition explicitly, and returns once Kafka
+    /// has them all.
+    ///
+    /// Why: Kafka closes a segment only when a record is appended after `segment.ms`, and its
+    /// log cleaner never touches the open segment. An erasure's tombstone removes the erased
+    /// record only once the segment holding the tombstone is closed, so on a partition nothing
+    /// else is written to, the erased record would stay for good. Calling this more often than
+    /// `segment.ms` keeps every partition's segments closing on time. Several writers calling it
+    /// at once only close a segment sooner; compaction keeps one marker per partition.
+    pub async fn roll(&self, topic: &str, partitions: &[i32]) -> Result<(), SinkError> {
+        let produce_error = |error| SinkError::Produce {
+            topic: topic.to_owned(),
+            error,
+        };
+        // All in flight at once: one partition whose leader is away delays none of the others.
+        let mut deliveries = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let key = roll_marker(*p);
+            let record = FutureRecord::<[u8], [u8]>::to(topic)
+                .partition(*p)
+                .key(&key[..]);
+            deliveries.push(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(error, _)| produce_error(error))?,
+            );
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(produce_error(error)),
+                Err(_) => return Err(SinkError::Closed),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads `topic` from its beginning and keeps following it until `stop` turns true (or the
-/// receiver is dropped). `caught_up` turns true once every partition has been read to the end
-/// it had when following began.
+/// receiver is dropped); roll markers ([`LogWriter::roll`]) are skipped. `caught_up` turns true
+/// once every partition has been read to the end it had when following began.
 pub fn follow(
     cfg: &KafkaConfig,
     topic: &str,
@@ -105,6 +195,7 @@ pub fn follow_from(
                 next = consumer.recv() => next,
             };
             match next {
+                Ok(m) if is_roll_marker(m.key().unwrap_or_default()) => {}
                 Ok(m) => {
                     let entry = Entry {
                         key: m.key().unwrap_or_default().to_vec(),
@@ -139,7 +230,8 @@ pub struct Scanned {
 }
 
 /// Reads `topic` from its beginning to the end it has now and returns the records whose key
-/// `keep` accepts. For exports and audits: it reads everything, so it is not for hot paths.
+/// `keep` accepts; never a roll marker ([`LogWriter::roll`]). For exports and audits: it reads
+/// everything, so it is not for hot paths.
 pub async fn scan(
     cfg: &KafkaConfig,
     topic: &str,
@@ -161,7 +253,7 @@ pub async fn scan(
             }
             Ok(Ok(m)) => {
                 let key = m.key().unwrap_or_default();
-                if keep(key) {
+                if !is_roll_marker(key) && keep(key) {
                     let headers = m
                         .headers()
                         .map(|h| {

@@ -24,9 +24,11 @@ pub enum TopicError {
     Refused(String),
 }
 
-/// The longest an erased vehicle's earlier state record may stay in a compacted topic on a
-/// broker that honours `max.compaction.lag.ms`: one hour.
-pub(crate) const COMPACTION_BOUND_MS: &str = "3600000";
+/// `max.compaction.lag.ms` and `segment.ms` of the compacted topics telegate creates: one hour.
+/// Kafka closes a segment only when a record arrives, so this bounds how long an erased record
+/// stays only while every partition is written to more often; the gateway sees to that on the
+/// consent-state topic (`state_roll_interval`, docs/operations.md).
+pub const COMPACTION_BOUND: Duration = Duration::from_secs(3600);
 
 /// Kafka's default `log.roll.ms`: a segment is closed, and can be deleted, after a week.
 const KAFKA_SEGMENT_ROLL: Duration = Duration::from_secs(7 * 86_400);
@@ -42,6 +44,7 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
         .iter()
         .map(|s| s.retention.as_millis().min(i64::MAX as u128).to_string())
         .collect();
+    let bound = COMPACTION_BOUND.as_millis().to_string();
     let topics: Vec<NewTopic<'_>> = specs
         .iter()
         .zip(&retention)
@@ -54,13 +57,15 @@ pub async fn ensure_topics(cfg: &KafkaConfig, specs: &[TopicSpec]) -> Result<(),
             if s.compact {
                 // Erasure writes a tombstone; these bound how long the erased record (and its
                 // key material) may stay in the log: compaction may run at once and must run
-                // within COMPACTION_BOUND_MS (Kafka >= 2.3); tombstones stay a day so every
+                // within COMPACTION_BOUND (Kafka >= 2.3), but takes the record only once the
+                // segment holding the tombstone is closed, which segment.ms asks for at the
+                // next write (the gateway's roll markers). Tombstones stay a day so every
                 // follower sees them.
                 topic
                     .set("cleanup.policy", "compact")
                     .set("min.compaction.lag.ms", "0")
-                    .set("max.compaction.lag.ms", COMPACTION_BOUND_MS)
-                    .set("segment.ms", COMPACTION_BOUND_MS)
+                    .set("max.compaction.lag.ms", &bound)
+                    .set("segment.ms", &bound)
                     .set("delete.retention.ms", "86400000")
             } else if !s.retention.is_zero() && s.retention < KAFKA_SEGMENT_ROLL {
                 // Kafka deletes whole segments and rolls one after a week by default: a quiet

@@ -36,6 +36,11 @@ pub struct Args {
     #[arg(long, env = "TELEGATE_STATE_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     state_file: Option<PathBuf>,
+    /// How often each partition of telegate.consent-state gets a roll marker, so that erased
+    /// records leave partitions no vehicle writes to (e.g. 5m; 0s turns it off) [default: 5m]
+    #[arg(long, env = "TELEGATE_STATE_ROLL_INTERVAL", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_roll_interval: Option<String>,
     #[command(flatten)]
     admin: AdminArgs,
 }
