@@ -4,6 +4,7 @@
 
 use crate::ledger::{Action, Change, Channel, Ledger};
 use crate::state::{StateStore, fresh_secret};
+use dashmap::DashSet;
 use metrics::Counter;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,8 @@ use telegate_frame::{Frame, FrameKind, RejectReason, ValidationConfig, Vin, vali
 use telegate_kafka::{KafkaSink, Receipt};
 use telegate_mqtt::{AckOutcome, Incoming};
 use telegate_policy::{
-    Admission, DropReason, Keyring, OutRecord, Outcome, Pack, Verdict, admit, offline,
-    rejected_record,
+    Admission, DropReason, Keyring, OutRecord, Outcome, Pack, StateKey, Verdict, admit, offline,
+    recorded_settings, rejected_record,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -29,6 +30,11 @@ pub struct Pipeline {
     ledger: Arc<Ledger>,
     sink: KafkaSink,
     counters: Counters,
+    /// Vehicles whose last settings change is not known to be in the state topic and the
+    /// consent ledger (a write failed, so the frame was not acknowledged): the vehicle's
+    /// resend repeats settings already recorded here, and is written again instead of being
+    /// taken as a repeat. At most one entry per vehicle.
+    unconfirmed: Arc<DashSet<StateKey>>,
 }
 
 #[derive(Debug)]
@@ -47,6 +53,11 @@ struct Counters {
     sink_errors: Counter,
     ledger_errors: Counter,
     state_errors: Counter,
+    /// Privacy frames by what they did to the settings: `changed` or `repeated`.
+    settings_changed: Counter,
+    settings_repeated: Counter,
+    /// Per-service toggles not kept because the pack does not name them.
+    toggles_ignored: Counter,
 }
 
 impl Counters {
@@ -96,6 +107,9 @@ impl Counters {
             sink_errors: metrics::counter!("telegate_sink_errors_total"),
             ledger_errors: metrics::counter!("telegate_ledger_write_errors_total"),
             state_errors: metrics::counter!("telegate_state_write_errors_total"),
+            settings_changed: metrics::counter!("telegate_settings_frames_total", "result" => "changed"),
+            settings_repeated: metrics::counter!("telegate_settings_frames_total", "result" => "repeated"),
+            toggles_ignored: metrics::counter!("telegate_settings_toggles_ignored_total"),
         }
     }
 }
@@ -119,6 +133,7 @@ impl Pipeline {
             ledger,
             sink,
             counters,
+            unconfirmed: Arc::default(),
         }
     }
 
@@ -181,15 +196,25 @@ impl Pipeline {
         match validate(topic, payload, now, &self.validation) {
             Ok(frame) => {
                 let admission = self.admit(&frame, now);
-                if admission.changes.any() {
+                // A repeat of settings already in force changes nothing, unless the change
+                // it repeats was never confirmed written.
+                let settings = match frame.body() {
+                    Body::Privacy(_) if admission.changes.settings => true,
+                    Body::Privacy(_) => self
+                        .unconfirmed
+                        .remove(&self.state.key_of(frame.vin()))
+                        .is_some(),
+                    _ => false,
+                };
+                if admission.changes.any() || settings {
                     self.persist_state(*frame.vin(), receipt.cloned());
                 }
                 let mut handed = true;
                 for rec in &admission.records {
                     handed &= self.send(rec, receipt).await;
                 }
-                if let Body::Privacy(settings) = frame.body() {
-                    handed &= self.record_settings_change(&frame, settings).await;
+                if settings {
+                    self.record_settings_change(&frame, receipt.cloned());
                 }
                 handed
             }
@@ -232,6 +257,15 @@ impl Pipeline {
         });
         let kind = frame.kind().index();
         self.counters.valid[kind].increment(1);
+        if matches!(frame.body(), Body::Privacy(_)) {
+            match admission.changes.settings {
+                true => self.counters.settings_changed.increment(1),
+                false => self.counters.settings_repeated.increment(1),
+            }
+            self.counters
+                .toggles_ignored
+                .increment(admission.toggles_ignored as u64);
+        }
         match admission.outcome {
             Outcome::Offline => self.counters.offline.increment(1),
             Outcome::Unrouted => self.counters.unrouted[kind].increment(1),
@@ -249,40 +283,53 @@ impl Pipeline {
         admission
     }
 
-    /// Settings changes made in the vehicle go to the consent ledger like any other.
-    async fn record_settings_change(
-        &self,
-        frame: &Frame,
-        settings: &telegate_frame::pb::PrivacySettings,
-    ) -> bool {
+    /// Settings changes made in the vehicle go to the consent ledger like any other, as
+    /// recorded (the toggles the pack names); a repeat is no change and no entry. Off the
+    /// pipeline's path like the state write: the frame's receipt waits for it, other
+    /// vehicles' frames do not.
+    fn record_settings_change(&self, frame: &Frame, receipt: Option<Receipt>) {
+        let Body::Privacy(settings) = frame.body() else {
+            return;
+        };
         let change = Change {
             action: Action::Settings,
             target: "",
-            value: serde_json::to_value(telegate_policy::Settings::from(settings))
+            value: serde_json::to_value(recorded_settings(&self.pack, settings))
                 .unwrap_or_default(),
             effective_at_ms: frame.captured_at_ms(),
             channel: Channel::HeadUnit,
             text_version: "",
             actor: "vehicle",
         };
-        match self.ledger.append(frame.vin(), change).await {
-            Ok(_) => true,
-            Err(e) => {
-                self.counters.ledger_errors.increment(1);
+        let (ledger, state, vin) = (self.ledger.clone(), self.state.clone(), *frame.vin());
+        let (errors, unconfirmed) = (
+            self.counters.ledger_errors.clone(),
+            self.unconfirmed.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = ledger.append(&vin, change).await {
+                errors.increment(1);
+                unconfirmed.insert(state.key_of(&vin));
                 tracing::error!(error = %e, "settings change not written to the consent ledger");
-                false
+                if let Some(r) = receipt {
+                    r.fail();
+                }
             }
-        }
+        });
     }
 
     /// Writes the vehicle's changed state now, off the pipeline's path; the frame's receipt
-    /// waits for it (a crash must not forget that offline mode went on).
+    /// waits for it (a crash must not forget that offline mode went on). A vehicle has one
+    /// write in flight at a time: frames that changed its record meanwhile wait for the next
+    /// one, which covers them all ([`StateStore::persist`]).
     fn persist_state(&self, vin: Vin, receipt: Option<Receipt>) {
         let state = self.state.clone();
         let errors = self.counters.state_errors.clone();
+        let unconfirmed = self.unconfirmed.clone();
         tokio::spawn(async move {
             if let Err(e) = state.persist(&vin).await {
                 errors.increment(1);
+                unconfirmed.insert(state.key_of(&vin));
                 tracing::error!(error = %e, "state change not yet durable; the frame is not acknowledged");
                 if let Some(r) = receipt {
                     r.fail();

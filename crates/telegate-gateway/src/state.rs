@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 pub mod census;
 pub mod record;
+mod write;
 
 use record::Read;
 
@@ -51,6 +52,8 @@ struct Replication {
     /// Vehicles changed locally (or read in an older form) and not yet written; coalesced,
     /// bounded by the fleet.
     dirty: DashSet<StateKey>,
+    /// Vehicles with a write in flight: one at a time each.
+    slots: write::Slots,
     /// Raw-VIN keys of format-1 records, to tombstone once their record is written anew;
     /// true once a format-2 record for the vehicle has been read after it.
     legacy: DashMap<StateKey, (Vin, bool)>,
@@ -123,6 +126,7 @@ impl StateStore {
                 writer,
                 topic: topic.to_owned(),
                 dirty: DashSet::new(),
+                slots: DashMap::new(),
                 legacy: DashMap::new(),
                 wake: Notify::new(),
                 stop,
@@ -162,7 +166,7 @@ impl StateStore {
         }
         // Nothing is written before the whole topic is read: an older form's record is
         // rewritten (and its raw-VIN key tombstoned) only once every erasure is known.
-        let writing = tokio::spawn(write_dirty(store.clone(), stopped));
+        let writing = tokio::spawn(write::write_dirty(store.clone(), stopped));
         if let Some(rep) = &store.replication {
             rep.tasks
                 .lock()
@@ -400,53 +404,48 @@ impl StateStore {
             r.clone()
         };
         if let Some(rep) = &self.replication {
-            let value = self.encode(&key, &record);
-            rep.writer
-                .put(&rep.topic, Some(key.to_hex().as_bytes()), Some(&value))
+            self.write_current(rep, key)
                 .await
                 .context("writing consent state")?;
         }
         Ok(record)
     }
 
-    /// Writes the vehicle's record now and returns once Kafka has it: a frame that changed
-    /// the record waits for this before it is acknowledged. On failure the record is marked,
-    /// and the background writer retries it.
+    /// Writes the vehicle's record now and returns once Kafka has it (or a newer version of
+    /// it): a frame that changed the record waits for this before it is acknowledged. A
+    /// vehicle has one write in flight at a time; calls made meanwhile wait and are covered
+    /// by the next write, so a burst of one vehicle's frames costs two writes, not one each.
+    /// On failure the record is marked and the background writer retries it, unless Kafka
+    /// refuses it for good (counted in `telegate_state_writes_abandoned_total`).
     pub async fn persist(&self, vin: &Vin) -> anyhow::Result<()> {
         let Some(rep) = &self.replication else {
             return Ok(());
         };
-        let key = self.key_of(vin);
-        rep.dirty.remove(&key);
-        // Erased meanwhile: its tombstone is what counts.
-        let Some(record) = self.get_at(&key) else {
-            return Ok(());
-        };
-        let value = self.encode(&key, &record);
-        let written = rep
-            .writer
-            .put(&rep.topic, Some(key.to_hex().as_bytes()), Some(&value))
-            .await;
-        if written.is_err() {
-            self.mark(key);
-        }
-        written.context("writing consent state")
+        self.write_current(rep, self.key_of(vin))
+            .await
+            .context("writing consent state")
     }
 
     /// Deletes everything about a vehicle, here and (by tombstone) on every instance. With
     /// the record goes its key material: earlier pseudonyms and sealed VINs can no longer be
     /// linked to the VIN.
     pub async fn erase(&self, key: &StateKey) -> anyhow::Result<bool> {
-        let existed = self.subjects.contains_key(key);
-        self.forget(key);
-        if let Some(rep) = &self.replication {
+        let Some(rep) = &self.replication else {
+            let existed = self.subjects.contains_key(key);
+            self.forget(key);
+            return Ok(existed);
+        };
+        self.exclusive(rep, *key, async || {
+            let existed = self.subjects.contains_key(key);
+            self.forget(key);
             rep.dirty.remove(key);
             rep.writer
                 .put(&rep.topic, Some(key.to_hex().as_bytes()), None)
                 .await
                 .context("writing the erasure tombstone")?;
-        }
-        Ok(existed)
+            Ok(existed)
+        })
+        .await
     }
 
     /// Vehicles whose records match `pred`, by key.
@@ -526,84 +525,4 @@ pub(crate) async fn read_to_its_end(
         apply(e);
     }
     true
-}
-
-/// Writes locally changed records to the state topic, coalescing bursts, until `stop` turns
-/// true; then writes what is left and returns. A burst (say, a fleet seen for the first time,
-/// or a topic being rewritten under a new wrapping key) goes out as concurrent writes, which
-/// the producer batches into a few requests instead of one acknowledged round trip per
-/// vehicle. A format-1 record's raw-VIN key is tombstoned only after its record is written
-/// under the state key.
-async fn write_dirty(store: Arc<StateStore>, stop: watch::Receiver<bool>) {
-    let Some(rep) = &store.replication else {
-        return;
-    };
-    let failed = metrics::counter!("telegate_state_write_errors_total");
-    loop {
-        let last = *stop.borrow();
-        if !last {
-            rep.wake.notified().await;
-        }
-        let batch: Vec<(StateKey, Vec<u8>)> = rep
-            .dirty
-            .iter()
-            .map(|k| *k)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .filter_map(|key| {
-                rep.dirty.remove(&key);
-                let record = store.get_at(&key)?;
-                Some((key, store.encode(&key, &record)))
-            })
-            .collect();
-        let writes = batch.iter().map(|(key, value)| async move {
-            let r = rep
-                .writer
-                .put(&rep.topic, Some(key.to_hex().as_bytes()), Some(value))
-                .await;
-            (*key, r)
-        });
-        let mut retry = false;
-        for (key, r) in futures::future::join_all(writes).await {
-            if let Err(e) = r {
-                failed.increment(1);
-                tracing::error!(error = %e, "consent state not replicated; retrying");
-                rep.dirty.insert(key);
-                retry = true;
-            }
-        }
-        // Old keys whose records are now written under their state key.
-        let old: Vec<(StateKey, Vin)> = rep
-            .legacy
-            .iter()
-            .filter(|e| !rep.dirty.contains(e.key()))
-            .map(|e| (*e.key(), e.value().0))
-            .collect();
-        let tombstones = old.iter().map(|(key, vin)| async move {
-            let r = rep
-                .writer
-                .put(&rep.topic, Some(vin.expose().as_bytes()), None)
-                .await;
-            (*key, r)
-        });
-        for (key, r) in futures::future::join_all(tombstones).await {
-            match r {
-                Ok(_) => {
-                    store.migrated.fetch_add(1, Ordering::Relaxed);
-                    rep.legacy.remove(&key);
-                }
-                Err(e) => {
-                    failed.increment(1);
-                    tracing::error!(error = %e, "format-1 consent-state key not removed; retrying");
-                    retry = true;
-                }
-            }
-        }
-        if retry {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            rep.wake.notify_one();
-        } else if last && rep.dirty.is_empty() && rep.legacy.is_empty() {
-            return;
-        }
-    }
 }

@@ -11,10 +11,11 @@
 
 use crate::Keyring;
 use crate::{
-    OutRecord, Pack, SubjectRecord, SubjectSecret, Verdict, contribution_period, decide_all,
-    offline, shape,
+    OutRecord, Pack, Settings, SubjectRecord, SubjectSecret, Verdict, contribution_period,
+    decide_all, offline, shape,
 };
 use telegate_frame::Frame;
+use telegate_frame::pb;
 use telegate_frame::pb::vehicle_frame::Body;
 
 /// What a frame came to.
@@ -31,8 +32,12 @@ pub enum Outcome {
 /// How the vehicle's record changed; a change is replicated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// A privacy frame's settings entered the settings timeline.
+    /// A privacy frame changed the settings timeline. False for a privacy frame that repeats
+    /// the settings in force at its capture time.
     pub settings: bool,
+    /// A privacy frame repeated the settings in force, captured after the newest report: the
+    /// timeline keeps its time, no new point (see [`SubjectRecord::record`]).
+    pub settings_repeated: bool,
     /// The vehicle got its key material.
     pub secret_created: bool,
     /// Contribution periods recorded (purposes with `once_per_vehicle`).
@@ -41,7 +46,7 @@ pub struct Changes {
 
 impl Changes {
     pub fn any(&self) -> bool {
-        self.settings || self.secret_created || self.contributions > 0
+        self.settings || self.settings_repeated || self.secret_created || self.contributions > 0
     }
 }
 
@@ -54,6 +59,35 @@ pub struct Admission {
     /// The records to produce, one per forwarding purpose.
     pub records: Vec<OutRecord>,
     pub changes: Changes,
+    /// Per-service toggles of a privacy frame that were not kept: their ids are not in the
+    /// pack (see [`recorded_settings`]).
+    pub toggles_ignored: usize,
+}
+
+/// What a privacy frame's settings record: the modes and service groups as sent, and the
+/// per-service toggles for the ids the pack names (its services' ids and the toggles its
+/// purposes require). Toggles for other ids decide nothing under this pack; not keeping them
+/// is what bounds a vehicle's record whatever its frames carry.
+pub fn recorded_settings(pack: &Pack, sent: &pb::PrivacySettings) -> Settings {
+    let known = |id: &str| {
+        pack.services.iter().any(|s| s.id.as_str() == id)
+            || pack
+                .purposes
+                .iter()
+                .any(|p| p.requires.iter().any(|r| r == id))
+    };
+    Settings {
+        private_mode: sent.private_mode,
+        offline_mode: sent.offline_mode,
+        location_services: sent.location_services,
+        non_location_services: sent.non_location_services,
+        services: sent
+            .services
+            .iter()
+            .filter(|(id, _)| known(id))
+            .map(|(id, on)| (id.clone(), *on))
+            .collect(),
+    }
 }
 
 /// What the pack decides for `frame`, given and updating the vehicle's `record`.
@@ -69,16 +103,24 @@ pub fn admit(
     mint: impl FnOnce() -> SubjectSecret,
 ) -> Admission {
     let mut changes = Changes::default();
-    if let Body::Privacy(settings) = frame.body() {
-        record.record_settings(frame.captured_at_ms(), settings);
-        record.compact(horizon_ms);
-        changes.settings = true;
+    let mut toggles_ignored = 0;
+    if let Body::Privacy(sent) = frame.body() {
+        let settings = recorded_settings(pack, sent);
+        toggles_ignored = sent.services.len() - settings.services.len();
+        let at = frame.captured_at_ms();
+        let repeat = *record.settings_at(at) == settings;
+        if record.record(at, settings) {
+            record.compact(horizon_ms);
+            changes.settings = !repeat;
+            changes.settings_repeated = repeat;
+        }
     }
     let mut admission = Admission {
         outcome: Outcome::Offline,
         verdicts: Vec::new(),
         records: Vec::new(),
         changes,
+        toggles_ignored,
     };
     if offline(frame.captured_at_ms(), Some(record)).is_some() {
         return admission;

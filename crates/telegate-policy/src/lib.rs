@@ -16,7 +16,7 @@ mod raw;
 mod shape;
 mod state;
 
-pub use admit::{Admission, Changes, Outcome, admit};
+pub use admit::{Admission, Changes, Outcome, admit, recorded_settings};
 pub use at_rest::{StateKey, StateKeys, UnwrapError, WrappedSecret};
 pub use decide::{
     ConsentState, Decision, DropReason, Rule, Verdict, When, contribution_period, decide,
@@ -34,6 +34,6 @@ pub use pack::{
 };
 pub use shape::{OutRecord, header, rejected_record, shape};
 pub use state::{
-    Account, CallConsent, Settings, StateFile, SubjectRecord, SubjectSecret, Timeline,
-    factory_settings,
+    Account, CallConsent, MAX_SETTINGS_POINTS, Settings, StateFile, SubjectRecord, SubjectSecret,
+    Timeline, factory_settings,
 };

@@ -7,6 +7,7 @@
 //! judged first, settings count from their own capture time, and only forwarded purposes
 //! record a contribution. tests/golden_packs.rs runs each pack once end to end.
 
+mod bounded;
 mod check;
 mod ev_charging;
 mod fixtures;
