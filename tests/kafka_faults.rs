@@ -33,10 +33,13 @@ fn status(vin: &str, seq: u64) -> (String, Vec<u8>) {
     message(vin, seq, now_ms() - 500, body)
 }
 
+/// A settings change: the vehicle switches Smart Service on explicitly (a report of the
+/// factory settings alone changes nothing, so it is neither a point nor a ledger entry).
 fn privacy(vin: &str, seq: u64) -> (String, Vec<u8>) {
     let body = Body::Privacy(pb::PrivacySettings {
         location_services: true,
         non_location_services: true,
+        services: [("smart-service".to_owned(), true)].into(),
         ..Default::default()
     });
     message(vin, seq, now_ms() - 60_000, body)
