@@ -64,7 +64,7 @@ struct Metrics {
 }
 
 impl EdgeStats {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let request = |result: &'static str| metrics::counter!("telegate_mqtt_requests_total", "result" => result);
         let m = Metrics {
             received: metrics::counter!("telegate_ingress_received_total"),

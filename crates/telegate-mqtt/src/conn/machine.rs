@@ -1,0 +1,576 @@
+//! A connection's protocol without IO: the CONNECT answered, then packets in, answers and
+//! actions out. The driver owns the socket, the buffers and the timers; it decodes each
+//! packet and hands it here with the time it was read, writes out what this encodes into its
+//! write buffer, hands the publishes waiting in the outbox to the pipeline, and closes the
+//! connection when a call returns an [`End`].
+//!
+//! What this touches besides its own fields lives in memory: the edge's settings, counters
+//! and vehicle gate, the registry of sessions (binding a vehicle orders the connection it
+//! takes over closed), the vehicle's session and the connection's [`Signal`]. It reads no
+//! clock: the time is an argument of every call that needs one.
+
+use super::{End, Peer};
+use crate::codec::{AckOutcome, ConnectCode, Encoder, Hello, Inbound, Offer, Version};
+use crate::config::Listener;
+use crate::edge::Shared;
+use crate::rules::{may_publish, named_vin};
+use crate::sessions::{Owner, SharedSession, lock};
+use crate::signal::Signal;
+use crate::{Ack, Incoming, Refusal};
+use bytes::{Bytes, BytesMut};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use telegate_frame::Vin;
+
+/// What became of a packet.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Handled: its answers are encoded, a publish is in the outbox.
+    Done,
+    /// A publish over the vehicle's rate: hand it back to [`Machine::throttled`] at `until`
+    /// (or sooner on a signal, which may close the connection first).
+    Throttled { publish: Publish, until: Instant },
+}
+
+/// A publish that passed the checks that come before the rate.
+#[derive(Debug)]
+pub(crate) struct Publish {
+    qos: u8,
+    pkid: u16,
+    topic: Bytes,
+    payload: Bytes,
+}
+
+/// A QoS 1 publish waiting for the pipeline, in arrival order, with its outcome once known.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    pkid: u16,
+    outcome: Option<AckOutcome>,
+}
+
+/// The rate limiter's clock: the time last passed in, in nanoseconds since the connection
+/// began. The limiter reads its clock through `&self`, hence the atomic; only the
+/// connection's task sets and reads it.
+#[derive(Debug)]
+struct Given {
+    born: Instant,
+    nanos: AtomicU64,
+}
+
+impl Given {
+    fn set(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.born).as_nanos();
+        self.nanos
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl governor::clock::Clock for Given {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, Given, NoOpMiddleware<Duration>>;
+
+/// One connection's protocol state, from its CONNECT on.
+pub(crate) struct Machine {
+    ctx: Arc<Shared>,
+    /// Close orders, queued requests and completed publishes reach the connection here.
+    signal: Arc<Signal>,
+    enc: Encoder,
+    hello: Hello,
+    conn_id: u64,
+    /// The vehicle this connection speaks for, once known.
+    vin: Option<Vin>,
+    session: Option<SharedSession>,
+    /// QoS 1 publishes not yet acknowledged, oldest first; the newest has sequence number
+    /// `next_seq - 1`.
+    pending: VecDeque<Waiting>,
+    next_seq: u64,
+    /// Outcomes taken from the signal, kept to reuse its room.
+    done: Vec<(u64, AckOutcome)>,
+    /// Publishes read but not yet in the pipeline's channel.
+    outbox: VecDeque<Incoming>,
+    limiter: Limiter,
+    /// Silence after which the client is gone: 1.5 keep-alive intervals.
+    keep_alive: Duration,
+    /// When the last whole packet came (or the edge last stopped reading).
+    last_heard: Instant,
+    /// Requests the vehicle takes unacknowledged at once.
+    window: usize,
+    /// Whether a refusal that left the connection open was logged at WARN already.
+    warned: bool,
+}
+
+impl Machine {
+    /// A connection whose CONNECT asked for `hello`, read at `now`.
+    pub(crate) fn new(ctx: Arc<Shared>, signal: Arc<Signal>, hello: Hello, now: Instant) -> Self {
+        let rate = NonZeroU32::new(ctx.cfg.publish_rate).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(NonZeroU32::MIN);
+        let clock = Given {
+            born: now,
+            nanos: AtomicU64::new(0),
+        };
+        Self {
+            enc: Encoder(hello.version),
+            window: usize::from(hello.receive_maximum.unwrap_or(16).clamp(1, 16)),
+            warned: false,
+            hello,
+            conn_id: ctx.registry.next_conn_id(),
+            vin: None,
+            session: None,
+            signal,
+            pending: VecDeque::new(),
+            next_seq: 0,
+            done: Vec::new(),
+            outbox: VecDeque::new(),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                clock,
+            ),
+            keep_alive: ctx.cfg.max_keep_alive,
+            last_heard: now,
+            ctx,
+        }
+    }
+
+    pub(crate) fn version(&self) -> Version {
+        self.hello.version
+    }
+
+    pub(crate) fn ctx(&self) -> &Shared {
+        &self.ctx
+    }
+
+    pub(crate) fn signal(&self) -> &Arc<Signal> {
+        &self.signal
+    }
+
+    /// Answers the CONNECT: version, identity, the connection limit, the vehicle's gate, its
+    /// session. `certificate` is the presented certificate checked against the CRL in force
+    /// and the clock now (`Ok` when none was presented). A refusal is answered in the CONNACK
+    /// and ends as [`End::Closed`]: no DISCONNECT follows it.
+    pub(crate) fn open(
+        &mut self,
+        listener: Listener,
+        peer: Peer,
+        certificate: Result<(), Refusal>,
+        out: &mut BytesMut,
+    ) -> Result<(), End> {
+        let version_ok = match listener {
+            Listener::PlainV4 => self.hello.version == Version::V4,
+            Listener::PlainV5 => self.hello.version == Version::V5,
+            Listener::Tls => true,
+        };
+        if !version_ok {
+            return self.refuse_connect(
+                ConnectCode::UnsupportedVersion,
+                Refusal::ProtocolVersion,
+                out,
+            );
+        }
+        let bound = match peer {
+            // Whether or not TLS resumed a session, the certificate is checked now, as a
+            // full handshake would check it now.
+            Peer::Vehicle(id) => match certificate {
+                Ok(()) => Some(id),
+                Err(why) => return self.refuse_connect(ConnectCode::NotAuthorized, why, out),
+            },
+            Peer::NoVin => {
+                return self.refuse_connect(
+                    ConnectCode::NotAuthorized,
+                    Refusal::CertificateWithoutVin,
+                    out,
+                );
+            }
+            Peer::Anonymous if self.ctx.cfg.allow_anonymous => None,
+            Peer::Anonymous => {
+                return self.refuse_connect(ConnectCode::NotAuthorized, Refusal::Anonymous, out);
+            }
+        };
+        let max_ka = u16::try_from(self.ctx.cfg.max_keep_alive.as_secs())
+            .unwrap_or(u16::MAX)
+            .max(1);
+        let asked = self.hello.keep_alive;
+        let keep_alive = if asked == 0 || asked > max_ka {
+            max_ka
+        } else {
+            asked
+        };
+        if self.ctx.stats.authenticated_now() >= self.ctx.cfg.max_connections {
+            return self.refuse_connect(ConnectCode::ServerBusy, Refusal::TooManyConnections, out);
+        }
+        let (expiry, capped) = self.expiry();
+        let mut resumed = false;
+        if let Some(id) = bound {
+            if !(self.ctx.gate)(&id.vin) {
+                return self.refuse_connect(
+                    ConnectCode::NotAuthorized,
+                    Refusal::VehicleBlocked,
+                    out,
+                );
+            }
+            resumed = self.bind(id.vin, Some((id.serial, id.not_after)), expiry);
+        }
+        let offer = Offer {
+            receive_maximum: self.ctx.cfg.max_inflight,
+            max_packet_bytes: self.ctx.cfg.max_packet_bytes,
+            server_keep_alive: (keep_alive != asked).then_some(keep_alive),
+            session_expiry: capped,
+        };
+        self.enc.connack(out, ConnectCode::Accepted, resumed, offer);
+        self.keep_alive = Duration::from_millis(u64::from(keep_alive) * 1500);
+        if resumed {
+            self.resend(out);
+        }
+        Ok(())
+    }
+
+    fn refuse_connect(
+        &mut self,
+        code: ConnectCode,
+        why: Refusal,
+        out: &mut BytesMut,
+    ) -> Result<(), End> {
+        let offer = Offer {
+            receive_maximum: self.ctx.cfg.max_inflight,
+            max_packet_bytes: self.ctx.cfg.max_packet_bytes,
+            server_keep_alive: None,
+            session_expiry: None,
+        };
+        self.enc.connack(out, code, false, offer);
+        tracing::warn!(reason = why.as_str(), "MQTT connection refused");
+        self.ctx.refused(why);
+        Err(End::Closed)
+    }
+
+    /// The session expiry this connection gets, and the value to announce if it was capped.
+    fn expiry(&self) -> (Duration, Option<u32>) {
+        let max = self.ctx.cfg.session_expiry;
+        match (self.hello.version, self.hello.clean_start) {
+            (Version::V4, true) => (Duration::ZERO, None),
+            (Version::V4, false) => (max, None),
+            (Version::V5, _) => {
+                let asked = Duration::from_secs(u64::from(self.hello.session_expiry.unwrap_or(0)));
+                match asked > max {
+                    true => (max, Some(u32::try_from(max.as_secs()).unwrap_or(u32::MAX))),
+                    false => (asked, None),
+                }
+            }
+        }
+    }
+
+    /// Makes this connection the vehicle's one live connection (any other is ordered closed);
+    /// true if its session resumed.
+    fn bind(&mut self, vin: Vin, certificate: Option<(Vec<u8>, i64)>, expiry: Duration) -> bool {
+        let (serial, not_after) = certificate.unzip();
+        let owner = Owner {
+            conn: self.conn_id,
+            signal: self.signal.clone(),
+            serial,
+            not_after,
+        };
+        let (session, resumed) = self
+            .ctx
+            .registry
+            .bind(vin, owner, self.hello.clean_start, expiry);
+        self.vin = Some(vin);
+        self.session = Some(session);
+        resumed
+    }
+
+    /// Binds an anonymous connection to the vehicle its topic names, or checks it is that
+    /// vehicle's. `None` when the topic names no vehicle.
+    fn vehicle_for(&mut self, topic: &[u8], out: &mut BytesMut) -> Result<Option<Vin>, End> {
+        if let Some(vin) = self.vin {
+            return Ok(Some(vin));
+        }
+        let Some(vin) = named_vin(topic) else {
+            return Ok(None);
+        };
+        if !(self.ctx.gate)(&vin) {
+            return Err(End::Refused(Refusal::VehicleBlocked));
+        }
+        let (expiry, _) = self.expiry();
+        if self.bind(vin, None, expiry) {
+            self.resend(out);
+        }
+        Ok(Some(vin))
+    }
+
+    /// A whole packet, read at `now`.
+    pub(crate) fn packet(
+        &mut self,
+        now: Instant,
+        packet: Inbound,
+        out: &mut BytesMut,
+    ) -> Result<Step, End> {
+        // Only a whole packet is heard: bytes of one dribbled in slowly do not keep a
+        // connection alive past its keep-alive.
+        self.last_heard = now;
+        match packet {
+            Inbound::Publish {
+                qos,
+                pkid,
+                dup,
+                retain,
+                topic,
+                payload,
+            } => {
+                if dup {
+                    self.ctx.stats.resent();
+                }
+                let publish = Publish {
+                    qos,
+                    pkid,
+                    topic,
+                    payload,
+                };
+                self.publish(now, retain, publish, out)
+            }
+            Inbound::PubAck { pkid } => {
+                if let Some(session) = &self.session {
+                    lock(session).inflight.retain(|o| o.pkid != pkid);
+                }
+                self.deliver(out);
+                Ok(Step::Done)
+            }
+            Inbound::Subscribe { pkid, filters } => {
+                self.subscribe(pkid, filters, out)?;
+                Ok(Step::Done)
+            }
+            Inbound::Unsubscribe { pkid, filters } => {
+                self.unsubscribe(pkid, &filters, out);
+                Ok(Step::Done)
+            }
+            Inbound::PingReq => {
+                self.enc.pingresp(out);
+                Ok(Step::Done)
+            }
+            Inbound::Disconnect => Err(End::Closed),
+            Inbound::Unexpected => Err(Refusal::ProtocolError.into()),
+        }
+    }
+
+    fn publish(
+        &mut self,
+        now: Instant,
+        retain: bool,
+        p: Publish,
+        out: &mut BytesMut,
+    ) -> Result<Step, End> {
+        if p.qos > 1 {
+            return Err(Refusal::QosNotSupported.into());
+        }
+        // MQTT 5 was told no retained messages exist here; 3.1.1 cannot be told, and the
+        // flag is ignored (nothing is retained).
+        if retain && self.hello.version == Version::V5 {
+            return Err(Refusal::RetainNotSupported.into());
+        }
+        let permitted = match self.vehicle_for(&p.topic, out)? {
+            Some(vin) => may_publish(&vin, &p.topic),
+            // A topic that names no vehicle: the pipeline rejects it, counted.
+            None => true,
+        };
+        if !permitted {
+            self.refused_in_place(
+                Refusal::PublishNotPermitted,
+                "publish outside the vehicle's own topics refused",
+            );
+            return match (self.hello.version, p.qos) {
+                (Version::V5, 1) => {
+                    self.pending.push_back(Waiting {
+                        pkid: p.pkid,
+                        outcome: Some(AckOutcome::NotAuthorized),
+                    });
+                    self.next_seq += 1;
+                    self.acknowledge_ready(out).map(|()| Step::Done)
+                }
+                (Version::V5, _) => Ok(Step::Done),
+                (Version::V4, _) => Err(End::Closed),
+            };
+        }
+        if p.qos == 1
+            && self.pending.len() >= usize::from(self.ctx.cfg.max_inflight)
+            && self.hello.version == Version::V5
+        {
+            return Err(Refusal::ReceiveMaximumExceeded.into());
+        }
+        let step = self.admit(now, p);
+        if let Step::Throttled { .. } = step {
+            self.ctx.stats.throttled();
+        }
+        Ok(step)
+    }
+
+    /// A throttled publish again, at `now`: it goes to the outbox if the rate allows it now.
+    /// A publish that waited is charged like any other, or every throttled one would pass
+    /// free.
+    pub(crate) fn throttled(&mut self, now: Instant, publish: Publish) -> Step {
+        // The wait was the edge's doing: the client's silence counts from its end.
+        self.last_heard = now;
+        self.admit(now, publish)
+    }
+
+    fn admit(&mut self, now: Instant, publish: Publish) -> Step {
+        let clock = self.limiter.clock();
+        clock.set(now);
+        if let Err(not_until) = self.limiter.check() {
+            let until = clock.born + not_until.earliest_possible();
+            return Step::Throttled { publish, until };
+        }
+        let Publish {
+            qos,
+            pkid,
+            topic,
+            payload,
+        } = publish;
+        let ack = (qos == 1).then(|| {
+            let ack = Ack::on_connection(self.signal.clone(), self.next_seq);
+            self.pending.push_back(Waiting {
+                pkid,
+                outcome: None,
+            });
+            self.next_seq += 1;
+            ack
+        });
+        self.ctx.stats.count_received(qos);
+        self.outbox.push_back(Incoming {
+            topic,
+            payload,
+            ack,
+        });
+        Step::Done
+    }
+
+    /// The oldest publish not yet handed to the pipeline.
+    pub(crate) fn next_publish(&mut self) -> Option<Incoming> {
+        self.outbox.pop_front()
+    }
+
+    /// Puts back a publish [`Machine::next_publish`] gave out that the pipeline had no room
+    /// for: it stays first.
+    pub(crate) fn hold(&mut self, m: Incoming) {
+        self.outbox.push_front(m);
+    }
+
+    pub(crate) fn has_outbox(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Whether the driver should read. An MQTT 5 client was told the receive maximum and
+    /// is closed if it exceeds it, so reading goes on (PINGREQs are answered while its window
+    /// is full). A 3.1.1 client was told nothing: past the limit it is simply not read.
+    /// Publishes the pipeline has no room for wait in the outbox; past a window's worth the
+    /// connection is not read (back-pressure). A client within its window (at most
+    /// `max_inflight` unacknowledged) is always read, so its keep-alives are answered.
+    pub(crate) fn may_read(&self) -> bool {
+        let max = usize::from(self.ctx.cfg.max_inflight);
+        self.outbox.len() <= max && (self.hello.version == Version::V5 || self.pending.len() <= max)
+    }
+
+    /// Counts the client's silence from `now`: the connection starts serving, or the edge
+    /// does not read it (silence the edge imposes is not the client's). Returns when the
+    /// keep-alive runs out if nothing more is heard.
+    pub(crate) fn keep_alive_from(&mut self, now: Instant) -> Instant {
+        self.last_heard = now;
+        now + self.keep_alive
+    }
+
+    /// The keep-alive timer fired at `now`: the client is gone, or the time to look again.
+    pub(crate) fn silence(&self, now: Instant) -> Result<Instant, End> {
+        let due = self.last_heard + self.keep_alive;
+        match now >= due {
+            true => Err(Refusal::KeepAliveTimeout.into()),
+            false => Ok(due),
+        }
+    }
+
+    /// Acts on what the signal carries: a close order, queued requests, completed publishes.
+    pub(crate) fn signalled(&mut self, out: &mut BytesMut) -> Result<(), End> {
+        if let Some(why) = self.signal.close_order() {
+            return Err(why.into());
+        }
+        if self.signal.take_deliver() {
+            self.deliver(out);
+        }
+        self.signal.take_done(&mut self.done);
+        let front = self.next_seq - self.pending.len() as u64;
+        for &(seq, outcome) in &self.done {
+            // An outcome for a publish before the oldest waiting one cannot come (each is
+            // completed once); the check keeps a bug from acknowledging the wrong packet.
+            if let Some(w) = seq
+                .checked_sub(front)
+                .and_then(|i| self.pending.get_mut(usize::try_from(i).ok()?))
+            {
+                w.outcome = Some(outcome);
+            }
+        }
+        self.acknowledge_ready(out)
+    }
+
+    /// PUBACKs for the oldest publishes whose outcome is known, in arrival order.
+    fn acknowledge_ready(&mut self, out: &mut BytesMut) -> Result<(), End> {
+        while let Some(Waiting {
+            pkid,
+            outcome: Some(outcome),
+        }) = self.pending.front().copied()
+        {
+            self.pending.pop_front();
+            match (self.hello.version, outcome) {
+                (_, AckOutcome::Accepted) | (Version::V5, _) => self.enc.puback(out, pkid, outcome),
+                // MQTT 3.1.1 has no negative PUBACK: closing makes the vehicle send it again.
+                (Version::V4, AckOutcome::NotAuthorized) => {
+                    return Err(Refusal::PublishNotPermitted.into());
+                }
+                (Version::V4, AckOutcome::Failed) => return Err(End::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a refusal that leaves the connection open. Only a connection's first is logged
+    /// at WARN: a vehicle repeating it as fast as it can must not fill the log, and the
+    /// counter has every one.
+    fn refused_in_place(&mut self, why: Refusal, what: &'static str) {
+        self.ctx.refused(why);
+        if std::mem::replace(&mut self.warned, true) {
+            tracing::debug!(reason = why.as_str(), "{what}");
+        } else {
+            tracing::warn!(
+                reason = why.as_str(),
+                "{what} (more refusals of this connection are logged at debug level)"
+            );
+        }
+    }
+
+    /// The connection ends: a refusal is counted and, for MQTT 5, said in a DISCONNECT.
+    pub(crate) fn close(&self, end: &End, out: &mut BytesMut) {
+        if let End::Refused(why) = *end {
+            self.ctx.refused(why);
+            self.enc.disconnect(out, why);
+        }
+    }
+
+    /// The connection has ended: orders to it go nowhere, and the vehicle's session stays
+    /// until it expires (or goes, if it was clean).
+    pub(crate) fn finish(self) {
+        self.signal.end();
+        if let Some(vin) = self.vin {
+            self.ctx.registry.release(&vin, self.conn_id);
+        }
+    }
+}
+
+mod requests;
+#[cfg(test)]
+mod tests;
