@@ -16,10 +16,10 @@
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 use telegate_frame::Vin;
+use telegate_frame::pb;
 use telegate_gateway::state::StateStore;
 use telegate_gateway::{Gateway, PackSource};
 use telegate_kafka::KafkaConfig;
-use telegate_frame::pb;
 use telegate_policy::Keyring;
 use telegate_tests::*;
 
@@ -62,7 +62,7 @@ async fn reading_the_consent_state_before_ready() {
             let vin = Vin::parse(&unique_vin()).expect("VIN");
             store
                 .update(vin, |r| {
-                    r.record_settings(now_ms() - 60_000, &location_off);
+                    r.record_settings(now_ms() - 60_000, location_off);
                     r.consents
                         .entry("component-status".into())
                         .or_default()
@@ -75,8 +75,8 @@ async fn reading_the_consent_state_before_ready() {
     let written = started.elapsed();
     gw.shutdown().await;
 
-    let keys = Keyring::from_toml(&std::fs::read_to_string(&key_file).expect("key file"))
-        .expect("keys");
+    let keys =
+        Keyring::from_toml(&std::fs::read_to_string(&key_file).expect("key file")).expect("keys");
     let cfg = KafkaConfig {
         bootstrap: kafka(),
         ..Default::default()

@@ -323,7 +323,11 @@ fn concurrent_ensure_issued_ends_with_one_consistent_identity() {
         .collect();
     assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
     let serials = fs::read_to_string(&files[0].serials).expect("serials");
-    assert_eq!(serials.lines().count(), 1, "one certificate issued: {serials}");
+    assert_eq!(
+        serials.lines().count(),
+        1,
+        "one certificate issued: {serials}"
+    );
 }
 
 /// A gateway-side configuration as the gateway would build it from the fleet directory.
