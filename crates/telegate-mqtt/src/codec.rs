@@ -504,11 +504,13 @@ impl Encoder {
 
     /// The server's DISCONNECT, MQTT 5 only: a 3.1.1 server just closes the connection.
     pub(crate) fn disconnect(self, buf: &mut BytesMut, why: Refusal) {
+        // Written here: rumqttc 0.25 announces a remaining length of 1 for a reason code
+        // without properties and then writes a property length too, a byte that a client reads
+        // as the start of another packet. The reason code with an explicit empty property
+        // length is what every reader takes (rumqttc's own refuses the reason code alone,
+        // which MQTT 5 allows).
         if self.0 == Version::V5 {
-            Self::put5(
-                buf,
-                v5::Packet::Disconnect(v5::Disconnect::new(why.disconnect_code())),
-            );
+            buf.extend_from_slice(&[0xE0, 0x02, why.disconnect_code() as u8, 0x00]);
         }
     }
 }
@@ -669,6 +671,21 @@ mod tests {
             read_connect(&mut connect, 1024).expect_err("refused"),
             ReadError::Refused(Refusal::MalformedPacket)
         );
+    }
+
+    #[test]
+    fn the_servers_v5_disconnect_is_one_whole_packet() {
+        let mut buf = BytesMut::new();
+        Encoder(Version::V5).disconnect(&mut buf, Refusal::KeepAliveTimeout);
+        match v5::Packet::read(&mut buf, None) {
+            Ok(v5::Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, v5::DisconnectReasonCode::KeepAliveTimeout)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.is_empty(), "a stray byte after the DISCONNECT: {buf:?}");
+        Encoder(Version::V4).disconnect(&mut buf, Refusal::KeepAliveTimeout);
+        assert!(buf.is_empty(), "MQTT 3.1.1 has no server DISCONNECT");
     }
 
     #[test]

@@ -794,10 +794,8 @@ fn a_close_order_ends_the_connection_and_mqtt_5_is_told_why() {
     let end = c.signalled().expect_err("ordered closed");
     assert_eq!(end, End::Refused(Refusal::VehicleBlocked));
     c.m.close(&end, &mut c.out);
-    // DISCONNECT, administrative action (0x98). rumqttc 0.25 declares a remaining length of
-    // 1 and then writes an empty property length after it: the stray byte is the wire's
-    // today, asserted so that a fix shows here.
-    assert_eq!(&c.out[..], [0xE0, 1, 0x98, 0]);
+    // DISCONNECT, administrative action (0x98), no properties, and nothing after it.
+    assert_eq!(&c.out[..], [0xE0, 2, 0x98, 0]);
     c.out.clear();
     assert_eq!(e.refused(Refusal::VehicleBlocked), 1);
     let signal = c.m.signal().clone();
