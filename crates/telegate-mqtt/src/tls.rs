@@ -116,25 +116,29 @@ impl Tls {
         ))
     }
 
-    /// The configuration new handshakes use.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .acceptor
-            .clone()
+    /// The configuration new handshakes use, and its generation (see [`Tls::check`]).
+    pub(crate) fn acceptor(&self) -> (TlsAcceptor, u64) {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        (current.acceptor.clone(), current.generation)
     }
 
     /// Checks a client's certificate chain (end entity first) as a full handshake would
     /// now, against the CRL in force now: for every CONNECT, resumed sessions included.
-    /// Without a client CA there is nothing to check.
-    pub(crate) fn check(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
-        let verifier = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .verifier
-            .clone();
+    /// `verified` is the generation of the configuration whose full handshake verified the
+    /// chain, if one did: under that same configuration, moments ago, the check would only
+    /// repeat itself. Without a client CA there is nothing to check.
+    pub(crate) fn check(
+        &self,
+        chain: &[CertificateDer<'_>],
+        verified: Option<u64>,
+    ) -> Result<(), rustls::Error> {
+        let verifier = {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if verified == Some(current.generation) {
+                return Ok(());
+            }
+            current.verifier.clone()
+        };
         match verifier {
             Some(v) => v.check(chain, UnixTime::now()),
             None => Ok(()),
@@ -154,8 +158,11 @@ impl Tls {
                 return Ok(None);
             }
         }
-        let (current, revoked) = build(&self.files)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = current;
+        let (mut current, revoked) = build(&self.files)?;
+        let mut in_force = self.current.write().unwrap_or_else(|p| p.into_inner());
+        current.generation = in_force.generation + 1;
+        *in_force = current;
+        drop(in_force);
         *self.crl_seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
         Ok(Some(revoked))
     }
@@ -185,6 +192,9 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 struct Current {
     acceptor: TlsAcceptor,
     verifier: Option<Arc<FleetVerifier>>,
+    /// Counts the reloads: a handshake made under this configuration was checked against
+    /// this CRL.
+    generation: u64,
 }
 
 /// Builds a configuration from the files. Its session tickets (stateless: a reconnecting
@@ -244,6 +254,7 @@ fn build(files: &TlsFiles) -> Result<(Current, Revoked), TlsError> {
         Current {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             verifier: fleet,
+            generation: 0,
         },
         revoked,
     ))
@@ -272,6 +283,9 @@ pub(crate) struct Identity {
     pub serial: Vec<u8>,
     /// The end of its validity period (Unix seconds), for expiry while connected.
     pub not_after: i64,
+    /// The generation of the TLS configuration whose full handshake verified it ([`Tls::check`]);
+    /// `None` when TLS resumed a session, which verifies nothing.
+    pub verified: Option<u64>,
 }
 
 /// The VIN, serial number and expiry of a vehicle certificate.
@@ -287,5 +301,6 @@ pub(crate) fn identity(der: &[u8]) -> Option<Identity> {
         vin,
         serial: cert.raw_serial().to_vec(),
         not_after: cert.validity().not_after.timestamp(),
+        verified: None,
     })
 }

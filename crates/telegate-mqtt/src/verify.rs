@@ -7,7 +7,7 @@
 //! at that moment: a TLS session resumed from a ticket skips the first ask, never the second.
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls::pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ pub(crate) struct FleetVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     anchors: Vec<TrustAnchor<'static>>,
     limited: Vec<Limited>,
+    algorithms: &'static [&'static dyn SignatureVerificationAlgorithm],
 }
 
 impl FleetVerifier {
@@ -53,6 +54,9 @@ impl FleetVerifier {
             inner,
             anchors,
             limited,
+            algorithms: rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .all,
         })
     }
 
@@ -82,9 +86,6 @@ impl FleetVerifier {
         }
         let cert = EndEntityCert::try_from(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let algorithms = rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .all;
         let within = |path: &webpki::VerifiedPath<'_>| {
             let used = path.intermediate_certificates().count();
             let anchor = path.anchor();
@@ -99,7 +100,7 @@ impl FleetVerifier {
             }
         };
         cert.verify_for_usage(
-            algorithms,
+            self.algorithms,
             &self.anchors,
             intermediates,
             now,

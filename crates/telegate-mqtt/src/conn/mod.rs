@@ -148,10 +148,13 @@ fn certificate_refusal(e: &rustls::Error) -> Refusal {
     }
 }
 
-/// The presented certificate against the CRL in force and the clock now.
-fn check_certificate(ctx: &Shared, io: &impl Wire) -> Result<(), Refusal> {
+/// The presented certificate against the CRL in force and the clock now (unless a full
+/// handshake under the configuration in force just checked it: `verified`).
+fn check_certificate(ctx: &Shared, io: &impl Wire, verified: Option<u64>) -> Result<(), Refusal> {
     match (&ctx.tls, io.peer_chain()) {
-        (Some(tls), Some(chain)) => tls.check(chain).map_err(|e| certificate_refusal(&e)),
+        (Some(tls), Some(chain)) => tls
+            .check(chain, verified)
+            .map_err(|e| certificate_refusal(&e)),
         _ => Ok(()),
     }
 }
@@ -162,7 +165,7 @@ async fn handshake(
     ctx: &Shared,
     deadline: Instant,
 ) -> Option<(Box<TlsStream<TcpStream>>, Peer)> {
-    let acceptor = ctx.tls.as_ref()?.acceptor();
+    let (acceptor, generation) = ctx.tls.as_ref()?.acceptor();
     match timeout_at(deadline, acceptor.accept(tcp)).await {
         Err(_) => {
             ctx.refused(Refusal::HandshakeTimeout);
@@ -178,15 +181,15 @@ async fn handshake(
             None
         }
         Ok(Ok(stream)) => {
-            let peer = match stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-            {
+            let tls = stream.get_ref().1;
+            let full = !matches!(tls.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            let peer = match tls.peer_certificates().and_then(|c| c.first()) {
                 None => Peer::Anonymous,
                 Some(der) => match crate::tls::identity(der) {
-                    Some(id) => Peer::Vehicle(id),
+                    Some(id) => Peer::Vehicle(crate::tls::Identity {
+                        verified: full.then_some(generation),
+                        ..id
+                    }),
                     None => Peer::NoVin,
                 },
             };

@@ -223,6 +223,7 @@ fn certified(v: &str) -> Peer {
         vin: vin(v),
         serial: vec![1],
         not_after: i64::MAX,
+        verified: None,
     })
 }
 
