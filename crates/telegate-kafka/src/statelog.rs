@@ -99,13 +99,7 @@ impl LogWriter {
             let metadata = producer
                 .client()
                 .fetch_metadata(Some(&name), Duration::from_secs(5))?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == name && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            Ok::<_, KafkaError>(partitions)
+            Ok::<_, KafkaError>(partitions_in(&metadata, &name))
         })
         .await
         .map_err(|_| SinkError::Closed)?;
@@ -362,24 +356,27 @@ fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let found = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-            .filter(|p| !p.is_empty());
-        match found {
-            Some(partitions) => return Ok(partitions),
-            None if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            None => {
-                return Err(KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::UnknownTopicOrPartition,
-                ));
-            }
+        let partitions = partitions_in(&metadata, topic);
+        if !partitions.is_empty() {
+            return Ok(partitions);
         }
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The partitions `metadata` lists for `topic`; none while the topic is unknown or in error.
+fn partitions_in(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
 }
 
 fn rand_id() -> u64 {
