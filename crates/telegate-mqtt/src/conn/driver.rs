@@ -50,16 +50,15 @@ pub(super) async fn run<S: Wire>(
         read = timeout_at(deadline, read_hello(&mut io, &mut rbuf, max, &ctx, &mut charged)) => read,
     };
     let hello = match read {
-        Err(_) => Err(Refusal::HandshakeTimeout),
-        Ok(Err(End::Closed)) => return ctx.buffers.release(&mut charged),
-        Ok(Err(End::Refused(r))) => Err(r),
-        Ok(Ok(hello)) => Ok(hello),
-    };
-    let hello = match hello {
-        Ok(hello) => hello,
-        Err(why) => {
+        Ok(Ok(hello)) => hello,
+        failed => {
             ctx.buffers.release(&mut charged);
-            return ctx.refused(why);
+            match failed {
+                Err(_) => ctx.refused(Refusal::HandshakeTimeout),
+                Ok(Err(End::Refused(why))) => ctx.refused(why),
+                _ => {}
+            }
+            return;
         }
     };
     if rbuf.is_empty() {
@@ -68,7 +67,7 @@ pub(super) async fn run<S: Wire>(
     // The machine decides whether the certificate matters (after the version); the check
     // needs the stream, so it is made here.
     let certificate = match peer {
-        Peer::Vehicle(_) => check_certificate(&ctx, &io),
+        Peer::Vehicle(ref id) => check_certificate(&ctx, &io, id.verified),
         Peer::Anonymous | Peer::NoVin => Ok(()),
     };
     let signal = new.signal;
