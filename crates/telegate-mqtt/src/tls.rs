@@ -3,8 +3,8 @@
 //! for new handshakes and returns the revoked serials so that live connections can be closed.
 //!
 //! Vehicles may resume TLS sessions (a reconnecting fleet then costs no full handshakes), but
-//! a resumed session proves nothing about today's CRL: every CONNECT checks the certificate
-//! again ([`Tls::check`]), and a reload issues tickets under a new key and starts a new
+//! a resumed session proves nothing about today's CRL: its CONNECT checks the certificate
+//! again, as does one whose CRL was reloaded since its handshake ([`Tls::check`]), and a reload issues tickets under a new key and starts a new
 //! session cache, so that no ticket outlives the CRL it was issued under.
 
 use crate::verify::FleetVerifier;

@@ -3,8 +3,9 @@
 //! the fleet CA itself (WebPKI takes a trust anchor as a name and a key, so a CA certificate
 //! with `pathlen:0` that signed a sub-CA would see that sub-CA's certificates accepted).
 //!
-//! The edge asks it at every handshake and again at every CONNECT, against the CRL in force
-//! at that moment: a TLS session resumed from a ticket skips the first ask, never the second.
+//! The edge asks it at every full handshake, and again at CONNECT (against the CRL in force
+//! then) unless that handshake was made under the configuration still in force: a TLS session
+//! resumed from a ticket skips the first ask, never the second.
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
