@@ -332,11 +332,7 @@ pub fn assign_all<C: rdkafka::consumer::ConsumerContext>(
             let offset = match start {
                 Start::Beginning => Offset::Beginning,
                 // Resolved now, so nothing written after this call is skipped.
-                Start::End => Offset::Offset(
-                    consumer
-                        .fetch_watermarks(topic, p, Duration::from_secs(10))?
-                        .1,
-                ),
+                Start::End => Offset::Offset(end_of(consumer, topic, p)?),
             };
             assignment.add_partition_offset(topic, p, offset)?;
             assigned.push(((*topic).to_owned(), p));
@@ -367,6 +363,38 @@ fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Where partition `p` of `topic` ends now. A partition created a moment ago may have no
+/// leader yet (`NotLeaderForPartition`, `LeaderNotAvailable`): asks again for up to 10 s.
+fn end_of<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    p: i32,
+) -> Result<i64, KafkaError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok((_, high)) => return Ok(high),
+            Err(e) if leader_not_there_yet(&e) && std::time::Instant::now() < deadline => {
+                tracing::debug!(%topic, partition = p, error = %e, "no leader yet; asking again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An error a partition shows while its leader is being elected or moves.
+fn leader_not_there_yet(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
 }
 
 /// The partitions `metadata` lists for `topic`; none while the topic is unknown or in error.
