@@ -87,9 +87,17 @@ fn read_error_v5(e: m5::Error) -> ReadError {
 }
 
 /// The length of the whole packet at the front of `buf`, once it is there and within `max`.
-/// The fixed header is the same in both versions.
+/// The fixed header is the same in both versions. `max` bounds the whole packet, fixed header
+/// included, as MQTT 5 defines Maximum Packet Size (§3.1.2.11.4); the library's check bounds
+/// the remaining length, so it is given `max` less the header's own bytes once they are known.
 fn framed(buf: &BytesMut, max: usize) -> Result<usize, ReadError> {
-    m4::check(buf.iter(), max)
+    let header = buf
+        .iter()
+        .skip(1)
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map_or(0, |i| i + 2);
+    m4::check(buf.iter(), max.saturating_sub(header))
         .map(|header| header.frame_length())
         .map_err(read_error_v4)
 }
@@ -603,6 +611,36 @@ mod tests {
             read_connect(&mut level6, 1024).expect_err("refused"),
             ReadError::Refused(Refusal::ProtocolVersion)
         );
+    }
+
+    /// Maximum Packet Size is the whole packet: a PUBLISH whose remaining length is the
+    /// limit is two header bytes over it (found by a client that sent 262,148 bytes).
+    #[test]
+    fn the_packet_limit_counts_the_fixed_header() {
+        // PUBLISH QoS 0, topic "t", remaining length 126: 128 bytes in all.
+        let publish = |remaining: u8| {
+            let mut p = vec![0x30, remaining, 0x00, 0x01, b't'];
+            p.resize(2 + usize::from(remaining), b'x');
+            // MQTT 5: no properties (a payload byte for 3.1.1).
+            p[5] = 0;
+            BytesMut::from(&p[..])
+        };
+        for version in [Version::V4, Version::V5] {
+            let mut fits = publish(126);
+            assert!(read(version, &mut fits, 128).is_ok(), "{version:?}");
+            let mut over = publish(127);
+            assert_eq!(
+                read(version, &mut over, 128).expect_err("refused"),
+                ReadError::Refused(Refusal::PacketTooLarge),
+                "{version:?}"
+            );
+            // Refused from its header on, before the rest arrives.
+            let mut head = BytesMut::from(&publish(127)[..2]);
+            assert_eq!(
+                read(version, &mut head, 128).expect_err("refused"),
+                ReadError::Refused(Refusal::PacketTooLarge)
+            );
+        }
     }
 
     /// Found by the mqtt_codec fuzz target: an MQTT 5 CONNECT whose property length runs
