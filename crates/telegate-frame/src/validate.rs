@@ -70,10 +70,14 @@ pub enum RejectReason {
     CapturedInFuture,
     CapturedTooOld,
     ValueOutOfRange,
+    /// Refused at the MQTT edge: a topic the sending vehicle may not publish to (another
+    /// vehicle's). Never decided by validation; the edge hands such a publish on only to
+    /// have its rejection written.
+    TopicNotPermitted,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::TopicMalformed,
         RejectReason::KindUnknown,
         RejectReason::PayloadTooLarge,
@@ -88,6 +92,7 @@ impl RejectReason {
         RejectReason::CapturedInFuture,
         RejectReason::CapturedTooOld,
         RejectReason::ValueOutOfRange,
+        RejectReason::TopicNotPermitted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +111,7 @@ impl RejectReason {
             RejectReason::CapturedInFuture => "captured-in-future",
             RejectReason::CapturedTooOld => "captured-too-old",
             RejectReason::ValueOutOfRange => "value-out-of-range",
+            RejectReason::TopicNotPermitted => "topic-not-permitted",
         }
     }
 

@@ -13,6 +13,7 @@ pub mod http;
 pub mod ledger;
 pub mod pipeline;
 pub mod requests;
+mod resends;
 mod roll;
 pub mod state;
 

@@ -3,6 +3,7 @@
 //! registered once, so the hot path never allocates a label.
 
 use crate::ledger::{Action, Change, Channel, Ledger};
+use crate::resends::{Claim, Resends};
 use crate::state::{StateStore, fresh_secret};
 use dashmap::DashSet;
 use metrics::Counter;
@@ -10,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
-use telegate_frame::{Frame, FrameKind, RejectReason, ValidationConfig, Vin, validate};
+use telegate_frame::{Frame, FrameKind, RejectReason, Rejection, ValidationConfig, Vin, validate};
 use telegate_kafka::{KafkaSink, Receipt};
-use telegate_mqtt::{AckOutcome, Incoming};
+use telegate_mqtt::{Ack, AckOutcome, Denied, Incoming};
 use telegate_policy::{
     Admission, DropReason, Keyring, OutRecord, Outcome, Pack, StateKey, Verdict, admit, offline,
     recorded_settings, rejected_record,
@@ -35,7 +36,13 @@ pub struct Pipeline {
     /// resend repeats settings already recorded here, and is written again instead of being
     /// taken as a repeat. At most one entry per vehicle.
     unconfirmed: Arc<DashSet<StateKey>>,
+    /// QoS 1 frames of each vehicle that Kafka holds or is being given, by seq: a frame sent
+    /// again is acknowledged, not written twice.
+    resends: Arc<Resends>,
 }
+
+/// How long a vehicle's recent frames are remembered after its last one.
+const RESENDS_IDLE: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 struct Counters {
@@ -58,6 +65,9 @@ struct Counters {
     settings_repeated: Counter,
     /// Per-service toggles not kept because the pack does not name them.
     toggles_ignored: Counter,
+    /// QoS 1 frames sent again whose first copy Kafka held or was being given: acknowledged
+    /// with it, not written again.
+    copies: Counter,
 }
 
 impl Counters {
@@ -110,6 +120,7 @@ impl Counters {
             settings_changed: metrics::counter!("telegate_settings_frames_total", "result" => "changed"),
             settings_repeated: metrics::counter!("telegate_settings_frames_total", "result" => "repeated"),
             toggles_ignored: metrics::counter!("telegate_settings_toggles_ignored_total"),
+            copies: metrics::counter!("telegate_frames_resent_total"),
         }
     }
 }
@@ -134,6 +145,7 @@ impl Pipeline {
             sink,
             counters,
             unconfirmed: Arc::default(),
+            resends: Arc::new(Resends::new(RESENDS_IDLE)),
         }
     }
 
@@ -145,6 +157,8 @@ impl Pipeline {
         mut stop: watch::Receiver<bool>,
         flush_timeout: Duration,
     ) {
+        let mut sweep = tokio::time::interval(RESENDS_IDLE / 4);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -153,6 +167,7 @@ impl Pipeline {
                     Some(m) => self.process(m).await,
                     None => break,
                 },
+                _ = sweep.tick() => self.resends.sweep(now_ms()),
             }
         }
         rx.close();
@@ -166,78 +181,97 @@ impl Pipeline {
     /// Kafka has acknowledged every record it produced (its rejection record included) and
     /// the state change it caused is in `telegate.consent-state`; at once when nothing is to
     /// be written. Anything that failed on the way makes it a failure.
+    ///
+    /// A QoS 1 frame sent again (same vehicle and seq) whose first copy Kafka holds or is
+    /// being given is acknowledged with it and not written again. A publish the edge refused
+    /// ([`Incoming::denied`]) becomes its rejection record only.
     pub async fn process(&self, m: Incoming) {
         let Incoming {
             topic,
             payload,
             ack,
+            denied,
         } = m;
-        let receipt = ack.map(|ack| {
-            Receipt::new(move |ok| {
-                ack.complete(match ok {
-                    true => AckOutcome::Accepted,
-                    false => AckOutcome::Failed,
-                })
-            })
-        });
-        if !self.handle(&topic, &payload, receipt.as_ref()).await
-            && let Some(r) = &receipt
-        {
-            r.fail();
+        let now = now_ms();
+        if let Some(denied) = denied {
+            let rejection = refused_at_the_edge(denied);
+            let receipt = ack.map(receipt);
+            return finish(
+                self.reject(&rejection, payload.len(), now, receipt.as_ref())
+                    .await,
+                receipt,
+            );
+        }
+        // A topic that is not UTF-8 cannot be a vehicle topic; it fails as malformed.
+        let topic = std::str::from_utf8(&topic).unwrap_or_default();
+        match validate(topic, &payload, now, &self.validation) {
+            Ok(frame) => {
+                let receipt = match ack {
+                    None => None,
+                    Some(ack) => match self.resends.claim(*frame.vin(), frame.seq(), ack, now) {
+                        Claim::New(receipt) => Some(receipt),
+                        Claim::Copy => return self.counters.copies.increment(1),
+                    },
+                };
+                finish(self.accept(&frame, now, receipt.as_ref()).await, receipt);
+            }
+            Err(rej) => {
+                let receipt = ack.map(receipt);
+                finish(
+                    self.reject(&rej, payload.len(), now, receipt.as_ref())
+                        .await,
+                    receipt,
+                );
+            }
         }
     }
 
-    /// Validates, decides and hands the records to Kafka, each with the frame's receipt;
-    /// false if something could not be handed over.
-    async fn handle(&self, topic: &[u8], payload: &[u8], receipt: Option<&Receipt>) -> bool {
-        let now = now_ms();
-        // A topic that is not UTF-8 cannot be a vehicle topic; it fails as malformed.
-        let topic = std::str::from_utf8(topic).unwrap_or_default();
-        match validate(topic, payload, now, &self.validation) {
-            Ok(frame) => {
-                let admission = self.admit(&frame, now);
-                // A repeat of settings already in force changes nothing, unless the change
-                // it repeats was never confirmed written.
-                let settings = match frame.body() {
-                    Body::Privacy(_) if admission.changes.settings => true,
-                    Body::Privacy(_) => self
-                        .unconfirmed
-                        .remove(&self.state.key_of(frame.vin()))
-                        .is_some(),
-                    _ => false,
-                };
-                if admission.changes.any() || settings {
-                    self.persist_state(*frame.vin(), receipt.cloned());
-                }
-                let mut handed = true;
-                for rec in &admission.records {
-                    handed &= self.send(rec, receipt).await;
-                }
-                if settings {
-                    self.record_settings_change(&frame, receipt.cloned());
-                }
-                handed
-            }
-            Err(rej) => {
-                self.counters.rejected[rej.reason.index()].increment(1);
-                // Offline mode means nothing of the frame is kept, not even its rejection.
-                let vin = rej.subject.as_deref().and_then(|s| Vin::parse(s).ok());
-                let at = rej.captured_at_ms.unwrap_or(now);
-                if vin.is_some_and(|v| self.state.with(&v, |s| offline(at, s).is_some())) {
-                    self.counters.rejected_offline.increment(1);
-                    return true;
-                }
-                let rec = rejected_record(
-                    &self.pack,
-                    &self.label,
-                    &rej,
-                    now,
-                    payload.len(),
-                    &self.keys,
-                );
-                self.send(&rec, receipt).await
-            }
+    /// Decides for a valid frame and hands its records to Kafka, each with the frame's
+    /// receipt; false if something could not be handed over.
+    async fn accept(&self, frame: &Frame, now: i64, receipt: Option<&Receipt>) -> bool {
+        let admission = self.admit(frame, now);
+        // A repeat of settings already in force changes nothing, unless the change
+        // it repeats was never confirmed written.
+        let settings = match frame.body() {
+            Body::Privacy(_) if admission.changes.settings => true,
+            Body::Privacy(_) => self
+                .unconfirmed
+                .remove(&self.state.key_of(frame.vin()))
+                .is_some(),
+            _ => false,
+        };
+        if admission.changes.any() || settings {
+            self.persist_state(*frame.vin(), receipt.cloned());
         }
+        let mut handed = true;
+        for rec in &admission.records {
+            handed &= self.send(rec, receipt).await;
+        }
+        if settings {
+            self.record_settings_change(frame, receipt.cloned());
+        }
+        handed
+    }
+
+    /// Counts a refused frame and hands its rejection record to Kafka with the frame's
+    /// receipt; false if it could not be handed over.
+    async fn reject(
+        &self,
+        rej: &Rejection,
+        payload_bytes: usize,
+        now: i64,
+        receipt: Option<&Receipt>,
+    ) -> bool {
+        self.counters.rejected[rej.reason.index()].increment(1);
+        // Offline mode means nothing of the frame is kept, not even its rejection.
+        let vin = rej.subject.as_deref().and_then(|s| Vin::parse(s).ok());
+        let at = rej.captured_at_ms.unwrap_or(now);
+        if vin.is_some_and(|v| self.state.with(&v, |s| offline(at, s).is_some())) {
+            self.counters.rejected_offline.increment(1);
+            return true;
+        }
+        let rec = rejected_record(&self.pack, &self.label, rej, now, payload_bytes, &self.keys);
+        self.send(&rec, receipt).await
     }
 
     /// What policy makes of a valid frame, in one access to the vehicle's state, counted.
@@ -347,5 +381,34 @@ impl Pipeline {
                 false
             }
         }
+    }
+}
+
+/// A receipt that completes `ack`: accepted once every record is written, failed otherwise.
+fn receipt(ack: Ack) -> Receipt {
+    Receipt::new(move |ok| {
+        ack.complete(match ok {
+            true => AckOutcome::Accepted,
+            false => AckOutcome::Failed,
+        })
+    })
+}
+
+/// A frame whose records could not all be handed over fails its receipt.
+fn finish(handed: bool, receipt: Option<Receipt>) {
+    if !handed && let Some(r) = &receipt {
+        r.fail();
+    }
+}
+
+/// The rejection of a publish the edge refused: who sent it is kept only as the keyed hash
+/// every rejection carries; the topic and payload are not kept.
+fn refused_at_the_edge(denied: Denied) -> Rejection {
+    Rejection {
+        reason: RejectReason::TopicNotPermitted,
+        detail: "topic",
+        kind: None,
+        captured_at_ms: None,
+        subject: denied.by.map(|v| v.expose().to_owned()),
     }
 }

@@ -539,7 +539,6 @@ impl Refusal {
             Refusal::KeepAliveTimeout => D::KeepAliveTimeout,
             Refusal::SessionTakenOver => D::SessionTakenOver,
             Refusal::ShuttingDown => D::ServerShuttingDown,
-            Refusal::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded,
             _ => D::ProtocolError,
         }
     }

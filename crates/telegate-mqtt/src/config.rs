@@ -60,6 +60,13 @@ pub struct EdgeConfig {
     /// QoS 1 publishes per connection that may await their PUBACK (MQTT 5 receive maximum);
     /// past it the edge stops reading from that connection.
     pub max_inflight: u16,
+    /// What the edge does with a publish to a topic the vehicle may not use (another
+    /// vehicle's, or none of its own): `acknowledge` (the default) writes a counted
+    /// `topic-not-permitted` rejection and acknowledges it (MQTT 5: PUBACK "not authorized";
+    /// MQTT 3.1.1, which has no negative PUBACK: a plain PUBACK), so that a misconfigured
+    /// vehicle does not resend it on every reconnect; `disconnect` closes the connection
+    /// (MQTT 5 with DISCONNECT "not authorized").
+    pub deny_action: DenyAction,
     /// Publishes per second one connection may send; above it the edge reads more slowly.
     pub publish_rate: u32,
     /// Publishes one connection may send at once above the rate.
@@ -115,6 +122,7 @@ impl Default for EdgeConfig {
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: Duration::from_secs(1200),
             max_inflight: 100,
+            deny_action: DenyAction::Acknowledge,
             publish_rate: 100,
             publish_burst: 1000,
             session_expiry: Duration::from_secs(86_400),
@@ -130,6 +138,16 @@ impl Default for EdgeConfig {
             external_inflight: 1_000,
         }
     }
+}
+
+/// What becomes of a publish the topic rules refuse ([`EdgeConfig::deny_action`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DenyAction {
+    /// Counted, written as a rejection without the payload, and acknowledged.
+    Acknowledge,
+    /// Counted and the connection closed.
+    Disconnect,
 }
 
 /// The TLS listener's default address.

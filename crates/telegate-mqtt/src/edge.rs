@@ -44,14 +44,24 @@ pub struct EdgeStats {
     open: AtomicUsize,
     authenticated: AtomicUsize,
     refused: [AtomicU64; Refusal::ALL.len()],
+    /// When each reason was last logged (milliseconds since `born`, 0 for never), and how
+    /// many of it were counted since without a line.
+    logged_at: [AtomicU64; Refusal::ALL.len()],
+    unlogged: [AtomicU64; Refusal::ALL.len()],
+    born: std::time::Instant,
     m: Metrics,
 }
+
+/// A reason of refusal is logged at most once in this long: a client repeating it as fast as
+/// it can, or an attack, cannot fill the log; the next line says how many came meanwhile.
+const LOG_EVERY_MS: u64 = 10_000;
 
 #[derive(Debug)]
 struct Metrics {
     received: Counter,
     received_qos0: Counter,
     resent: Counter,
+    overran: Counter,
     throttled: Counter,
     accepted: Counter,
     open: Gauge,
@@ -70,6 +80,7 @@ impl EdgeStats {
             received: metrics::counter!("telegate_ingress_received_total"),
             received_qos0: metrics::counter!("telegate_mqtt_received_qos0_total"),
             resent: metrics::counter!("telegate_mqtt_received_dup_total"),
+            overran: metrics::counter!("telegate_mqtt_window_overruns_total"),
             throttled: metrics::counter!("telegate_mqtt_throttled_total"),
             accepted: metrics::counter!("telegate_mqtt_connections_accepted_total"),
             open: metrics::gauge!("telegate_mqtt_connections_open"),
@@ -92,11 +103,15 @@ impl EdgeStats {
         }
         m.received.increment(0);
         m.resent.increment(0);
+        m.overran.increment(0);
         Self {
             received: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             authenticated: AtomicUsize::new(0),
             refused: std::array::from_fn(|_| AtomicU64::new(0)),
+            logged_at: std::array::from_fn(|_| AtomicU64::new(0)),
+            unlogged: std::array::from_fn(|_| AtomicU64::new(0)),
+            born: std::time::Instant::now(),
             m,
         }
     }
@@ -145,6 +160,13 @@ impl EdgeStats {
         self.m.resent.increment(1);
     }
 
+    /// A QoS 1 publish beyond the receive maximum: the client sends more than it was told
+    /// the edge takes unacknowledged (some libraries do). Not read further until PUBACKs
+    /// make room, as for MQTT 3.1.1, which cannot be told.
+    pub(crate) fn overran(&self) {
+        self.m.overran.increment(1);
+    }
+
     pub(crate) fn throttled(&self) {
         self.m.throttled.increment(1);
     }
@@ -159,9 +181,32 @@ impl EdgeStats {
         self.m.requests[i].increment(1);
     }
 
+    /// Counts a refusal and logs it at INFO with its reason, at most one line per reason
+    /// every 10 s (the line says how many more came since the last one).
     fn count_refused(&self, why: Refusal) {
-        self.refused[why.index()].fetch_add(1, Ordering::Relaxed);
-        self.m.refused[why.index()].increment(1);
+        let i = why.index();
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+        self.m.refused[i].increment(1);
+        let now = u64::try_from(self.born.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let last = self.logged_at[i].load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY_MS;
+        if due
+            && self.logged_at[i]
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let more = self.unlogged[i].swap(0, Ordering::Relaxed);
+            tracing::info!(
+                reason = why.as_str(),
+                more_since_last_line = more,
+                "{}",
+                why.what()
+            );
+        } else {
+            self.unlogged[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -248,6 +248,8 @@ async fn read(
                     topic: publish.topic,
                     payload: publish.payload,
                     ack,
+                    // The broker enforces its own topic rules.
+                    denied: None,
                 };
                 // A full pipeline holds this loop: the broker's in-flight window (the receive
                 // maximum) fills and it stops sending.

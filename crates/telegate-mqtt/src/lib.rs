@@ -22,7 +22,7 @@ mod tls;
 mod verify;
 
 pub use codec::AckOutcome;
-pub use config::{DEFAULT_TLS_LISTEN, EdgeConfig, Listener};
+pub use config::{DEFAULT_TLS_LISTEN, DenyAction, EdgeConfig, Listener};
 pub use edge::{Delivery, Edge, EdgeError, EdgeStats, Presence, VehicleGate};
 pub use refusal::Refusal;
 pub use rules::request_topic;
@@ -46,6 +46,16 @@ pub struct Incoming {
     pub payload: Bytes,
     /// Present for QoS 1: the vehicle's PUBACK waits for it.
     pub ack: Option<Ack>,
+    /// The edge refused the publish (a topic the vehicle may not use) and acknowledges it
+    /// under [`DenyAction::Acknowledge`]: the pipeline writes its rejection, nothing else.
+    pub denied: Option<Denied>,
+}
+
+/// Who sent a refused publish: the connection's vehicle, if it has one bound (the topic's
+/// vehicle is someone else, or no one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub by: Option<telegate_frame::Vin>,
 }
 
 /// Completes one QoS 1 publish. Dropping it without [`Ack::complete`] counts as
@@ -57,6 +67,12 @@ impl Ack {
     pub(crate) fn new() -> (Self, oneshot::Receiver<AckOutcome>) {
         let (tx, rx) = oneshot::channel();
         (Self(Some(signal::AckTo::Oneshot(tx))), rx)
+    }
+
+    /// An acknowledgement whose outcome arrives on the channel returned with it: for code
+    /// that drives the pipeline without a connection (tests, tools).
+    pub fn channel() -> (Self, oneshot::Receiver<AckOutcome>) {
+        Self::new()
     }
 
     /// The `seq`-th publish of the connection that `signal` wakes.

@@ -41,8 +41,6 @@ pub enum Refusal {
     QosNotSupported,
     /// MQTT 5 retained publish: the edge retains nothing.
     RetainNotSupported,
-    /// More unacknowledged QoS 1 publishes than the receive maximum allows.
-    ReceiveMaximumExceeded,
     KeepAliveTimeout,
     /// Another connection of the same vehicle took over.
     SessionTakenOver,
@@ -55,7 +53,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 24] = [
+    pub const ALL: [Refusal; 23] = [
         Refusal::Anonymous,
         Refusal::CertificateWithoutVin,
         Refusal::CertificateRevoked,
@@ -74,7 +72,6 @@ impl Refusal {
         Refusal::ProtocolError,
         Refusal::QosNotSupported,
         Refusal::RetainNotSupported,
-        Refusal::ReceiveMaximumExceeded,
         Refusal::KeepAliveTimeout,
         Refusal::SessionTakenOver,
         Refusal::WriteTimeout,
@@ -102,12 +99,40 @@ impl Refusal {
             Refusal::ProtocolError => "protocol-error",
             Refusal::QosNotSupported => "qos-not-supported",
             Refusal::RetainNotSupported => "retain-not-supported",
-            Refusal::ReceiveMaximumExceeded => "receive-maximum-exceeded",
             Refusal::KeepAliveTimeout => "keep-alive-timeout",
             Refusal::SessionTakenOver => "session-taken-over",
             Refusal::WriteTimeout => "write-timeout",
             Refusal::BufferBudget => "buffer-budget",
             Refusal::ShuttingDown => "shutting-down",
+        }
+    }
+
+    /// What was refused, for the log line that reports it.
+    pub(crate) fn what(self) -> &'static str {
+        match self {
+            Refusal::Anonymous
+            | Refusal::CertificateWithoutVin
+            | Refusal::CertificateRevoked
+            | Refusal::CertificateExpired
+            | Refusal::VehicleBlocked
+            | Refusal::ProtocolVersion
+            | Refusal::TooManyConnections => "MQTT connection refused",
+            Refusal::HandshakeFailed
+            | Refusal::HandshakeTimeout
+            | Refusal::TooManyHandshakes
+            | Refusal::TooManyFromSource => "connection closed before it authenticated",
+            Refusal::PublishNotPermitted => "publish outside the vehicle's own topics refused",
+            Refusal::SubscribeNotPermitted => "subscription refused",
+            Refusal::PacketTooLarge
+            | Refusal::MalformedPacket
+            | Refusal::ProtocolError
+            | Refusal::QosNotSupported
+            | Refusal::RetainNotSupported => "MQTT packet refused; connection closed",
+            Refusal::KeepAliveTimeout
+            | Refusal::SessionTakenOver
+            | Refusal::WriteTimeout
+            | Refusal::BufferBudget
+            | Refusal::ShuttingDown => "MQTT connection closed",
         }
     }
 

@@ -151,6 +151,13 @@ async fn every_rejection_reason_through_the_closed_edge() {
                 topic("status"),
                 frame(&v, &seq, at, Some(&status_body(150))),
             ),
+            // Refused by the edge, acknowledged, and written as a rejection (the default
+            // deny action).
+            RejectReason::TopicNotPermitted => (
+                &good,
+                format!("/tenants/{other}/v1/status"),
+                frame(&other, &seq, at, Some(&body)),
+            ),
         };
         let version = if i % 2 == 0 { "mqttv311" } else { "mqttv5" };
         let out = mosquitto_pub(&g, sender, version, &to, &payload);
@@ -179,9 +186,9 @@ async fn every_rejection_reason_through_the_closed_edge() {
     // A VIN that is malformed in the topic, or another vehicle's topic, never reaches
     // validation through the closed edge: the certificate names the vehicle, and a publish
     // outside its own prefix is refused there (`publish-not-permitted`; MQTT 5 gets PUBACK
-    // "not authorized", MQTT 3.1.1 is disconnected). Validation's `vin-malformed` for the
-    // topic and `vin-mismatch` for a topic of another VIN can only come from anonymous
-    // development clients or behind an external broker.
+    // "not authorized", MQTT 3.1.1 a plain PUBACK) and written as `topic-not-permitted`.
+    // Validation's `vin-malformed` for the topic and `vin-mismatch` for a topic of another
+    // VIN can only come from anonymous development clients or behind an external broker.
     let malformed_topic = format!("/tenants/{}Q/v1/status", &v[..16]);
     let other_topic = format!("/tenants/{other}/v1/status");
     for (version, to) in [
@@ -190,35 +197,43 @@ async fn every_rejection_reason_through_the_closed_edge() {
         ("mqttv311", &other_topic),
         ("mqttv5", &other_topic),
     ] {
-        mosquitto_pub(
-            &g,
-            &good,
-            version,
-            to,
-            &frame(&v, "999", Some(now - 1_000), Some(&status_body(40))),
-        );
+        let payload = frame(&v, "999", Some(now - 1_000), Some(&status_body(40)));
+        let out = mosquitto_pub(&g, &good, version, to, &payload);
+        if version == "mqttv311" {
+            assert!(
+                out.status.success(),
+                "a refused 3.1.1 publish is acknowledged: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        sent.push((RejectReason::TopicNotPermitted, payload.len()));
     }
-    assert_eq!(g.refused("publish-not-permitted"), 4.0);
+    assert_eq!(g.refused("publish-not-permitted"), 5.0);
 
     for reason in RejectReason::ALL {
         let counted = g.metric(
             "telegate_frames_rejected_total",
             &format!("reason=\"{}\"", reason.as_str()),
         );
-        assert_eq!(counted, 1.0, "{reason:?} counted {counted} times");
+        let want = match reason {
+            RejectReason::TopicNotPermitted => 5.0,
+            _ => 1.0,
+        };
+        assert_eq!(counted, want, "{reason:?} counted {counted} times");
     }
     assert_eq!(
         g.metric("telegate_frames_valid_total", ""),
         valid_seq as f64,
         "only the valid frames are valid"
     );
-    // The edge let every rejected frame through: validation, not the edge, refused them.
+    // The edge let every other rejected frame through: validation, not the edge, refused
+    // them.
     let refused = g.metric("telegate_mqtt_refused_total", "");
-    assert_eq!(refused, 4.0, "the edge refused something else");
+    assert_eq!(refused, 5.0, "the edge refused something else");
 
     let rejected_topic = format!("{}telegate.rejected", g.ns);
     let want = sent.len() + valid_seq as usize;
-    // Then nothing more: the publishes the edge refused left no record anywhere.
+    // Then nothing more: the publishes the edge refused left only their rejections.
     let got = collect_expecting(&c, want, Duration::from_secs(2), |r| {
         r.topic == rejected_topic || r.key.as_deref() == Some(v.as_bytes())
     })

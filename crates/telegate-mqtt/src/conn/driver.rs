@@ -23,6 +23,10 @@ const WRITE_KEEP: usize = 64;
 /// few dozen bytes; a client that has not authenticated gets no room for more.
 const MAX_CONNECT_BYTES: usize = 16 * 1024;
 
+/// How long a connection the edge closes waits for the pipeline to finish the frames it was
+/// given, so that their PUBACKs go out before the close.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Driver<S> {
     io: S,
     m: Machine,
@@ -30,6 +34,9 @@ struct Driver<S> {
     wbuf: BytesMut,
     /// What the read buffer has charged to the edge's budget for partial packets.
     charged: usize,
+    /// Whole packets wait in the read buffer: the machine stopped taking them (a client
+    /// past its window) before the buffer was empty.
+    parked: bool,
 }
 
 /// Serves a connection from its first byte (after TLS, for TLS) to its end.
@@ -77,6 +84,7 @@ pub(super) async fn run<S: Wire>(
         rbuf,
         wbuf: BytesMut::new(),
         charged,
+        parked: false,
     };
     let opened = tokio::select! {
         biased;
@@ -90,6 +98,9 @@ pub(super) async fn run<S: Wire>(
         Ok(()) => {
             conn.m.ctx().stats.authenticated(1);
             let end = conn.serve().await;
+            if drains(&end) {
+                conn.drain().await;
+            }
             conn.m.ctx().stats.authenticated(-1);
             end
         }
@@ -101,6 +112,15 @@ pub(super) async fn run<S: Wire>(
     }
     conn.m.ctx().buffers.release(&mut conn.charged);
     conn.m.finish();
+}
+
+/// Whether a connection that ends so waits for its frames' PUBACKs first: not when the
+/// client is gone or does not read, nor at shutdown (which has its own order).
+fn drains(end: &End) -> bool {
+    match end {
+        End::Closed => false,
+        End::Refused(why) => !matches!(why, Refusal::WriteTimeout | Refusal::ShuttingDown),
+    }
 }
 
 async fn read_hello<S: Wire>(
@@ -156,6 +176,13 @@ impl<S: Wire> Driver<S> {
         loop {
             if let Err(end) = self.flush().await {
                 return end;
+            }
+            if self.parked && self.m.may_read() {
+                self.parked = false;
+                if let Err(end) = self.received().await {
+                    return end;
+                }
+                continue;
             }
             let can_read = self.m.may_read();
             if !can_read {
@@ -219,6 +246,11 @@ impl<S: Wire> Driver<S> {
         let mut now = None;
         let max = self.m.ctx().cfg.max_packet_bytes;
         loop {
+            if !self.m.may_read() {
+                // What is left waits until PUBACKs make room.
+                self.parked = !self.rbuf.is_empty();
+                return Ok(());
+            }
             let packet = match codec::read(self.m.version(), &mut self.rbuf, max) {
                 Ok(p) => p,
                 Err(ReadError::Incomplete) => return Ok(()),
@@ -261,6 +293,27 @@ impl<S: Wire> Driver<S> {
                     publish: p,
                     until: u,
                 } => (publish, until) = (p, u),
+            }
+        }
+    }
+
+    /// The edge closes the connection: PUBACKs for the frames Kafka holds go out first, as
+    /// the pipeline completes them, for up to [`DRAIN_LIMIT`] (less if the gateway stops).
+    async fn drain(&mut self) {
+        self.m.closing();
+        let mut stop = self.m.ctx().stop.clone();
+        let signal = self.m.signal().clone();
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        loop {
+            let settled = self.m.settled(&mut self.wbuf);
+            if self.flush().await.is_err() || settled {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                () = signal.notified() => {}
+                () = tokio::time::sleep_until(deadline) => return,
             }
         }
     }

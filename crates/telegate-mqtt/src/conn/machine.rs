@@ -11,12 +11,12 @@
 
 use super::{End, Peer};
 use crate::codec::{AckOutcome, ConnectCode, Encoder, Hello, Inbound, Offer, Version};
-use crate::config::Listener;
+use crate::config::{DenyAction, Listener};
 use crate::edge::Shared;
 use crate::rules::{may_publish, named_vin};
 use crate::sessions::{Owner, SharedSession, lock};
 use crate::signal::Signal;
-use crate::{Ack, Incoming, Refusal};
+use crate::{Ack, Denied, Incoming, Refusal};
 use bytes::{Bytes, BytesMut};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -45,6 +45,8 @@ pub(crate) struct Publish {
     pkid: u16,
     topic: Bytes,
     payload: Bytes,
+    /// Refused by the topic rules, and acknowledged under [`DenyAction::Acknowledge`].
+    denied: bool,
 }
 
 /// A QoS 1 publish waiting for the pipeline, in arrival order, with its outcome once known.
@@ -52,6 +54,8 @@ pub(crate) struct Publish {
 struct Waiting {
     pkid: u16,
     outcome: Option<AckOutcome>,
+    /// A refused publish: once its rejection is written, MQTT 5 hears "not authorized".
+    denied: bool,
 }
 
 /// The rate limiter's clock: the time last passed in, in nanoseconds since the connection
@@ -107,8 +111,6 @@ pub(crate) struct Machine {
     last_heard: Instant,
     /// Requests the vehicle takes unacknowledged at once.
     window: usize,
-    /// Whether a refusal that left the connection open was logged at WARN already.
-    warned: bool,
 }
 
 impl Machine {
@@ -123,7 +125,6 @@ impl Machine {
         Self {
             enc: Encoder(hello.version),
             window: usize::from(hello.receive_maximum.unwrap_or(16).clamp(1, 16)),
-            warned: false,
             hello,
             conn_id: ctx.registry.next_conn_id(),
             vin: None,
@@ -248,7 +249,6 @@ impl Machine {
             session_expiry: None,
         };
         self.enc.connack(out, code, false, offer);
-        tracing::warn!(reason = why.as_str(), "MQTT connection refused");
         self.ctx.refused(why);
         Err(End::Closed)
     }
@@ -334,6 +334,7 @@ impl Machine {
                     pkid,
                     topic,
                     payload,
+                    denied: false,
                 };
                 self.publish(now, retain, publish, out)
             }
@@ -365,7 +366,7 @@ impl Machine {
         &mut self,
         now: Instant,
         retain: bool,
-        p: Publish,
+        mut p: Publish,
         out: &mut BytesMut,
     ) -> Result<Step, End> {
         if p.qos > 1 {
@@ -382,28 +383,18 @@ impl Machine {
             None => true,
         };
         if !permitted {
-            self.refused_in_place(
-                Refusal::PublishNotPermitted,
-                "publish outside the vehicle's own topics refused",
-            );
-            return match (self.hello.version, p.qos) {
-                (Version::V5, 1) => {
-                    self.pending.push_back(Waiting {
-                        pkid: p.pkid,
-                        outcome: Some(AckOutcome::NotAuthorized),
-                    });
-                    self.next_seq += 1;
-                    self.acknowledge_ready(out).map(|()| Step::Done)
+            // Either way the refusal is counted once: by `close`, or here.
+            match self.ctx.cfg.deny_action {
+                DenyAction::Disconnect => return Err(Refusal::PublishNotPermitted.into()),
+                DenyAction::Acknowledge => {
+                    self.ctx.refused(Refusal::PublishNotPermitted);
+                    p.denied = true;
                 }
-                (Version::V5, _) => Ok(Step::Done),
-                (Version::V4, _) => Err(End::Closed),
-            };
+            }
         }
-        if p.qos == 1
-            && self.pending.len() >= usize::from(self.ctx.cfg.max_inflight)
-            && self.hello.version == Version::V5
-        {
-            return Err(Refusal::ReceiveMaximumExceeded.into());
+        if p.qos == 1 && self.pending.len() >= usize::from(self.ctx.cfg.max_inflight) {
+            // Tolerated: [`Machine::may_read`] stops reading until PUBACKs make room.
+            self.ctx.stats.overran();
         }
         let step = self.admit(now, p);
         if let Step::Throttled { .. } = step {
@@ -433,12 +424,14 @@ impl Machine {
             pkid,
             topic,
             payload,
+            denied,
         } = publish;
         let ack = (qos == 1).then(|| {
             let ack = Ack::on_connection(self.signal.clone(), self.next_seq);
             self.pending.push_back(Waiting {
                 pkid,
                 outcome: None,
+                denied,
             });
             self.next_seq += 1;
             ack
@@ -448,6 +441,7 @@ impl Machine {
             topic,
             payload,
             ack,
+            denied: denied.then_some(Denied { by: self.vin }),
         });
         Step::Done
     }
@@ -467,15 +461,15 @@ impl Machine {
         !self.outbox.is_empty()
     }
 
-    /// Whether the driver should read. An MQTT 5 client was told the receive maximum and
-    /// is closed if it exceeds it, so reading goes on (PINGREQs are answered while its window
-    /// is full). A 3.1.1 client was told nothing: past the limit it is simply not read.
-    /// Publishes the pipeline has no room for wait in the outbox; past a window's worth the
-    /// connection is not read (back-pressure). A client within its window (at most
-    /// `max_inflight` unacknowledged) is always read, so its keep-alives are answered.
+    /// Whether the driver should read (and handle what it has read). A client past its
+    /// window (more than `max_inflight` unacknowledged: MQTT 5 was told the receive maximum,
+    /// some libraries send beyond it anyway; 3.1.1 cannot be told) is not read until PUBACKs
+    /// make room: back-pressure, not a disconnect. Publishes the pipeline has no room for
+    /// wait in the outbox; past a window's worth the connection is not read either. A client
+    /// within its window is always read, so its keep-alives are answered.
     pub(crate) fn may_read(&self) -> bool {
         let max = usize::from(self.ctx.cfg.max_inflight);
-        self.outbox.len() <= max && (self.hello.version == Version::V5 || self.pending.len() <= max)
+        self.outbox.len() <= max && self.pending.len() <= max
     }
 
     /// Counts the client's silence from `now`: the connection starts serving, or the edge
@@ -503,6 +497,12 @@ impl Machine {
         if self.signal.take_deliver() {
             self.deliver(out);
         }
+        self.take_outcomes();
+        self.acknowledge_ready(out)
+    }
+
+    /// Notes the outcomes the pipeline has completed since the last call.
+    fn take_outcomes(&mut self) {
         self.signal.take_done(&mut self.done);
         let front = self.next_seq - self.pending.len() as u64;
         for &(seq, outcome) in &self.done {
@@ -515,42 +515,65 @@ impl Machine {
                 w.outcome = Some(outcome);
             }
         }
-        self.acknowledge_ready(out)
+    }
+
+    /// The connection is closing: publishes not yet handed to the pipeline are dropped
+    /// (unacknowledged, the client sends them again), and what the pipeline has is waited
+    /// for ([`Machine::settled`]) so that frames Kafka holds are acknowledged before the
+    /// close.
+    pub(crate) fn closing(&mut self) {
+        // Their acks complete as failures when dropped.
+        self.outbox.clear();
+    }
+
+    /// While closing: takes the completed outcomes and writes the PUBACKs of the oldest
+    /// publishes Kafka holds, in order, up to the first that failed or is not complete.
+    /// True once nothing handed to the pipeline is still waiting.
+    pub(crate) fn settled(&mut self, out: &mut BytesMut) -> bool {
+        self.take_outcomes();
+        while let Some(&w) = self.pending.front() {
+            match w.outcome {
+                Some(AckOutcome::Accepted) => {
+                    self.pending.pop_front();
+                    self.enc
+                        .puback(out, w.pkid, self.answer(w, AckOutcome::Accepted));
+                }
+                Some(_) => break,
+                None => return false,
+            }
+        }
+        self.pending.iter().all(|w| w.outcome.is_some())
+    }
+
+    /// The PUBACK's reason for a publish whose outcome is `outcome`.
+    fn answer(&self, w: Waiting, outcome: AckOutcome) -> AckOutcome {
+        match (w.denied, outcome, self.hello.version) {
+            // The rejection is written: MQTT 5 hears why; 3.1.1 has no negative PUBACK.
+            (true, AckOutcome::Accepted, Version::V5) => AckOutcome::NotAuthorized,
+            _ => outcome,
+        }
     }
 
     /// PUBACKs for the oldest publishes whose outcome is known, in arrival order.
     fn acknowledge_ready(&mut self, out: &mut BytesMut) -> Result<(), End> {
-        while let Some(Waiting {
-            pkid,
-            outcome: Some(outcome),
-        }) = self.pending.front().copied()
+        while let Some(
+            w @ Waiting {
+                outcome: Some(outcome),
+                ..
+            },
+        ) = self.pending.front().copied()
         {
-            self.pending.pop_front();
             match (self.hello.version, outcome) {
-                (_, AckOutcome::Accepted) | (Version::V5, _) => self.enc.puback(out, pkid, outcome),
-                // MQTT 3.1.1 has no negative PUBACK: closing makes the vehicle send it again.
-                (Version::V4, AckOutcome::NotAuthorized) => {
-                    return Err(Refusal::PublishNotPermitted.into());
+                (_, AckOutcome::Accepted) | (Version::V5, _) => {
+                    self.pending.pop_front();
+                    self.enc.puback(out, w.pkid, self.answer(w, outcome));
                 }
-                (Version::V4, AckOutcome::Failed) => return Err(End::Closed),
+                // MQTT 3.1.1 has no negative PUBACK: closing makes the vehicle send it again
+                // (the PUBACKs before it are written first).
+                (Version::V4, _) => return Err(End::Closed),
             }
         }
         Ok(())
-    }
-
-    /// Counts a refusal that leaves the connection open. Only a connection's first is logged
-    /// at WARN: a vehicle repeating it as fast as it can must not fill the log, and the
-    /// counter has every one.
-    fn refused_in_place(&mut self, why: Refusal, what: &'static str) {
-        self.ctx.refused(why);
-        if std::mem::replace(&mut self.warned, true) {
-            tracing::debug!(reason = why.as_str(), "{what}");
-        } else {
-            tracing::warn!(
-                reason = why.as_str(),
-                "{what} (more refusals of this connection are logged at debug level)"
-            );
-        }
     }
 
     /// The connection ends: a refusal is counted and, for MQTT 5, said in a DISCONNECT.

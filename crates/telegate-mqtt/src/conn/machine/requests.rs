@@ -39,10 +39,7 @@ impl Machine {
             }
         }
         for _ in 0..refused {
-            self.refused_in_place(
-                Refusal::SubscribeNotPermitted,
-                "subscription outside the vehicle's own topics refused",
-            );
+            self.ctx.refused(Refusal::SubscribeNotPermitted);
         }
         self.enc.suback(out, pkid, &granted);
         self.deliver(out);

@@ -487,29 +487,64 @@ fn a_frame_the_pipeline_could_not_take_closes_3_1_1_and_is_refused_in_5() {
 }
 
 #[test]
-fn a_publish_outside_the_vehicles_prefix_is_refused_as_each_version_can() {
+fn a_publish_outside_the_vehicles_prefix_is_acknowledged_and_handed_on_as_a_rejection() {
     let e = edge(EdgeConfig::default());
     let mut c = e.vehicle(A, hello(Version::V5, true));
     done(c.publish(1, 1, &status(A)));
     done(c.publish(1, 2, &status(B)));
     done(c.publish(0, 0, &status(B)));
-    assert_eq!(c.take(), [], "the refusal waits for the publish before it");
-    assert!(c.m.warned, "the first refusal was logged at WARN");
+    assert_eq!(c.take(), [], "nothing is acknowledged before Kafka has it");
     let mut handed = c.handed();
-    assert_eq!(handed.len(), 1, "nothing of B's reaches the pipeline");
+    let denied: Vec<_> = handed.iter().map(|m| m.denied).collect();
+    let by_a = Some(Denied { by: Some(vin(A)) });
+    assert_eq!(
+        denied,
+        [None, by_a, by_a],
+        "B's are marked refused, with who sent them"
+    );
+    for m in &mut handed {
+        if let Some(ack) = m.ack.take() {
+            ack.complete(AckOutcome::Accepted);
+        }
+    }
+    assert_eq!(c.signalled(), Ok(()));
+    assert_eq!(c.take(), [ok(1), Out::PubAck(2, "NotAuthorized".into())]);
+    assert_eq!(e.refused(Refusal::PublishNotPermitted), 2);
+
+    // MQTT 3.1.1 has no negative PUBACK: a plain one, so that the client does not send it
+    // again on every reconnect; the connection stays open.
+    let mut c = e.vehicle(B, hello(Version::V4, true));
+    done(c.publish(1, 7, &status(A)));
+    let mut handed = c.handed();
+    assert_eq!(handed[0].denied, Some(Denied { by: Some(vin(B)) }));
     handed[0]
         .ack
         .take()
         .expect("QoS 1")
         .complete(AckOutcome::Accepted);
     assert_eq!(c.signalled(), Ok(()));
-    assert_eq!(c.take(), [ok(1), Out::PubAck(2, "NotAuthorized".into())]);
-    assert_eq!(e.refused(Refusal::PublishNotPermitted), 2);
-
-    // MQTT 3.1.1 has no negative PUBACK: the connection closes, unlogged by a DISCONNECT.
-    let mut c = e.vehicle(B, hello(Version::V4, true));
-    assert_eq!(c.publish(1, 1, &status(A)).err(), Some(End::Closed));
+    assert_eq!(c.take(), [ok(7)]);
     assert_eq!(e.refused(Refusal::PublishNotPermitted), 3);
+}
+
+#[test]
+fn with_the_disconnect_deny_action_a_refused_publish_closes_the_connection() {
+    let e = edge(EdgeConfig {
+        deny_action: DenyAction::Disconnect,
+        ..EdgeConfig::default()
+    });
+    for version in [Version::V4, Version::V5] {
+        let mut c = e.vehicle(A, hello(version, true));
+        let end = c.publish(1, 1, &status(B)).expect_err("closed");
+        assert_eq!(end, End::Refused(Refusal::PublishNotPermitted));
+        assert!(c.handed().is_empty());
+        c.m.close(&end, &mut c.out);
+        if version == Version::V5 {
+            // DISCONNECT "not authorized" (0x87).
+            assert_eq!(&c.out[..], [0xE0, 0x02, 0x87, 0x00]);
+        }
+    }
+    assert_eq!(e.refused(Refusal::PublishNotPermitted), 2);
 }
 
 #[test]
@@ -547,39 +582,79 @@ fn packets_the_edge_does_not_serve_close_the_connection() {
 }
 
 #[test]
-fn past_the_receive_maximum_mqtt_5_is_closed_and_3_1_1_is_not_read() {
+fn past_the_receive_maximum_a_client_is_not_read_until_pubacks_make_room() {
     let cfg = EdgeConfig {
         max_inflight: 2,
         ..EdgeConfig::default()
     };
     let e = edge(cfg);
-    let mut c = e.vehicle(A, hello(Version::V5, true));
-    done(c.publish(1, 1, &status(A)));
-    done(c.publish(1, 2, &status(A)));
+    // MQTT 5 was told the receive maximum, 3.1.1 could not be: some libraries of either
+    // send beyond it, and both are slowed down, not disconnected.
+    for (v, version) in [(A, Version::V5), (B, Version::V4)] {
+        let mut c = e.vehicle(v, hello(version, true));
+        for pkid in 1..=3 {
+            assert!(c.m.may_read(), "{version:?}: within the window it is read");
+            done(c.publish(1, pkid, &status(v)));
+        }
+        assert!(!c.m.may_read(), "{version:?}: past it, it is not");
+        let mut handed = c.handed();
+        assert_eq!(handed.len(), 3, "nothing read is refused");
+        handed[0]
+            .ack
+            .take()
+            .expect("QoS 1")
+            .complete(AckOutcome::Accepted);
+        assert_eq!(c.signalled(), Ok(()));
+        assert_eq!(c.take(), [ok(1)]);
+        assert!(c.m.may_read());
+    }
+    assert_eq!(e.refused(Refusal::ProtocolError), 0);
+}
+
+#[test]
+fn a_closing_connection_acknowledges_what_kafka_holds_first() {
+    let e = edge(EdgeConfig::default());
+    let mut c = e.vehicle(A, hello(Version::V4, true));
+    for pkid in 1..=3 {
+        done(c.publish(1, pkid, &status(A)));
+    }
+    let mut handed = c.handed();
+    // A fourth is read but not handed to the pipeline when the connection closes.
+    done(c.publish(1, 4, &status(A)));
+    let mut acks: Vec<Ack> = handed.iter_mut().filter_map(|m| m.ack.take()).collect();
+    let third = acks.pop().expect("third");
+    let second = acks.pop().expect("second");
+    acks.pop().expect("first").complete(AckOutcome::Accepted);
+    third.complete(AckOutcome::Accepted);
+    c.m.closing();
     assert!(
-        c.m.may_read(),
-        "MQTT 5 is read on: its PINGREQs are answered"
+        !c.m.settled(&mut c.out),
+        "the second is still in the pipeline"
     );
+    assert_eq!(c.take(), [ok(1)]);
+    second.complete(AckOutcome::Accepted);
+    assert!(c.m.settled(&mut c.out));
     assert_eq!(
-        c.publish(1, 3, &status(A)).err(),
-        Some(End::Refused(Refusal::ReceiveMaximumExceeded))
+        c.take(),
+        [ok(2), ok(3)],
+        "the fourth, never handed on, stays unacknowledged: the client sends it again"
     );
 
-    let mut c = e.vehicle(B, hello(Version::V4, true));
-    for pkid in 1..=3 {
-        assert!(c.m.may_read());
-        done(c.publish(1, pkid, &status(B)));
-    }
-    assert!(!c.m.may_read(), "3.1.1 was told nothing: it is not read");
+    // A failure stops the acknowledgements: what follows it is sent again anyway.
+    let mut c = e.vehicle(B, hello(Version::V5, true));
+    done(c.publish(1, 1, &status(B)));
+    done(c.publish(1, 2, &status(B)));
     let mut handed = c.handed();
+    let second = handed[1].ack.take().expect("QoS 1");
     handed[0]
         .ack
         .take()
         .expect("QoS 1")
-        .complete(AckOutcome::Accepted);
-    assert_eq!(c.signalled(), Ok(()));
-    assert_eq!(c.take(), [ok(1)]);
-    assert!(c.m.may_read());
+        .complete(AckOutcome::Failed);
+    second.complete(AckOutcome::Accepted);
+    c.m.closing();
+    assert!(c.m.settled(&mut c.out));
+    assert_eq!(c.take(), []);
 }
 
 #[test]
@@ -767,7 +842,9 @@ fn an_anonymous_client_is_held_to_the_first_vehicle_it_names() {
     done(c.publish(1, 1, &status(A)));
     assert_eq!(e.presence(A), Presence::Connected);
     assert_eq!(c.handed().len(), 2);
-    assert_eq!(c.publish(1, 2, &status(B)).err(), Some(End::Closed));
+    done(c.publish(1, 2, &status(B)));
+    let denied: Vec<_> = c.handed().iter().map(|m| m.denied).collect();
+    assert_eq!(denied, [Some(Denied { by: Some(vin(A)) })]);
     assert_eq!(e.refused(Refusal::PublishNotPermitted), 1);
 
     // A subscription binds only through a filter that names one topic.
