@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use strum::VariantArray;
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
 use telegate_frame::Vin;
 use telegate_frame::pb::DtcSeverity;
@@ -27,7 +28,7 @@ async fn consumers_agree_with_what_the_fleet_did() {
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut consumers = Vec::new();
-    for service in Reference::ALL {
+    for &service in Reference::VARIANTS {
         let cfg = RunnerConfig {
             kafka: s.kafka.clone(),
             group: format!("{ns}{}", service.name()),

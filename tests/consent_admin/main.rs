@@ -156,6 +156,88 @@ async fn the_admin_api_rejects_unauthenticated_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_answers_each_mistake_with_its_own_code() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = start(&settings("ev-charging", &namespace(), dir.path())).await;
+    let mut api = client(a.admin, Some(TOKEN)).await;
+    let vin = unique_vin();
+    fn code_and_message<T>(r: Result<tonic::Response<T>, tonic::Status>) -> (tonic::Code, String) {
+        let e = r.map(|_| ()).expect_err("must fail");
+        (e.code(), e.message().to_owned())
+    }
+
+    // Not a VIN: said as such, and nothing else.
+    let bad = api
+        .get_state(pb::Subject {
+            vin: "WP0ZZZ99ZTS3921".into(),
+        })
+        .await;
+    assert_eq!(
+        code_and_message(bad),
+        (
+            tonic::Code::InvalidArgument,
+            "vin: a VIN has 17 characters".to_owned()
+        )
+    );
+    let bad = api
+        .erase(pb::Subject {
+            vin: "wp0zzz99zts392124".into(),
+        })
+        .await;
+    assert_eq!(code_and_message(bad).0, tonic::Code::InvalidArgument);
+    let bad = api
+        .record_call_consent(pb::CallConsent {
+            vin: vin.clone(),
+            call_id: String::new(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code_and_message(bad).0, tonic::Code::InvalidArgument);
+    let bad = api
+        .unseal(pb::UnsealRequest {
+            sealed: "not-sealed".into(),
+        })
+        .await;
+    assert_eq!(code_and_message(bad).0, tonic::Code::InvalidArgument);
+
+    // A purpose the pack does not have.
+    let (code, message) = code_and_message(
+        api.set_consent(pb::ConsentChange {
+            vin: vin.clone(),
+            purpose: "no-such-purpose".into(),
+            granted: true,
+            origin: origin(0),
+        })
+        .await,
+    );
+    assert_eq!(code, tonic::Code::NotFound, "{message}");
+    assert!(message.contains("no-such-purpose"), "{message}");
+    // A purpose that rests on a legal obligation, not on consent.
+    let (code, message) = code_and_message(
+        api.set_consent(pb::ConsentChange {
+            vin: vin.clone(),
+            purpose: "charging-transactions".into(),
+            granted: true,
+            origin: origin(0),
+        })
+        .await,
+    );
+    assert_eq!(code, tonic::Code::FailedPrecondition, "{message}");
+
+    // None of them changed anything; a vehicle never seen is no error.
+    let state = api
+        .get_state(pb::Subject { vin })
+        .await
+        .expect("an empty record")
+        .into_inner();
+    assert!(
+        !state.state_json.contains("charging-transactions"),
+        "{state:?}"
+    );
+    a.gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_consent_state_and_a_withdrawal_on_one_is_enforced_by_the_other() {
     let dir = tempfile::tempdir().expect("tmp");
     let ns = namespace();

@@ -8,7 +8,20 @@ use crate::runner::{Output, Service};
 use crate::trips::Trips;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Each is named by its kebab-case name (`smart-service`, …): a topic segment and a
+/// command-line value.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Reference {
     SmartService,
     BreakdownCall,
@@ -19,24 +32,12 @@ pub enum Reference {
 const DAY: Duration = Duration::from_secs(86_400);
 
 impl Reference {
-    pub const ALL: [Reference; 4] = [
-        Reference::SmartService,
-        Reference::BreakdownCall,
-        Reference::TripLog,
-        Reference::ProductInsights,
-    ];
-
     pub fn name(self) -> &'static str {
-        match self {
-            Reference::SmartService => "smart-service",
-            Reference::BreakdownCall => "breakdown-call",
-            Reference::TripLog => "trip-log",
-            Reference::ProductInsights => "product-insights",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.name() == s)
+        s.parse().ok()
     }
 
     /// The topics it reads, behind `namespace`.
@@ -101,5 +102,30 @@ impl Service for Box<dyn Service> {
     }
     fn view(&self) -> serde_json::Value {
         (**self).view()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reference;
+    use strum::{EnumCount, VariantArray};
+
+    /// The names are topic segments and command-line values: pinned, in declaration order.
+    #[test]
+    fn names_are_pinned() {
+        let pinned = [
+            (Reference::SmartService, "smart-service"),
+            (Reference::BreakdownCall, "breakdown-call"),
+            (Reference::TripLog, "trip-log"),
+            (Reference::ProductInsights, "product-insights"),
+        ];
+        assert_eq!(pinned.len(), Reference::COUNT);
+        for (i, (r, name)) in pinned.into_iter().enumerate() {
+            assert_eq!(r.name(), name);
+            assert_eq!(Reference::parse(name), Some(r));
+            assert_eq!(Reference::VARIANTS[i], r);
+        }
+        assert_eq!(Reference::parse("Smart-Service"), None);
+        assert_eq!(Reference::parse(""), None);
     }
 }

@@ -3,9 +3,24 @@
 
 use crate::pb::vehicle_frame::Body;
 use crate::validate::Frame;
+use strum::VariantArray;
 
-/// The closed set of data categories (the notices' "Kennungen", "Zustandsdaten", …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The closed set of data categories (the notices' "Kennungen", "Zustandsdaten", …); each is
+/// named by its kebab-case name, as packs write it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum DataCategory {
     /// The VIN and anything else that identifies the vehicle.
     Identification,
@@ -26,28 +41,8 @@ pub enum DataCategory {
 }
 
 impl DataCategory {
-    pub const ALL: [DataCategory; 8] = [
-        DataCategory::Identification,
-        DataCategory::Status,
-        DataCategory::Diagnostics,
-        DataCategory::Location,
-        DataCategory::Settings,
-        DataCategory::Breakdown,
-        DataCategory::Charging,
-        DataCategory::Software,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            DataCategory::Identification => "identification",
-            DataCategory::Status => "status",
-            DataCategory::Diagnostics => "diagnostics",
-            DataCategory::Location => "location",
-            DataCategory::Settings => "settings",
-            DataCategory::Breakdown => "breakdown",
-            DataCategory::Charging => "charging",
-            DataCategory::Software => "software",
-        }
+        self.into()
     }
 }
 
@@ -63,8 +58,9 @@ impl Categories {
         self.0 & (1 << c as u16) != 0
     }
     pub fn iter(self) -> impl Iterator<Item = DataCategory> {
-        DataCategory::ALL
-            .into_iter()
+        DataCategory::VARIANTS
+            .iter()
+            .copied()
             .filter(move |c| self.contains(*c))
     }
 }
@@ -109,4 +105,32 @@ pub fn classify(frame: &Frame) -> Categories {
         Body::Software(_) => set.insert(DataCategory::Software),
     }
     set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Categories, DataCategory};
+    use strum::{EnumCount, VariantArray};
+
+    /// The labels are what packs name under `categories`: pinned, in declaration order.
+    #[test]
+    fn labels_are_pinned() {
+        let pinned = [
+            (DataCategory::Identification, "identification"),
+            (DataCategory::Status, "status"),
+            (DataCategory::Diagnostics, "diagnostics"),
+            (DataCategory::Location, "location"),
+            (DataCategory::Settings, "settings"),
+            (DataCategory::Breakdown, "breakdown"),
+            (DataCategory::Charging, "charging"),
+            (DataCategory::Software, "software"),
+        ];
+        assert_eq!(pinned.len(), DataCategory::COUNT);
+        for (i, (c, label)) in pinned.into_iter().enumerate() {
+            assert_eq!(c.as_str(), label);
+            assert_eq!(DataCategory::VARIANTS[i], c);
+        }
+        let all: Categories = pinned.iter().map(|(c, _)| *c).collect();
+        assert!(all.iter().eq(pinned.iter().map(|(c, _)| *c)));
+    }
 }

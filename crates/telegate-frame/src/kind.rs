@@ -2,8 +2,23 @@
 
 use crate::pb::vehicle_frame::Body;
 
-/// The closed set of frame kinds, one per `VehicleFrame.body` variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The closed set of frame kinds, one per `VehicleFrame.body` variant; each is named by its
+/// kebab-case name, the topic segment and label value.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum FrameKind {
     Status,
     Diagnostics,
@@ -15,34 +30,16 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 7] = [
-        FrameKind::Status,
-        FrameKind::Diagnostics,
-        FrameKind::Location,
-        FrameKind::Privacy,
-        FrameKind::Breakdown,
-        FrameKind::Charging,
-        FrameKind::Software,
-    ];
-
     /// The topic segment and label value: `status`, `diagnostics`, …
     pub fn as_str(self) -> &'static str {
-        match self {
-            FrameKind::Status => "status",
-            FrameKind::Diagnostics => "diagnostics",
-            FrameKind::Location => "location",
-            FrameKind::Privacy => "privacy",
-            FrameKind::Breakdown => "breakdown",
-            FrameKind::Charging => "charging",
-            FrameKind::Software => "software",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
+        s.parse().ok()
     }
 
-    /// A dense index, for per-kind tables.
+    /// A dense index, for per-kind tables of [`strum::EnumCount::COUNT`] entries.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -106,6 +103,7 @@ pub fn vehicle_topic(vin: &str, kind: FrameKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::{EnumCount, VariantArray};
 
     #[test]
     fn topics_parse_and_reject() {
@@ -125,10 +123,33 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in FrameKind::ALL {
+        for &k in FrameKind::VARIANTS {
             assert_eq!(FrameKind::parse(k.as_str()), Some(k));
-            assert_eq!(FrameKind::ALL[k.index()], k);
+            assert_eq!(FrameKind::VARIANTS[k.index()], k);
         }
         assert_eq!(FrameKind::parse("receipt"), None);
+    }
+
+    /// The labels are topic segments and metric labels: pinned, in declaration order (the
+    /// order is the index of per-kind tables).
+    #[test]
+    fn labels_are_pinned() {
+        let pinned = [
+            (FrameKind::Status, "status"),
+            (FrameKind::Diagnostics, "diagnostics"),
+            (FrameKind::Location, "location"),
+            (FrameKind::Privacy, "privacy"),
+            (FrameKind::Breakdown, "breakdown"),
+            (FrameKind::Charging, "charging"),
+            (FrameKind::Software, "software"),
+        ];
+        assert_eq!(pinned.len(), FrameKind::COUNT);
+        for (i, (k, label)) in pinned.into_iter().enumerate() {
+            assert_eq!(k.as_str(), label);
+            assert_eq!(k.to_string(), label);
+            assert_eq!(k.index(), i);
+            assert_eq!(FrameKind::VARIANTS[i], k);
+        }
+        assert_eq!(FrameKind::parse("Status"), None);
     }
 }

@@ -52,9 +52,22 @@ mod duration_ms {
     }
 }
 
-/// The closed set of rejection reasons; `as_str` is the metric label and the `reason` field
-/// of `telegate.rejected`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The closed set of rejection reasons; `as_str`, the kebab-case name, is the metric label and
+/// the `reason` field of `telegate.rejected`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum RejectReason {
     TopicMalformed,
     KindUnknown,
@@ -77,45 +90,11 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 15] = [
-        RejectReason::TopicMalformed,
-        RejectReason::KindUnknown,
-        RejectReason::PayloadTooLarge,
-        RejectReason::DecodeFailed,
-        RejectReason::VinMalformed,
-        RejectReason::VinCheckDigit,
-        RejectReason::VinMismatch,
-        RejectReason::KindMismatch,
-        RejectReason::BodyMissing,
-        RejectReason::SeqMissing,
-        RejectReason::CapturedAtMissing,
-        RejectReason::CapturedInFuture,
-        RejectReason::CapturedTooOld,
-        RejectReason::ValueOutOfRange,
-        RejectReason::TopicNotPermitted,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::TopicMalformed => "topic-malformed",
-            RejectReason::KindUnknown => "kind-unknown",
-            RejectReason::PayloadTooLarge => "payload-too-large",
-            RejectReason::DecodeFailed => "decode-failed",
-            RejectReason::VinMalformed => "vin-malformed",
-            RejectReason::VinCheckDigit => "vin-check-digit",
-            RejectReason::VinMismatch => "vin-mismatch",
-            RejectReason::KindMismatch => "kind-mismatch",
-            RejectReason::BodyMissing => "body-missing",
-            RejectReason::SeqMissing => "seq-missing",
-            RejectReason::CapturedAtMissing => "captured-at-missing",
-            RejectReason::CapturedInFuture => "captured-in-future",
-            RejectReason::CapturedTooOld => "captured-too-old",
-            RejectReason::ValueOutOfRange => "value-out-of-range",
-            RejectReason::TopicNotPermitted => "topic-not-permitted",
-        }
+        self.into()
     }
 
-    /// A dense index, for per-reason tables.
+    /// A dense index, for per-reason tables of [`strum::EnumCount::COUNT`] entries.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -274,5 +253,40 @@ fn vin_detail(which: &'static str, e: VinError) -> &'static str {
         ("topic", VinError::Character) => "topic.vin.character",
         (_, VinError::Length) => "vin.length",
         (_, VinError::Character) => "vin.character",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RejectReason;
+    use strum::{EnumCount, VariantArray};
+
+    /// The labels are metric labels and `telegate.rejected`'s `reason`: pinned, in
+    /// declaration order (the order is the index of per-reason tables).
+    #[test]
+    fn labels_are_pinned() {
+        let pinned = [
+            (RejectReason::TopicMalformed, "topic-malformed"),
+            (RejectReason::KindUnknown, "kind-unknown"),
+            (RejectReason::PayloadTooLarge, "payload-too-large"),
+            (RejectReason::DecodeFailed, "decode-failed"),
+            (RejectReason::VinMalformed, "vin-malformed"),
+            (RejectReason::VinCheckDigit, "vin-check-digit"),
+            (RejectReason::VinMismatch, "vin-mismatch"),
+            (RejectReason::KindMismatch, "kind-mismatch"),
+            (RejectReason::BodyMissing, "body-missing"),
+            (RejectReason::SeqMissing, "seq-missing"),
+            (RejectReason::CapturedAtMissing, "captured-at-missing"),
+            (RejectReason::CapturedInFuture, "captured-in-future"),
+            (RejectReason::CapturedTooOld, "captured-too-old"),
+            (RejectReason::ValueOutOfRange, "value-out-of-range"),
+            (RejectReason::TopicNotPermitted, "topic-not-permitted"),
+        ];
+        assert_eq!(pinned.len(), RejectReason::COUNT);
+        for (i, (r, label)) in pinned.into_iter().enumerate() {
+            assert_eq!(r.as_str(), label);
+            assert_eq!(r.index(), i);
+            assert_eq!(RejectReason::VARIANTS[i], r);
+        }
     }
 }

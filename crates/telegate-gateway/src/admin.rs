@@ -12,11 +12,12 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use telegate_admin_proto::pb::{self, Origin};
 use telegate_admin_proto::{Admin, AdminServer};
-use telegate_frame::Vin;
 use telegate_frame::now_ms;
 use telegate_frame::pb::PlatformRequest;
+use telegate_frame::{Vin, VinError};
 use telegate_kafka::{KafkaConfig, scan};
 use telegate_mqtt::{Edge, Refusal};
 use telegate_policy::{
@@ -87,7 +88,7 @@ pub async fn serve(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             Ok(req)
         } else {
             metrics::counter!("telegate_admin_unauthenticated_total").increment(1);
@@ -111,20 +112,69 @@ pub async fn serve(
             tracing::error!(error = %e, "admin API stopped");
         }
     });
-    Ok((addr, task))
+    Ok(addr)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Why an admin call failed; each becomes one gRPC code. The caller's own mistakes are
+/// described to the caller; a failure inside (Kafka, the replicated state) is logged here with
+/// its causes and answered with a short fixed message, so no internal detail leaves the
+/// gateway. No variant carries a VIN.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// `INVALID_ARGUMENT`: the request's VIN is not a VIN.
+    #[error("vin: {0}")]
+    Vin(#[from] VinError),
+    /// `INVALID_ARGUMENT`: another field of the request is not usable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// `NOT_FOUND`: what the request names does not exist (a purpose, a feature, key material).
+    #[error("{0}")]
+    NotFound(String),
+    /// `FAILED_PRECONDITION`: the request is well-formed but does not apply under this policy.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// `UNAVAILABLE`: the consent state, the ledger or a topic could not be written or read.
+    #[error("{what} failed; try again later")]
+    Unavailable {
+        /// What was being done, in fixed words; the whole answer the caller gets.
+        what: &'static str,
+        #[source]
+        source: anyhow::Error,
+    },
 }
 
-fn vin(s: &str) -> Result<Vin, Status> {
-    Vin::parse(s).map_err(|e| Status::invalid_argument(format!("vin: {e}")))
+impl AdminError {
+    /// For `map_err`: the failure of `what`, a step that needs Kafka or the state store.
+    pub fn unavailable<E: Into<anyhow::Error>>(what: &'static str) -> impl FnOnce(E) -> Self {
+        move |source| AdminError::Unavailable {
+            what,
+            source: source.into(),
+        }
+    }
+
+    /// The gRPC code this error is answered with.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            AdminError::Vin(_) | AdminError::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            AdminError::NotFound(_) => tonic::Code::NotFound,
+            AdminError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+            AdminError::Unavailable { .. } => tonic::Code::Unavailable,
+        }
+    }
 }
 
-fn internal(e: anyhow::Error) -> Status {
-    tracing::error!(error = %e, "admin call failed");
-    Status::unavailable(format!("{e:#}"))
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        if let AdminError::Unavailable { what, source } = &e {
+            // The whole chain, here only; it names topics and brokers, never a VIN.
+            tracing::error!(error = %format!("{source:#}"), what, "admin call failed");
+        }
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+fn vin(s: &str) -> Result<Vin, AdminError> {
+    Ok(Vin::parse(s)?)
 }
 
 struct Who {
@@ -173,8 +223,13 @@ impl AdminService {
         target: &str,
         value: serde_json::Value,
         apply: impl FnOnce(&mut SubjectRecord),
-    ) -> Result<Response<pb::StateReply>, Status> {
-        let record = self.ctx.state.update(vin, apply).await.map_err(internal)?;
+    ) -> Result<Response<pb::StateReply>, AdminError> {
+        let record = self
+            .ctx
+            .state
+            .update(vin, apply)
+            .await
+            .map_err(AdminError::unavailable("writing the consent state"))?;
         let change = Change {
             action,
             target,
@@ -188,13 +243,13 @@ impl AdminService {
             .ledger
             .append(&vin, change)
             .await
-            .map_err(internal)?;
+            .map_err(AdminError::unavailable("writing the consent ledger"))?;
         Ok(state_reply(&record))
     }
 
-    fn purpose(&self, id: &str) -> Result<&telegate_policy::Purpose, Status> {
+    fn purpose(&self, id: &str) -> Result<&telegate_policy::Purpose, AdminError> {
         self.ctx.pack.purpose(id).ok_or_else(|| {
-            Status::not_found(format!(
+            AdminError::NotFound(format!(
                 "policy {} has no purpose {id:?}",
                 self.ctx.pack.label()
             ))
@@ -212,10 +267,11 @@ impl Admin for AdminService {
         let vin = vin(&r.vin)?;
         let purpose = self.purpose(&r.purpose)?;
         if purpose.consent != ConsentRule::Standing {
-            return Err(Status::failed_precondition(format!(
+            return Err(AdminError::FailedPrecondition(format!(
                 "purpose {} does not rest on standing consent",
                 purpose.id
-            )));
+            ))
+            .into());
         }
         let who = who(r.origin);
         let (p, on, at) = (r.purpose.clone(), r.granted, who.at_ms);
@@ -223,6 +279,7 @@ impl Admin for AdminService {
             s.consents.entry(p).or_default().set(at, on)
         })
         .await
+        .map_err(Status::from)
     }
 
     async fn set_objection(
@@ -238,6 +295,7 @@ impl Admin for AdminService {
             s.objections.entry(p).or_default().set(at, on)
         })
         .await
+        .map_err(Status::from)
     }
 
     async fn set_restriction(
@@ -252,6 +310,7 @@ impl Admin for AdminService {
             s.restricted.set(at, on)
         })
         .await
+        .map_err(Status::from)
     }
 
     async fn set_activation(
@@ -267,10 +326,11 @@ impl Admin for AdminService {
             .iter()
             .any(|p| p.consent == ConsentRule::Activation(r.feature.clone()));
         if !known {
-            return Err(Status::not_found(format!(
+            return Err(AdminError::NotFound(format!(
                 "no purpose depends on feature {:?}",
                 r.feature
-            )));
+            ))
+            .into());
         }
         let who = who(r.origin);
         let (f, on, at) = (r.feature.clone(), r.active, who.at_ms);
@@ -278,6 +338,7 @@ impl Admin for AdminService {
             s.activations.entry(f).or_default().set(at, on)
         })
         .await
+        .map_err(Status::from)
     }
 
     async fn record_call_consent(
@@ -287,7 +348,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let vin = vin(&r.vin)?;
         if r.call_id.is_empty() || r.call_id.len() > 64 {
-            return Err(Status::invalid_argument("call_id: 1 to 64 characters"));
+            return Err(AdminError::InvalidArgument("call_id: 1 to 64 characters".into()).into());
         }
         let who = who(r.origin);
         let scopes = telegate_policy::CallConsent {
@@ -337,7 +398,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ExplainReply>, Status> {
         let frame = req.into_inner().frame_json;
         let (raw, _) = telegate_frame::decode(frame.as_bytes())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| AdminError::InvalidArgument(e.to_string()))?;
         let mut file = StateFile::default();
         if let Some(record) = Vin::parse(&raw.vin)
             .ok()
@@ -346,7 +407,7 @@ impl Admin for AdminService {
             file.subjects.insert(raw.vin.clone(), record);
         }
         let text = telegate_policy::explain(&self.ctx.pack, &frame, Some(&file), Some(now_ms()))
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+            .map_err(|e| AdminError::InvalidArgument(e.to_string()))?;
         Ok(Response::new(pb::ExplainReply { text }))
     }
 
@@ -380,13 +441,13 @@ impl Admin for AdminService {
 
     async fn erase(&self, req: Request<pb::Subject>) -> Result<Response<pb::EraseReply>, Status> {
         let vin = vin(&req.into_inner().vin)?;
-        let existed = erase(&self.ctx, &vin, "api").await.map_err(internal)?;
+        let existed = erase(&self.ctx, &vin, "api").await?;
         Ok(Response::new(pb::EraseReply { existed }))
     }
 
     async fn export(&self, req: Request<pb::Subject>) -> Result<Response<pb::ExportReply>, Status> {
         let vin = vin(&req.into_inner().vin)?;
-        let json = export(&self.ctx, &vin).await.map_err(internal)?;
+        let json = export(&self.ctx, &vin).await?;
         Ok(Response::new(pb::ExportReply {
             json: serde_json::to_string_pretty(&json).unwrap_or_default(),
         }))
@@ -398,12 +459,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::UnsealReply>, Status> {
         let sealed = req.into_inner().sealed;
         let gone = || {
-            Status::not_found(
-                "no key material for this value: the vehicle's data was erased, or it was never sealed here",
+            AdminError::NotFound(
+                "no key material for this value: the vehicle's data was erased, or it was never \
+                 sealed here"
+                    .into(),
             )
         };
         let id = sealed_subject(&sealed)
-            .ok_or_else(|| Status::invalid_argument("not a sealed value (tgs1.…)"))?;
+            .ok_or_else(|| AdminError::InvalidArgument("not a sealed value (tgs1.…)".into()))?;
         let secret = self.ctx.state.secret_of_subject(id).ok_or_else(gone)?;
         let opened = unseal(&secret, &sealed).ok_or_else(gone)?;
         Ok(Response::new(pb::UnsealReply {
@@ -414,8 +477,10 @@ impl Admin for AdminService {
 
 /// Erases a vehicle: the ledger records it, then the state and key material go everywhere,
 /// and its live connection is closed.
-pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> anyhow::Result<bool> {
-    let existed = erase_at(ctx, &ctx.state.key_of(vin), actor).await?;
+pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> Result<bool, AdminError> {
+    let existed = erase_at(ctx, &ctx.state.key_of(vin), actor)
+        .await
+        .map_err(AdminError::unavailable("erasing the vehicle"))?;
     ctx.edge.close(vin, Refusal::VehicleBlocked);
     Ok(existed)
 }
@@ -438,7 +503,7 @@ async fn erase_at(ctx: &AdminContext, key: &StateKey, actor: &str) -> anyhow::Re
 /// Access and portability: the vehicle's state, its ledger, and what each purpose's topic
 /// still holds of it (records, capture-time range). Anonymous records cannot be attributed
 /// to anyone, by design, and are listed as such.
-pub async fn export(ctx: &AdminContext, vin: &Vin) -> anyhow::Result<serde_json::Value> {
+pub async fn export(ctx: &AdminContext, vin: &Vin) -> Result<serde_json::Value, AdminError> {
     let record = ctx.state.get(vin);
     let secret = record.as_ref().and_then(|r| r.secret.clone());
     // Entries filed under the state key, and older ones under a pseudonym key's subject hash.
@@ -447,7 +512,8 @@ pub async fn export(ctx: &AdminContext, vin: &Vin) -> anyhow::Result<serde_json:
     let ledger: Vec<LedgerEntry> = scan(&ctx.kafka, ctx.ledger.topic(), |k| {
         filed_under.iter().any(|h| k == h.as_bytes())
     })
-    .await?
+    .await
+    .map_err(AdminError::unavailable("reading the consent ledger"))?
     .into_iter()
     .filter_map(|r| r.value.and_then(|v| serde_json::from_slice(&v).ok()))
     .collect();
@@ -473,7 +539,9 @@ pub async fn export(ctx: &AdminContext, vin: &Vin) -> anyhow::Result<serde_json:
             }));
             continue;
         };
-        let found = scan(&ctx.kafka, topic, |k| k == key.as_bytes()).await?;
+        let found = scan(&ctx.kafka, topic, |k| k == key.as_bytes())
+            .await
+            .map_err(AdminError::unavailable("reading the purposes' topics"))?;
         let mine: Vec<i64> = found
             .iter()
             .filter(|r| {
@@ -529,5 +597,69 @@ pub async fn sweep_blocked(
                 Err(e) => tracing::error!(error = %e, "erasing a blocked account failed; retrying"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_failure_has_its_own_code() {
+        let cases = [
+            (
+                vin("WP0ZZZ99ZTS39212").expect_err("16 characters"),
+                Code::InvalidArgument,
+            ),
+            (
+                vin("WP0ZZZ99ZTS39212O").expect_err("an O"),
+                Code::InvalidArgument,
+            ),
+            (
+                AdminError::InvalidArgument("call_id".into()),
+                Code::InvalidArgument,
+            ),
+            (AdminError::NotFound("purpose".into()), Code::NotFound),
+            (
+                AdminError::FailedPrecondition("standing".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                AdminError::unavailable("writing the consent state")(anyhow::anyhow!("down")),
+                Code::Unavailable,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+        assert!(vin("WP0ZZZ99ZTS392124").is_ok());
+    }
+
+    #[test]
+    fn a_bad_vin_is_described_to_the_caller() {
+        let status = Status::from(vin("wp0zzz99zts392124").expect_err("lower case"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "vin: a VIN uses only 0-9 and A-Z without I, O and Q (upper case)"
+        );
+    }
+
+    #[test]
+    fn an_internal_failure_is_answered_without_its_chain() {
+        let chain = anyhow::anyhow!("broker kafka-7.internal:9092 refused the connection")
+            .context("producing to telegate.consent-state")
+            .context("writing consent state");
+        let e = AdminError::unavailable("writing the consent state")(chain);
+        // The chain is still there for the log.
+        let logged = crate::support::error_chain(&e);
+        assert!(logged.contains("kafka-7.internal"), "{logged}");
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "writing the consent state failed; try again later"
+        );
     }
 }

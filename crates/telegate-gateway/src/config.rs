@@ -4,6 +4,7 @@
 //! (pack, keys, admin token, state file, listeners) and reports every problem at once, with its
 //! path, before anything starts.
 
+use crate::support::{PemKind, error_chain, read_pem};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -256,72 +257,14 @@ impl AdminTls {
     }
 }
 
-/// What a PEM file of the admin listener must hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AdminPem {
-    CertificateChain,
-    PrivateKey,
-    CaCertificates,
-}
-
 /// Reads `path` and checks it holds what `kind` says; a problem goes to `errors` under `key`.
-/// Messages name the file and never quote it: a key file's lines are secret.
 fn read_admin_pem(
     key: &str,
     path: &Path,
-    kind: AdminPem,
+    kind: PemKind,
     errors: &mut ConfigErrors,
 ) -> Option<Vec<u8>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let pem = std::fs::read(path)
-        .map_err(|e| errors.push(key, format!("cannot read {}: {e}", path.display())))
-        .ok()?;
-    let problem = match kind {
-        AdminPem::PrivateKey => PrivateKeyDer::from_pem_slice(&pem)
-            .err()
-            .map(|_| "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned()),
-        AdminPem::CertificateChain | AdminPem::CaCertificates => {
-            match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
-                Err(_) => Some("is not valid PEM".to_owned()),
-                Ok(certs) if certs.is_empty() => Some("holds no PEM certificate".to_owned()),
-                Ok(certs) => certs.iter().enumerate().find_map(|(i, der)| {
-                    match x509_parser::parse_x509_certificate(der) {
-                        Err(_) => Some(format!("certificate #{} is not X.509", i + 1)),
-                        Ok((_, cert)) if kind == AdminPem::CaCertificates && !cert.is_ca() => {
-                            Some(format!(
-                                "certificate #{} is not a CA certificate (basicConstraints \
-                                 CA:TRUE): name the CA that issued the client certificates",
-                                i + 1
-                            ))
-                        }
-                        Ok(_) => None,
-                    }
-                }),
-            }
-        }
-    };
-    match problem {
-        Some(problem) => {
-            errors.push(key, format!("{} {problem}", path.display()));
-            None
-        }
-        None => Some(pem),
-    }
-}
-
-/// The causes of an error on one line; tonic's own message is only "transport error".
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        parts.push(c.to_string());
-        cause = c.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    parts.join(": ")
+    read_pem(path, kind).map_err(|e| errors.push(key, e)).ok()
 }
 
 impl Config {
@@ -527,15 +470,15 @@ impl Config {
         let cert = a
             .tls_cert
             .as_deref()
-            .map(|path| read_admin_pem("admin.tls_cert", path, AdminPem::CertificateChain, errors));
+            .map(|path| read_admin_pem("admin.tls_cert", path, PemKind::Certificates, errors));
         let key = a
             .tls_key
             .as_deref()
-            .map(|path| read_admin_pem("admin.tls_key", path, AdminPem::PrivateKey, errors));
+            .map(|path| read_admin_pem("admin.tls_key", path, PemKind::PrivateKey, errors));
         let client_ca = a
             .client_ca
             .as_deref()
-            .map(|path| read_admin_pem("admin.client_ca", path, AdminPem::CaCertificates, errors));
+            .map(|path| read_admin_pem("admin.client_ca", path, PemKind::CaCertificates, errors));
         match (&cert, &key) {
             (Some(_), None) => errors.push(
                 "admin.tls_key",
@@ -569,7 +512,7 @@ impl Config {
                 format!(
                     "no TLS listener can be built from admin.tls_cert, admin.tls_key and \
                      admin.client_ca: {}",
-                    causes(&e)
+                    error_chain(&e)
                 ),
             );
             return None;

@@ -16,6 +16,7 @@ pub mod requests;
 mod resends;
 mod roll;
 pub mod state;
+pub mod support;
 
 pub use config::Config;
 pub use config::PackSource;

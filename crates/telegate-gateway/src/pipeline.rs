@@ -9,6 +9,7 @@ use dashmap::DashSet;
 use metrics::Counter;
 use std::sync::Arc;
 use std::time::Duration;
+use strum::VariantArray;
 use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
 use telegate_frame::{Frame, FrameKind, RejectReason, Rejection, ValidationConfig, Vin, validate};
@@ -73,7 +74,7 @@ struct Counters {
 impl Counters {
     fn register(pack: &Pack) -> Self {
         let per_kind = |name: &'static str| {
-            FrameKind::ALL
+            FrameKind::VARIANTS
                 .iter()
                 .map(|k| metrics::counter!(name, "kind" => k.as_str()))
                 .collect()
@@ -87,7 +88,7 @@ impl Counters {
         Self {
             valid: per_kind("telegate_frames_valid_total"),
             unrouted: per_kind("telegate_frames_unrouted_total"),
-            rejected: RejectReason::ALL
+            rejected: RejectReason::VARIANTS
                 .iter()
                 .map(
                     |r| metrics::counter!("telegate_frames_rejected_total", "reason" => r.as_str()),
@@ -102,7 +103,7 @@ impl Counters {
                 .purposes
                 .iter()
                 .map(|p| {
-                    DropReason::ALL
+                    DropReason::VARIANTS
                         .iter()
                         .map(|r| {
                             let mut labels = purpose_labels(p).to_vec();

@@ -18,6 +18,7 @@ use dashmap::DashMap;
 use metrics::Counter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strum::VariantArray;
 use telegate_frame::Vin;
 use telegate_frame::pb::PlatformRequest;
 use telegate_kafka::{Entry, KafkaConfig, LogWriter, Start, follow_from};
@@ -42,8 +43,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// whatever the edge says.
 const SWEEP_GRACE: Duration = Duration::from_secs(10);
 
-/// What became of a request, counted in `telegate_vehicle_requests_total{result}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What became of a request, counted in `telegate_vehicle_requests_total{result}` under its
+/// kebab-case name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Outcome {
     /// Taken by this instance, the vehicle connected here: handed to this edge, whose own
     /// count (`telegate_mqtt_requests_total`) says how it went.
@@ -69,34 +74,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Local,
-        Outcome::Published,
-        Outcome::PublishFailed,
-        Outcome::Delivered,
-        Outcome::Queued,
-        Outcome::NoSubscriber,
-        Outcome::QueueFull,
-        Outcome::NotHere,
-        Outcome::Expired,
-        Outcome::Malformed,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Local => "local",
-            Outcome::Published => "published",
-            Outcome::PublishFailed => "publish-failed",
-            Outcome::Delivered => "delivered",
-            Outcome::Queued => "queued",
-            Outcome::NoSubscriber => "no-subscriber",
-            Outcome::QueueFull => "queue-full",
-            Outcome::NotHere => "not-here",
-            Outcome::Expired => "expired",
-            Outcome::Malformed => "malformed",
-        }
+        self.into()
     }
 
+    /// Its place in [`VariantArray::VARIANTS`], the order of the counters.
     fn index(self) -> usize {
         self as usize
     }
@@ -225,7 +207,7 @@ impl Requests {
         state: Arc<StateStore>,
         directory: Arc<Directory>,
     ) -> anyhow::Result<Arc<Self>> {
-        let counts: Vec<Counter> = Outcome::ALL
+        let counts: Vec<Counter> = Outcome::VARIANTS
             .iter()
             .map(|o| metrics::counter!("telegate_vehicle_requests_total", "result" => o.as_str()))
             .collect();
@@ -300,7 +282,8 @@ impl Requests {
                     }
                 }
             }
-        }))
+        });
+        Ok(())
     }
 
     /// One record of the topic: delivered here if the vehicle is here.
@@ -352,6 +335,30 @@ mod tests {
     }
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// The labels of `telegate_vehicle_requests_total{result}`: pinned, in declaration order
+    /// (the order is the index of the counters).
+    #[test]
+    fn outcome_labels_are_pinned() {
+        let pinned = [
+            (Outcome::Local, "local"),
+            (Outcome::Published, "published"),
+            (Outcome::PublishFailed, "publish-failed"),
+            (Outcome::Delivered, "delivered"),
+            (Outcome::Queued, "queued"),
+            (Outcome::NoSubscriber, "no-subscriber"),
+            (Outcome::QueueFull, "queue-full"),
+            (Outcome::NotHere, "not-here"),
+            (Outcome::Expired, "expired"),
+            (Outcome::Malformed, "malformed"),
+        ];
+        assert_eq!(pinned.len(), <Outcome as strum::EnumCount>::COUNT);
+        for (i, (o, label)) in pinned.into_iter().enumerate() {
+            assert_eq!(o.as_str(), label);
+            assert_eq!(o.index(), i);
+            assert_eq!(Outcome::VARIANTS[i], o);
+        }
+    }
 
     #[test]
     fn a_request_goes_through_the_topic_unchanged() {

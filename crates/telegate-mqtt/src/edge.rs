@@ -10,6 +10,7 @@ use crate::sessions::Registry;
 use crate::signal::Signal;
 use crate::tls::{Tls, TlsError, TlsFiles};
 use crate::{Incoming, Refusal};
+use strum::{EnumCount, VariantArray};
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use std::net::SocketAddr;
@@ -43,11 +44,11 @@ pub struct EdgeStats {
     received: AtomicU64,
     open: AtomicUsize,
     authenticated: AtomicUsize,
-    refused: [AtomicU64; Refusal::ALL.len()],
+    refused: [AtomicU64; Refusal::COUNT],
     /// When each reason was last logged (milliseconds since `born`, 0 for never), and how
     /// many of it were counted since without a line.
-    logged_at: [AtomicU64; Refusal::ALL.len()],
-    unlogged: [AtomicU64; Refusal::ALL.len()],
+    logged_at: [AtomicU64; Refusal::COUNT],
+    unlogged: [AtomicU64; Refusal::COUNT],
     born: std::time::Instant,
     m: Metrics,
 }
@@ -86,7 +87,7 @@ impl EdgeStats {
             open: metrics::gauge!("telegate_mqtt_connections_open"),
             handshakes: metrics::gauge!("telegate_mqtt_handshakes_waiting"),
             buffered: metrics::gauge!("telegate_mqtt_partial_packet_bytes"),
-            refused: Refusal::ALL
+            refused: Refusal::VARIANTS
                 .iter()
                 .map(|r| metrics::counter!("telegate_mqtt_refused_total", "reason" => r.as_str()))
                 .collect(),

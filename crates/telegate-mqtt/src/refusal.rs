@@ -1,8 +1,12 @@
 //! Everything the edge refuses, as one bounded set of metric labels.
 
 /// Why the edge refused a connection, a packet or a subscription, or closed a connection.
-/// Each is counted in `telegate_mqtt_refused_total{reason}`; none names a vehicle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Each is counted in `telegate_mqtt_refused_total{reason}` under its kebab-case name; none
+/// names a vehicle.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Refusal {
     /// No client certificate, and anonymous clients are not allowed.
     Anonymous,
@@ -53,58 +57,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 23] = [
-        Refusal::Anonymous,
-        Refusal::CertificateWithoutVin,
-        Refusal::CertificateRevoked,
-        Refusal::CertificateExpired,
-        Refusal::HandshakeFailed,
-        Refusal::HandshakeTimeout,
-        Refusal::TooManyHandshakes,
-        Refusal::TooManyFromSource,
-        Refusal::VehicleBlocked,
-        Refusal::ProtocolVersion,
-        Refusal::TooManyConnections,
-        Refusal::PublishNotPermitted,
-        Refusal::SubscribeNotPermitted,
-        Refusal::PacketTooLarge,
-        Refusal::MalformedPacket,
-        Refusal::ProtocolError,
-        Refusal::QosNotSupported,
-        Refusal::RetainNotSupported,
-        Refusal::KeepAliveTimeout,
-        Refusal::SessionTakenOver,
-        Refusal::WriteTimeout,
-        Refusal::BufferBudget,
-        Refusal::ShuttingDown,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Anonymous => "anonymous",
-            Refusal::CertificateWithoutVin => "certificate-without-vin",
-            Refusal::CertificateRevoked => "certificate-revoked",
-            Refusal::CertificateExpired => "certificate-expired",
-            Refusal::HandshakeFailed => "handshake-failed",
-            Refusal::HandshakeTimeout => "handshake-timeout",
-            Refusal::TooManyHandshakes => "too-many-handshakes",
-            Refusal::TooManyFromSource => "too-many-from-source",
-            Refusal::VehicleBlocked => "vehicle-blocked",
-            Refusal::ProtocolVersion => "protocol-version",
-            Refusal::TooManyConnections => "too-many-connections",
-            Refusal::PublishNotPermitted => "publish-not-permitted",
-            Refusal::SubscribeNotPermitted => "subscribe-not-permitted",
-            Refusal::PacketTooLarge => "packet-too-large",
-            Refusal::MalformedPacket => "malformed-packet",
-            Refusal::ProtocolError => "protocol-error",
-            Refusal::QosNotSupported => "qos-not-supported",
-            Refusal::RetainNotSupported => "retain-not-supported",
-            Refusal::KeepAliveTimeout => "keep-alive-timeout",
-            Refusal::SessionTakenOver => "session-taken-over",
-            Refusal::WriteTimeout => "write-timeout",
-            Refusal::BufferBudget => "buffer-budget",
-            Refusal::ShuttingDown => "shutting-down",
-        }
+        self.into()
     }
 
     /// What was refused, for the log line that reports it.
@@ -136,7 +90,8 @@ impl Refusal {
         }
     }
 
-    /// Its place in [`Refusal::ALL`], which lists the variants in declaration order.
+    /// Its place in [`strum::VariantArray::VARIANTS`], which lists the variants in
+    /// declaration order: the index of tables of [`strum::EnumCount::COUNT`] entries.
     pub(crate) fn index(self) -> usize {
         self as usize
     }
@@ -145,15 +100,53 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::Refusal;
+    use strum::{EnumCount, VariantArray};
 
     #[test]
     fn labels_are_distinct_and_indexed() {
-        let mut labels: Vec<_> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        let mut labels: Vec<_> = Refusal::VARIANTS.iter().map(|r| r.as_str()).collect();
         labels.sort_unstable();
         labels.dedup();
-        assert_eq!(labels.len(), Refusal::ALL.len());
-        for (i, r) in Refusal::ALL.iter().enumerate() {
+        assert_eq!(labels.len(), Refusal::COUNT);
+        for (i, r) in Refusal::VARIANTS.iter().enumerate() {
             assert_eq!(r.index(), i);
+        }
+    }
+
+    /// The labels of `telegate_mqtt_refused_total{reason}`: pinned, in declaration order (the
+    /// order is the index of the edge's counters and of the close signal's code).
+    #[test]
+    fn labels_are_pinned() {
+        let pinned = [
+            (Refusal::Anonymous, "anonymous"),
+            (Refusal::CertificateWithoutVin, "certificate-without-vin"),
+            (Refusal::CertificateRevoked, "certificate-revoked"),
+            (Refusal::CertificateExpired, "certificate-expired"),
+            (Refusal::HandshakeFailed, "handshake-failed"),
+            (Refusal::HandshakeTimeout, "handshake-timeout"),
+            (Refusal::TooManyHandshakes, "too-many-handshakes"),
+            (Refusal::TooManyFromSource, "too-many-from-source"),
+            (Refusal::VehicleBlocked, "vehicle-blocked"),
+            (Refusal::ProtocolVersion, "protocol-version"),
+            (Refusal::TooManyConnections, "too-many-connections"),
+            (Refusal::PublishNotPermitted, "publish-not-permitted"),
+            (Refusal::SubscribeNotPermitted, "subscribe-not-permitted"),
+            (Refusal::PacketTooLarge, "packet-too-large"),
+            (Refusal::MalformedPacket, "malformed-packet"),
+            (Refusal::ProtocolError, "protocol-error"),
+            (Refusal::QosNotSupported, "qos-not-supported"),
+            (Refusal::RetainNotSupported, "retain-not-supported"),
+            (Refusal::KeepAliveTimeout, "keep-alive-timeout"),
+            (Refusal::SessionTakenOver, "session-taken-over"),
+            (Refusal::WriteTimeout, "write-timeout"),
+            (Refusal::BufferBudget, "buffer-budget"),
+            (Refusal::ShuttingDown, "shutting-down"),
+        ];
+        assert_eq!(pinned.len(), Refusal::COUNT);
+        for (i, (r, label)) in pinned.into_iter().enumerate() {
+            assert_eq!(r.as_str(), label);
+            assert_eq!(r.index(), i);
+            assert_eq!(Refusal::VARIANTS[i], r);
         }
     }
 }

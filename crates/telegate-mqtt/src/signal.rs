@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use strum::VariantArray;
 
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
@@ -19,7 +20,7 @@ pub(crate) struct Signal {
     waker: AtomicWaker,
     /// Set by every signal, taken by the wait that sees it.
     woken: AtomicBool,
-    /// 0, or the index in [`Refusal::ALL`] plus one of the reason to close.
+    /// 0, or the index in [`Refusal::VARIANTS`] plus one of the reason to close.
     close: AtomicU8,
     deliver: AtomicBool,
     /// Outcomes of publishes, by the connection's publish sequence number, in the order the
@@ -79,7 +80,7 @@ impl Signal {
     pub(crate) fn close_order(&self) -> Option<Refusal> {
         match self.close.load(Ordering::Acquire) {
             0 => None,
-            code => Refusal::ALL.get(usize::from(code) - 1).copied(),
+            code => Refusal::VARIANTS.get(usize::from(code) - 1).copied(),
         }
     }
 

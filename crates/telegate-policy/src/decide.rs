@@ -27,8 +27,22 @@ impl ConsentState {
     }
 }
 
-/// Why a purpose did not receive a frame. A closed set: each is a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Why a purpose did not receive a frame. A closed set: each is a metric label, its kebab-case
+/// name.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum DropReason {
     OfflineMode,
     PrivateMode,
@@ -48,44 +62,11 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
-        DropReason::OfflineMode,
-        DropReason::PrivateMode,
-        DropReason::LocationServicesOff,
-        DropReason::NonLocationServicesOff,
-        DropReason::ServiceToggleOff,
-        DropReason::RequirementOff,
-        DropReason::ConsentMissing,
-        DropReason::ConsentWithdrawn,
-        DropReason::EventConsentMissing,
-        DropReason::ActivationMissing,
-        DropReason::AccountBlocked,
-        DropReason::Restricted,
-        DropReason::Objected,
-        DropReason::SubjectKeyMissing,
-        DropReason::AlreadyContributed,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::OfflineMode => "offline-mode",
-            DropReason::PrivateMode => "private-mode",
-            DropReason::LocationServicesOff => "location-services-off",
-            DropReason::NonLocationServicesOff => "non-location-services-off",
-            DropReason::ServiceToggleOff => "service-toggle-off",
-            DropReason::RequirementOff => "requirement-off",
-            DropReason::ConsentMissing => "consent-missing",
-            DropReason::ConsentWithdrawn => "consent-withdrawn",
-            DropReason::EventConsentMissing => "event-consent-missing",
-            DropReason::ActivationMissing => "activation-missing",
-            DropReason::AccountBlocked => "account-blocked",
-            DropReason::Restricted => "restricted",
-            DropReason::Objected => "objected",
-            DropReason::SubjectKeyMissing => "subject-key-missing",
-            DropReason::AlreadyContributed => "already-contributed",
-        }
+        self.into()
     }
 
+    /// A dense index, for per-reason tables of [`strum::EnumCount::COUNT`] entries.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -484,4 +465,42 @@ pub fn decide_all<'p>(
     let view = FrameView::new(frame, subject);
     pack.routes(frame.kind())
         .map(move |p| (p, decide_in(pack, &view, p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropReason;
+    use strum::{EnumCount, VariantArray};
+
+    /// The labels of `telegate_records_dropped_total{reason}`: pinned, in declaration order
+    /// (the order is the index of per-reason tables).
+    #[test]
+    fn drop_labels_are_pinned() {
+        let pinned = [
+            (DropReason::OfflineMode, "offline-mode"),
+            (DropReason::PrivateMode, "private-mode"),
+            (DropReason::LocationServicesOff, "location-services-off"),
+            (
+                DropReason::NonLocationServicesOff,
+                "non-location-services-off",
+            ),
+            (DropReason::ServiceToggleOff, "service-toggle-off"),
+            (DropReason::RequirementOff, "requirement-off"),
+            (DropReason::ConsentMissing, "consent-missing"),
+            (DropReason::ConsentWithdrawn, "consent-withdrawn"),
+            (DropReason::EventConsentMissing, "event-consent-missing"),
+            (DropReason::ActivationMissing, "activation-missing"),
+            (DropReason::AccountBlocked, "account-blocked"),
+            (DropReason::Restricted, "restricted"),
+            (DropReason::Objected, "objected"),
+            (DropReason::SubjectKeyMissing, "subject-key-missing"),
+            (DropReason::AlreadyContributed, "already-contributed"),
+        ];
+        assert_eq!(pinned.len(), DropReason::COUNT);
+        for (i, (r, label)) in pinned.into_iter().enumerate() {
+            assert_eq!(r.as_str(), label);
+            assert_eq!(r.index(), i);
+            assert_eq!(DropReason::VARIANTS[i], r);
+        }
+    }
 }

@@ -8,8 +8,20 @@ use std::fmt;
 use std::time::Duration;
 use telegate_frame::{Categories, FrameKind, PayloadFormat};
 
-/// GDPR Art. 6(1) basis of a purpose; the `telegate-legal-basis` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// GDPR Art. 6(1) basis of a purpose; the `telegate-legal-basis` header and what packs write,
+/// in kebab-case.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum LegalBasis {
     Consent,
     Contract,
@@ -18,25 +30,25 @@ pub enum LegalBasis {
 }
 
 impl LegalBasis {
-    pub(crate) const ALL: [LegalBasis; 4] = [
-        LegalBasis::Consent,
-        LegalBasis::Contract,
-        LegalBasis::LegitimateInterest,
-        LegalBasis::LegalObligation,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            LegalBasis::Consent => "consent",
-            LegalBasis::Contract => "contract",
-            LegalBasis::LegitimateInterest => "legitimate-interest",
-            LegalBasis::LegalObligation => "legal-obligation",
-        }
+        self.into()
     }
 }
 
-/// How a service may see the subject; the `telegate-subject` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a service may see the subject; the `telegate-subject` header and what packs write, in
+/// kebab-case.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumCount,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Identity {
     /// The raw VIN, as record key and in the payload.
     Vin,
@@ -51,20 +63,8 @@ pub enum Identity {
 }
 
 impl Identity {
-    pub(crate) const ALL: [Identity; 4] = [
-        Identity::Vin,
-        Identity::Pseudonym,
-        Identity::Anonymous,
-        Identity::Sealed,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Identity::Vin => "vin",
-            Identity::Pseudonym => "pseudonym",
-            Identity::Anonymous => "anonymous",
-            Identity::Sealed => "sealed",
-        }
+        self.into()
     }
 }
 
@@ -109,8 +109,11 @@ impl EventScope {
     }
 }
 
-/// A vehicle setting that switches a purpose off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A vehicle setting that switches a purpose off; packs write it in kebab-case.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum OffCondition {
     /// Private mode is on (Porsche "Privatmodus").
     PrivateMode,
@@ -123,20 +126,8 @@ pub enum OffCondition {
 }
 
 impl OffCondition {
-    pub(crate) const ALL: [OffCondition; 4] = [
-        OffCondition::PrivateMode,
-        OffCondition::LocationServicesOff,
-        OffCondition::NonLocationServicesOff,
-        OffCondition::ServiceToggleOff,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            OffCondition::PrivateMode => "private-mode",
-            OffCondition::LocationServicesOff => "location-services-off",
-            OffCondition::NonLocationServicesOff => "non-location-services-off",
-            OffCondition::ServiceToggleOff => "service-toggle-off",
-        }
+        self.into()
     }
 }
 
@@ -199,7 +190,7 @@ pub struct Pack {
     /// Where rejected frames go: `telegate.rejected`, behind the namespace if one is set.
     pub rejected_topic: String,
     /// Per frame kind, the purposes that take it (indices into `purposes`).
-    pub(crate) routes: [Vec<usize>; FrameKind::ALL.len()],
+    pub(crate) routes: [Vec<usize>; <FrameKind as strum::EnumCount>::COUNT],
 }
 
 /// The contract's topics that are not a service's (docs/contract.md); each gateway puts its
@@ -367,5 +358,53 @@ fn syntax(text: &str, e: toml::de::Error) -> PackError {
     PackError {
         path,
         message: e.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Identity, LegalBasis, OffCondition};
+    use strum::{EnumCount, VariantArray};
+
+    /// These are what packs write (`legal_basis`, `identity`, `off_when`) and the
+    /// `telegate-legal-basis` and `telegate-subject` headers: pinned, in declaration order.
+    #[test]
+    fn labels_are_pinned() {
+        let bases = [
+            (LegalBasis::Consent, "consent"),
+            (LegalBasis::Contract, "contract"),
+            (LegalBasis::LegitimateInterest, "legitimate-interest"),
+            (LegalBasis::LegalObligation, "legal-obligation"),
+        ];
+        assert_eq!(bases.len(), LegalBasis::COUNT);
+        for (i, (b, label)) in bases.into_iter().enumerate() {
+            assert_eq!(b.as_str(), label);
+            assert_eq!(LegalBasis::VARIANTS[i], b);
+        }
+        let identities = [
+            (Identity::Vin, "vin"),
+            (Identity::Pseudonym, "pseudonym"),
+            (Identity::Anonymous, "anonymous"),
+            (Identity::Sealed, "sealed"),
+        ];
+        assert_eq!(identities.len(), Identity::COUNT);
+        for (i, (id, label)) in identities.into_iter().enumerate() {
+            assert_eq!(id.as_str(), label);
+            assert_eq!(Identity::VARIANTS[i], id);
+        }
+        let conditions = [
+            (OffCondition::PrivateMode, "private-mode"),
+            (OffCondition::LocationServicesOff, "location-services-off"),
+            (
+                OffCondition::NonLocationServicesOff,
+                "non-location-services-off",
+            ),
+            (OffCondition::ServiceToggleOff, "service-toggle-off"),
+        ];
+        assert_eq!(conditions.len(), OffCondition::COUNT);
+        for (i, (c, label)) in conditions.into_iter().enumerate() {
+            assert_eq!(c.as_str(), label);
+            assert_eq!(OffCondition::VARIANTS[i], c);
+        }
     }
 }

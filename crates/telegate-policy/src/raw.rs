@@ -10,6 +10,7 @@ use crate::pack::{
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use strum::{EnumCount, VariantArray};
 use telegate_frame::{Categories, DataCategory, FrameKind, PayloadFormat};
 
 #[derive(Deserialize)]
@@ -237,13 +238,13 @@ impl RawPack {
             let legal_basis = errs.one_of(
                 format!("{path}.legal_basis"),
                 &raw.legal_basis,
-                &LegalBasis::ALL,
+                LegalBasis::VARIANTS,
                 LegalBasis::as_str,
             );
             let identity = errs.one_of(
                 format!("{path}.identity"),
                 &raw.identity,
-                &Identity::ALL,
+                Identity::VARIANTS,
                 Identity::as_str,
             );
             let retention = errs.retention(format!("{path}.retention"), &raw.retention);
@@ -253,7 +254,8 @@ impl RawPack {
             let mut kinds = Vec::new();
             for (i, k) in raw.kinds.iter().enumerate() {
                 let kpath = format!("{path}.kinds[{i}]");
-                let Some(kind) = errs.one_of(kpath.clone(), k, &FrameKind::ALL, FrameKind::as_str)
+                let Some(kind) =
+                    errs.one_of(kpath.clone(), k, FrameKind::VARIANTS, FrameKind::as_str)
                 else {
                     continue;
                 };
@@ -329,7 +331,7 @@ impl RawPack {
             return Err(PackErrors(errs.0));
         }
 
-        let mut routes: [Vec<usize>; FrameKind::ALL.len()] = Default::default();
+        let mut routes: [Vec<usize>; FrameKind::COUNT] = Default::default();
         for (i, p) in purposes.iter().enumerate() {
             for k in &p.kinds {
                 routes[k.index()].push(i);
@@ -401,7 +403,7 @@ impl RawPurpose {
             if let Some(c) = errs.one_of(
                 format!("{path}.categories[{i}]"),
                 c,
-                &DataCategory::ALL,
+                DataCategory::VARIANTS,
                 DataCategory::as_str,
             ) {
                 categories.insert(c);
@@ -529,7 +531,7 @@ impl RawPurpose {
             if let Some(o) = errs.one_of(
                 format!("{path}.off_when[{i}]"),
                 o,
-                &OffCondition::ALL,
+                OffCondition::VARIANTS,
                 OffCondition::as_str,
             ) {
                 off_when.push(o);

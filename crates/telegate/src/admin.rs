@@ -3,12 +3,11 @@
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use telegate_admin_proto::AdminClient;
 use telegate_admin_proto::pb::{self, Origin};
+use telegate_gateway::support::{PemKind, error_chain, read_pem};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -217,47 +216,10 @@ fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls:
     None
 }
 
-/// An error and its causes on one line, without repeats (tonic's own text is "transport
-/// error", and an IO error repeats its inner error's message).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cause = Some(e);
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p == &text) {
-            parts.push(text);
-        }
-        cause = e.source();
-    }
-    parts.join(": ")
-}
-
-/// What a PEM file given to the CLI must hold.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pem {
-    Certificates,
-    PrivateKey,
-}
-
-/// Reads a PEM file named by `flag` and checks it holds what `kind` says, so that a wrong
+/// The PEM file given to `flag`, read and checked to hold what `kind` says, so that a wrong
 /// file is named as such rather than showing up later as an untrusted server.
-fn read_pem(flag: &str, path: &Path, kind: Pem) -> anyhow::Result<Vec<u8>> {
-    let pem =
-        std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))?;
-    let usable = match kind {
-        Pem::Certificates => CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .is_ok_and(|certs| !certs.is_empty()),
-        Pem::PrivateKey => PrivateKeyDer::from_pem_slice(&pem).is_ok(),
-    };
-    if !usable {
-        let what = match kind {
-            Pem::Certificates => "a PEM certificate",
-            Pem::PrivateKey => "a PEM private key",
-        };
-        bail!("{flag}: {} holds no {what}", path.display());
-    }
-    Ok(pem)
+fn pem_of(flag: &str, path: &Path, kind: PemKind) -> anyhow::Result<Vec<u8>> {
+    read_pem(path, kind).map_err(|problem| anyhow::anyhow!("{flag}: {problem}"))
 }
 
 /// The endpoint to dial: TLS when `--admin-ca` is given (an `http://` endpoint becomes
@@ -284,15 +246,15 @@ async fn connect(a: &Args, target: &Target) -> anyhow::Result<tonic::transport::
     let mut endpoint = Endpoint::from_shared(target.endpoint.clone())
         .context("--endpoint is not a URL such as http://host:9899")?;
     if let Some(ca) = &a.admin_ca {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem_of(
             "--admin-ca",
             ca,
-            Pem::Certificates,
+            PemKind::Certificates,
         )?));
         if let (Some(cert), Some(key)) = (&a.admin_cert, &a.admin_key) {
             tls = tls.identity(Identity::from_pem(
-                read_pem("--admin-cert", cert, Pem::Certificates)?,
-                read_pem("--admin-key", key, Pem::PrivateKey)?,
+                pem_of("--admin-cert", cert, PemKind::Certificates)?,
+                pem_of("--admin-key", key, PemKind::PrivateKey)?,
             ));
         }
         endpoint = endpoint.tls_config(tls).map_err(|e| {
@@ -515,8 +477,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("secret.pem");
         std::fs::write(&file, "SECRET-LOOKING-LINE\n").expect("write");
-        for kind in [Pem::Certificates, Pem::PrivateKey] {
-            let err = read_pem("--admin-key", &file, kind).expect_err("not PEM");
+        for kind in [PemKind::Certificates, PemKind::PrivateKey] {
+            let err = pem_of("--admin-key", &file, kind).expect_err("not PEM");
             let text = format!("{err:#}");
             assert!(text.starts_with("--admin-key: "), "{text}");
             assert!(!text.contains("SECRET"), "{text}");

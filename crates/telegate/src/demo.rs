@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use strum::VariantArray;
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
 use telegate_gateway::http::{metrics_handle, samples};
 use telegate_gateway::{Config, Gateway, PackSource, REFERENCE_PACK};
@@ -121,7 +122,7 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
             .chain(consent_topics("", config.ledger_retention))
             .chain([vehicle_requests_topic("")])
             .map(|t| t.name)
-            .chain(Reference::ALL.map(|r| r.output("")));
+            .chain(Reference::VARIANTS.iter().map(|r| r.output("")));
         for name in names {
             mock.create_topic(&name, 1, 1)
                 .with_context(|| format!("creating {name} in the MockCluster"))?;
@@ -138,7 +139,7 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     let viewer = spawn_viewer(&bootstrap, &topics, view.clone())?;
     let (stop_consumers, stop_rx) = tokio::sync::watch::channel(false);
     let mut consumers = Vec::new();
-    for service in Reference::ALL {
+    for &service in Reference::VARIANTS {
         let cfg = RunnerConfig {
             kafka: config.kafka.clone(),
             group: format!(
@@ -284,7 +285,7 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
 
 fn refused_at_edge(gateway: &Gateway) -> u64 {
     let stats = gateway.edge().stats();
-    telegate_mqtt::Refusal::ALL
+    telegate_mqtt::Refusal::VARIANTS
         .iter()
         .map(|r| stats.refused(*r))
         .sum()

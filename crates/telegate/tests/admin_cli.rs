@@ -87,7 +87,20 @@ async fn the_admin_cli_drives_the_api() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"));
     let unknown = tokio::task::block_in_place(|| cli(TOKEN, &["grant", &vin_s, "no-such-purpose"]));
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no purpose"));
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert_eq!(unknown.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("NotFound") && said.contains("no purpose"),
+        "{said}"
+    );
+    // A VIN that is not one: the caller's mistake, said as such and nothing more.
+    let bad = tokio::task::block_in_place(|| cli(TOKEN, &["state", "WP0ZZZ99ZTS39212"]));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("InvalidArgument: vin: a VIN has 17 characters"),
+        "{said}"
+    );
     let export = tokio::task::block_in_place(|| cli(TOKEN, &["export", &vin_s]));
     let v: serde_json::Value = serde_json::from_slice(&export.stdout).expect("export JSON");
     let entry = &v["ledger"][0];

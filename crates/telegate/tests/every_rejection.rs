@@ -9,6 +9,7 @@ mod tls_gateway;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
+use strum::VariantArray;
 use telegate_frame::{RejectReason, Vin};
 use telegate_tests::*;
 use tls_gateway::Gateway;
@@ -95,7 +96,7 @@ async fn every_rejection_reason_through_the_closed_edge() {
     ]);
     let mut valid_seq = 0;
     let mut sent = Vec::new();
-    for (i, reason) in RejectReason::ALL.into_iter().enumerate() {
+    for (i, &reason) in RejectReason::VARIANTS.iter().enumerate() {
         let seq = (100 + i).to_string();
         let at = Some(now - 1_000);
         let body = status_body(40);
@@ -210,7 +211,7 @@ async fn every_rejection_reason_through_the_closed_edge() {
     }
     assert_eq!(g.refused("publish-not-permitted"), 5.0);
 
-    for reason in RejectReason::ALL {
+    for reason in RejectReason::VARIANTS {
         let counted = g.metric(
             "telegate_frames_rejected_total",
             &format!("reason=\"{}\"", reason.as_str()),
