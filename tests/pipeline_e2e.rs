@@ -411,3 +411,51 @@ async fn a_puback_means_kafka_holds_the_frames_records() {
     assert_eq!(high, 1, "at PUBACK time Kafka holds the frame's record");
     gw.shutdown().await;
 }
+
+/// One way to stop: when `Gateway::shutdown` returns, every task the gateway started has
+/// ended (listeners, connections, the pipeline and its state writes, the followers of the
+/// state and request topics, the admin API and its sweeper, the roll markers, the HTTP
+/// endpoints), even with a vehicle still connected and one client that never sent its
+/// CONNECT.
+#[test]
+fn when_shutdown_returns_every_task_of_the_gateway_has_ended() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let alive = || rt.metrics().num_alive_tasks();
+    let dir = tempfile::tempdir().expect("tmp");
+    let ns = format!("s{:08x}.", rand::random::<u32>());
+    let mut config = gateway_config("reference", &ns, dir.path());
+    config.metrics_listen = Some(free_addr());
+    config.admin.listen = Some(free_addr());
+    config.admin.token = Some("shutdown-test-token-0123456789".to_owned());
+    config.state_roll_interval = Duration::from_secs(1);
+    let before = alive();
+    rt.block_on(async {
+        let gw = Gateway::start(&config, PackSource::Config)
+            .await
+            .expect("gateway starts");
+        let addr = config.mqtt.listen.expect("mqtt");
+        // A vehicle connected, with a frame acknowledged.
+        let vin = unique_vin();
+        let f = frame(&vin, 1, status());
+        let topic = vehicle_topic(&vin, FrameKind::Status);
+        publish_v4(addr, vec![(topic, encode(&f, PayloadFormat::Protobuf))]).await;
+        let mut connected = std::net::TcpStream::connect(addr).expect("connects");
+        use std::io::{Read, Write};
+        connected
+            .write_all(&[
+                0x10, 0x10, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 4, b's', b'h', b'u', b't',
+            ])
+            .expect("CONNECT");
+        let mut connack = [0u8; 4];
+        connected.read_exact(&mut connack).expect("CONNACK");
+        // And a client that never sends its CONNECT.
+        let _silent = std::net::TcpStream::connect(addr).expect("connects");
+        assert!(alive() > before, "the gateway runs tasks");
+        gw.shutdown().await;
+    });
+    assert_eq!(alive(), before, "tasks outlived Gateway::shutdown");
+}

@@ -24,8 +24,8 @@ use telegate_policy::{
     Account, ConsentRule, Identity, Keyring, Pack, StateFile, StateKey, SubjectRecord,
     sealed_subject, unseal,
 };
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 /// What the admin service works with.
@@ -48,14 +48,16 @@ pub struct AdminService {
     ctx: Arc<AdminContext>,
 }
 
-/// Serves the admin API on `listen`, behind the bearer token and the TLS `access` sets, until
-/// `stop` turns true (calls under way finish); returns the bound address and the task.
+/// Serves the admin API on `listen`, behind the bearer token and the TLS `access` sets, on a
+/// task of `tasks`, until `stop` is cancelled (calls under way finish); returns the bound
+/// address.
 pub async fn serve(
     listen: SocketAddr,
     access: AdminAccess,
     ctx: Arc<AdminContext>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<SocketAddr> {
     let mut server = tonic::transport::Server::builder();
     match &access.tls {
         Some(tls) => {
@@ -100,13 +102,10 @@ pub async fn serve(
     // tonic sets TCP_NODELAY only on sockets it accepts itself: without it, Nagle's algorithm
     // holds a reply's last frame until the caller's delayed ACK, some 40 ms per call.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let task = tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
+    tasks.spawn(async move {
         if let Err(e) = server
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, stopped)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await
         {
             tracing::error!(error = %e, "admin API stopped");
@@ -574,16 +573,12 @@ pub async fn export(ctx: &AdminContext, vin: &Vin) -> Result<serde_json::Value, 
     }))
 }
 
-/// Erases blocked accounts whose retention check has passed, until `stop` turns true.
-pub async fn sweep_blocked(
-    ctx: Arc<AdminContext>,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Erases blocked accounts whose retention check has passed, until `stop` is cancelled.
+pub async fn sweep_blocked(ctx: Arc<AdminContext>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = now_ms();

@@ -16,11 +16,35 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use telegate_frame::Vin;
-use telegate_kafka::{KafkaSink, LogWriter, SinkStats, ensure_topics};
+use telegate_kafka::{KafkaSink, LogWriter, Run, SinkStats, ensure_topics};
 use telegate_mqtt::{Edge, VehicleGate};
 use telegate_policy::{Account, Pack, TopicSpec, consent_topics, vehicle_requests_topic};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// One step of the shutdown order: the token that tells its tasks to stop, and the tasks,
+/// each spawned on its tracker.
+#[derive(Debug, Default)]
+struct Stage {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Stage {
+    fn run(&self) -> Run<'_> {
+        Run {
+            tasks: &self.tasks,
+            stop: &self.stop,
+        }
+    }
+
+    /// Tells its tasks to stop and returns once every one has ended.
+    async fn stop(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
 
 /// A running gateway. It owns every task it started and stops them in order.
 #[derive(Debug)]
@@ -29,18 +53,14 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     pack: Arc<Pack>,
-    /// Stops the pipeline: drain what arrived, flush the sink.
-    stop_pipeline: watch::Sender<bool>,
-    pipeline: JoinHandle<()>,
-    /// Stops the admin API, its sweeper and the follower of requests to vehicles.
-    stop_admin: watch::Sender<bool>,
-    admin_tasks: Vec<JoinHandle<()>>,
-    /// Stops the roll markers on the consent-state topic, first.
-    stop_roll: watch::Sender<bool>,
-    roll: Option<JoinHandle<()>>,
-    /// Stops the HTTP endpoints, last.
-    stop_http: watch::Sender<bool>,
-    http: Option<JoinHandle<()>>,
+    /// The roll markers on the consent-state topic, stopped first.
+    roll: Stage,
+    /// The admin API, its sweeper and the follower of requests to vehicles.
+    admin: Stage,
+    /// The pipeline: drains what arrived, flushes the sink.
+    pipeline: Stage,
+    /// The HTTP endpoints, stopped last.
+    http: Stage,
     ready: Arc<AtomicBool>,
     sink_stats: Arc<SinkStats>,
     state: Arc<StateStore>,
@@ -61,21 +81,20 @@ impl Gateway {
             config,
             pack,
             keys,
-            admin,
+            admin: admin_access,
             state: state_file,
         } = checked;
         // The recorder must exist before any counter is registered.
         let _ = http::metrics_handle();
         let ready = Arc::new(AtomicBool::new(false));
-        let (stop_http, http_stopped) = watch::channel(false);
-        let (metrics_addr, http) = match config.metrics_listen {
-            None => (None, None),
-            Some(addr) => {
-                let (addr, task) = http::serve(addr, ready.clone(), http_stopped)
+        let http = Stage::default();
+        let metrics_addr = match config.metrics_listen {
+            None => None,
+            Some(addr) => Some(
+                http::serve(addr, ready.clone(), http.stop.clone(), &http.tasks)
                     .await
-                    .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
-                (Some(addr), Some(task))
-            }
+                    .with_context(|| format!("cannot listen for /metrics on {addr}"))?,
+            ),
         };
         let pack = Arc::new(pack);
         let ephemeral_keys = keys.is_ephemeral();
@@ -146,8 +165,7 @@ impl Gateway {
             .await
             .context("starting the MQTT edge")?;
         let edge = Arc::new(edge);
-        let (stop_admin, admin_stopped) = watch::channel(false);
-        let mut admin_tasks = Vec::new();
+        let admin = Stage::default();
         // Requests to vehicles connected to another instance go through Kafka, and this
         // instance delivers those for its own; it stops with the admin API.
         let requests = Requests::new(
@@ -157,8 +175,8 @@ impl Gateway {
             state.clone(),
             directory,
         )?;
-        admin_tasks.push(requests.follow(&config.kafka, admin_stopped.clone())?);
-        let admin_addr = match (config.admin.listen, admin) {
+        requests.follow(&config.kafka, admin.run())?;
+        let admin_addr = match (config.admin.listen, admin_access) {
             (Some(listen), Some(access)) => {
                 let ctx = Arc::new(AdminContext {
                     pack: pack.clone(),
@@ -170,15 +188,14 @@ impl Gateway {
                     keys: keys.clone(),
                     block_grace: config.admin.block_grace,
                 });
-                admin_tasks.push(tokio::spawn(admin::sweep_blocked(
+                admin.tasks.spawn(admin::sweep_blocked(
                     ctx.clone(),
                     config.admin.sweep_interval,
-                    admin_stopped.clone(),
-                )));
-                let (addr, task) = admin::serve(listen, access, ctx, admin_stopped)
+                    admin.stop.clone(),
+                ));
+                let addr = admin::serve(listen, access, ctx, admin.stop.clone(), &admin.tasks)
                     .await
                     .with_context(|| format!("cannot serve the admin API on {listen}"))?;
-                admin_tasks.push(task);
                 tracing::info!(%addr, "admin API listening");
                 Some(addr)
             }
@@ -192,25 +209,26 @@ impl Gateway {
             ledger.clone(),
             sink,
         );
-        let (stop_pipeline, pipeline_stopped) = watch::channel(false);
-        let pipeline = tokio::spawn(pipeline.run(rx, pipeline_stopped, config.shutdown_timeout));
+        let running = Stage::default();
+        running
+            .tasks
+            .spawn(pipeline.run(rx, running.stop.clone(), config.shutdown_timeout));
         // Started after the last step that can fail, so that every start that returns a
         // gateway also stops it.
-        let (stop_roll, roll_stopped) = watch::channel(false);
-        let roll = if config.state_roll_interval.is_zero() {
+        let roll = Stage::default();
+        if config.state_roll_interval.is_zero() {
             tracing::warn!(
                 "state_roll_interval is 0s: an erased vehicle's earlier record stays in the log \
                  until something else is written to its partition of the consent-state topic"
             );
-            None
         } else {
-            Some(tokio::spawn(roll::keep_rolling(
+            roll.tasks.spawn(roll::keep_rolling(
                 writer,
                 state_topic.name,
                 config.state_roll_interval,
-                roll_stopped,
-            )))
-        };
+                roll.stop.clone(),
+            ));
+        }
         ready.store(true, Ordering::Release);
         tracing::info!(policy = %pack.label(), "telegate ready");
         Ok(Self {
@@ -218,13 +236,9 @@ impl Gateway {
             admin_addr,
             metrics_addr,
             pack,
-            stop_pipeline,
-            pipeline,
-            stop_admin,
-            admin_tasks,
-            stop_roll,
             roll,
-            stop_http,
+            admin,
+            pipeline: running,
             http,
             ready,
             sink_stats,
@@ -277,35 +291,17 @@ impl Gateway {
     /// edge (no new connections, every connection closed; unacknowledged QoS 1 frames stay with
     /// their vehicles); the pipeline (frames already read are processed, records flushed to
     /// Kafka); the consent state (every change written to its topic); the HTTP endpoints last.
+    ///
+    /// Each step tells its tasks to stop and waits until every one has ended; when this
+    /// returns, no task the gateway started is running.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
-        let _ = self.stop_roll.send(true);
-        if let Some(roll) = self.roll
-            && roll.await.is_err()
-        {
-            tracing::error!("consent-state roll task failed during shutdown");
-        }
-        let _ = self.stop_admin.send(true);
-        for task in self.admin_tasks {
-            if task.await.is_err() {
-                tracing::error!("admin task failed during shutdown");
-            }
-        }
-        match Arc::try_unwrap(self.edge) {
-            Ok(edge) => edge.shutdown().await,
-            Err(_) => tracing::error!("the MQTT edge is still shared at shutdown"),
-        }
-        let _ = self.stop_pipeline.send(true);
-        if self.pipeline.await.is_err() {
-            tracing::error!("pipeline task failed during shutdown");
-        }
+        self.roll.stop().await;
+        self.admin.stop().await;
+        self.edge.shutdown().await;
+        self.pipeline.stop().await;
         self.state.close(self.shutdown_timeout).await;
-        let _ = self.stop_http.send(true);
-        if let Some(http) = self.http
-            && http.await.is_err()
-        {
-            tracing::error!("HTTP endpoint task failed during shutdown");
-        }
+        self.http.stop().await;
         tracing::info!(
             delivered = self.sink_stats.delivered(),
             failed = self.sink_stats.failed(),

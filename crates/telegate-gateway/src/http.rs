@@ -9,8 +9,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -40,12 +40,14 @@ struct AppState {
     ready: Arc<AtomicBool>,
 }
 
-/// Serves the endpoints until `stop` turns true; returns the bound address and the task.
+/// Serves the endpoints, on a task of `tasks`, until `stop` is cancelled; returns the bound
+/// address.
 pub async fn serve(
     listen: SocketAddr,
     ready: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) -> std::io::Result<SocketAddr> {
     let state = AppState {
         metrics: metrics_handle(),
         ready,
@@ -69,18 +71,15 @@ pub async fn serve(
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
+    tasks.spawn(async move {
         if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
+            .with_graceful_shutdown(stop.cancelled_owned())
             .await
         {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
-    Ok((addr, task))
+    Ok(addr)
 }
 
 /// `(labels, value)` of every sample of a counter in Prometheus text format.

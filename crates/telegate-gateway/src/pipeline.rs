@@ -19,7 +19,9 @@ use telegate_policy::{
     Admission, DropReason, Keyring, OutRecord, Outcome, Pack, StateKey, Verdict, admit, offline,
     recorded_settings, rejected_record,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Everything the pipeline needs, built once.
 #[derive(Debug)]
@@ -40,6 +42,9 @@ pub struct Pipeline {
     /// QoS 1 frames of each vehicle that Kafka holds or is being given, by seq: a frame sent
     /// again is acknowledged, not written twice.
     resends: Arc<Resends>,
+    /// The state and ledger writes frames wait for, off the pipeline's path; awaited before
+    /// the sink is flushed at the end.
+    writes: TaskTracker,
 }
 
 /// How long a vehicle's recent frames are remembered after its last one.
@@ -147,15 +152,17 @@ impl Pipeline {
             counters,
             unconfirmed: Arc::default(),
             resends: Arc::new(Resends::new(RESENDS_IDLE)),
+            writes: TaskTracker::new(),
         }
     }
 
-    /// Processes frames until `stop` fires or ingress closes, then drains what already
-    /// arrived and flushes Kafka.
+    /// Processes frames until `stop` is cancelled or ingress closes, then drains what already
+    /// arrived, waits for the state and ledger writes under way and flushes Kafka, all within
+    /// `flush_timeout`.
     pub async fn run(
         self,
         mut rx: mpsc::Receiver<Incoming>,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
         flush_timeout: Duration,
     ) {
         let mut sweep = tokio::time::interval(RESENDS_IDLE / 4);
@@ -163,7 +170,7 @@ impl Pipeline {
         loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => break,
+                () = stop.cancelled() => break,
                 m = rx.recv() => match m {
                     Some(m) => self.process(m).await,
                     None => break,
@@ -175,7 +182,19 @@ impl Pipeline {
         while let Ok(m) = rx.try_recv() {
             self.process(m).await;
         }
-        self.sink.close(flush_timeout).await;
+        self.writes.close();
+        let deadline = tokio::time::Instant::now() + flush_timeout;
+        if tokio::time::timeout_at(deadline, self.writes.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                writes = self.writes.len(),
+                "state or ledger writes still under way at shutdown; their frames are not acknowledged"
+            );
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.sink.close(left).await;
     }
 
     /// One MQTT message, start to finish. A QoS 1 frame's acknowledgement completes once
@@ -341,7 +360,7 @@ impl Pipeline {
             self.counters.ledger_errors.clone(),
             self.unconfirmed.clone(),
         );
-        tokio::spawn(async move {
+        self.writes.spawn(async move {
             if let Err(e) = ledger.append(&vin, change).await {
                 errors.increment(1);
                 unconfirmed.insert(state.key_of(&vin));
@@ -361,7 +380,7 @@ impl Pipeline {
         let state = self.state.clone();
         let errors = self.counters.state_errors.clone();
         let unconfirmed = self.unconfirmed.clone();
-        tokio::spawn(async move {
+        self.writes.spawn(async move {
             if let Err(e) = state.persist(&vin).await {
                 errors.increment(1);
                 unconfirmed.insert(state.key_of(&vin));

@@ -21,11 +21,9 @@ use std::time::{Duration, Instant};
 use strum::VariantArray;
 use telegate_frame::Vin;
 use telegate_frame::pb::PlatformRequest;
-use telegate_kafka::{Entry, KafkaConfig, LogWriter, Start, follow_from};
+use telegate_kafka::{Entry, KafkaConfig, LogWriter, Run, Start, follow_from};
 use telegate_mqtt::{Delivery, Edge, Presence, VehicleGate, request_topic};
 use telegate_policy::{StateKey, StateKeys};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// A request read later than this after it was issued (or this far ahead of the reader's
 /// clock) is not delivered: whoever asked has given up on it.
@@ -252,17 +250,14 @@ impl Requests {
         }
     }
 
-    /// Follows the topic from its end until `stop` turns true, delivering the requests for
-    /// the vehicles held here, and forgets vehicles that left now and then.
-    pub fn follow(
-        self: &Arc<Self>,
-        cfg: &KafkaConfig,
-        stop: watch::Receiver<bool>,
-    ) -> anyhow::Result<JoinHandle<()>> {
-        let (mut entries, _) = follow_from(cfg, &self.topic, Start::End, 256, stop)
+    /// Follows the topic from its end until told to stop, delivering the requests for the
+    /// vehicles held here, and forgets vehicles that left now and then; its tasks run on
+    /// `run.tasks`.
+    pub fn follow(self: &Arc<Self>, cfg: &KafkaConfig, run: Run<'_>) -> anyhow::Result<()> {
+        let (mut entries, _) = follow_from(cfg, &self.topic, Start::End, 256, run)
             .with_context(|| format!("following {}", self.topic))?;
         let this = self.clone();
-        Ok(tokio::spawn(async move {
+        run.tasks.spawn(async move {
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -13,31 +13,30 @@
 
 use std::time::Duration;
 use telegate_kafka::LogWriter;
-use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
-/// Rolls every partition of `topic` at once, then every `every`, until `stop` turns true (or
-/// its sender is gone). A failed round is counted and logged, and the next one comes at the
+/// Rolls every partition of `topic` at once, then every `every`, until `stop` is cancelled. A failed round is counted and logged, and the next one comes at the
 /// next interval.
 pub(crate) async fn keep_rolling(
     writer: LogWriter,
     topic: String,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let failed = metrics::counter!("telegate_state_roll_errors_total");
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
         // Not abandoned on stop: a blocking metadata request cannot be, and it gives up
         // within seconds.
         let rolled = match writer.partitions(&topic).await {
             Ok(partitions) => tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
+                () = stop.cancelled() => return,
                 r = writer.roll(&topic, &partitions) => r,
             },
             Err(e) => Err(e),

@@ -16,14 +16,14 @@
 use anyhow::Context;
 use dashmap::{DashMap, DashSet};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use telegate_frame::Vin;
-use telegate_kafka::{Entry, KafkaConfig, LogWriter, follow};
+use telegate_kafka::{Entry, KafkaConfig, LogWriter, Run, follow};
 use telegate_policy::{Admission, StateFile, StateKey, StateKeys, SubjectRecord, SubjectSecret};
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub mod census;
 pub mod record;
@@ -58,10 +58,14 @@ struct Replication {
     /// true once a format-2 record for the vehicle has been read after it.
     legacy: DashMap<StateKey, (Vin, bool)>,
     wake: Notify,
+    /// Counts the writer's passes: [`StateStore::flushed`] looks again after each.
+    passes: watch::Sender<u64>,
     /// Stops the follower and has the writer make its last pass.
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
+    /// Has the writer give up what it could not write by the close's deadline.
+    abandon: CancellationToken,
     /// The follower, the applier and the writer, awaited by [`StateStore::close`].
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -120,7 +124,7 @@ impl StateStore {
         keys: StateKeys,
     ) -> anyhow::Result<Arc<Self>> {
         let writer = LogWriter::new(cfg).context("state writer")?;
-        let (stop, stopped) = watch::channel(false);
+        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
         let store = Arc::new(Self {
             replication: Some(Replication {
                 writer,
@@ -129,16 +133,22 @@ impl StateStore {
                 slots: DashMap::new(),
                 legacy: DashMap::new(),
                 wake: Notify::new(),
-                stop,
-                tasks: Mutex::new(Vec::new()),
+                passes: watch::Sender::new(0),
+                stop: stop.clone(),
+                abandon: CancellationToken::new(),
+                tasks: tasks.clone(),
             }),
             ..Self::local(keys)
         });
-        let (mut entries, mut read_to_end) = follow(cfg, topic, 4096, stopped.clone())
-            .with_context(|| format!("following {topic}"))?;
+        let run = Run {
+            tasks: &tasks,
+            stop: &stop,
+        };
+        let (mut entries, mut read_to_end) =
+            follow(cfg, topic, 4096, run).with_context(|| format!("following {topic}"))?;
         let (applied_tx, mut applied) = watch::channel(false);
         let applier = store.clone();
-        let applying = tokio::spawn(async move {
+        tasks.spawn(async move {
             if !read_to_its_end(&mut entries, &mut read_to_end, |e| applier.apply_remote(e)).await {
                 return;
             }
@@ -148,17 +158,9 @@ impl StateStore {
                 applier.apply_remote(e);
             }
         });
-        if let Some(rep) = &store.replication {
-            rep.tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(applying);
-        }
         let caught_up = tokio::time::timeout(catch_up, applied.wait_for(|c| *c)).await;
         if !matches!(caught_up, Ok(Ok(_))) {
-            if let Some(rep) = &store.replication {
-                let _ = rep.stop.send(true);
-            }
+            stop.cancel();
             return Err(match caught_up {
                 Err(_) => anyhow::anyhow!("{topic} was not read to its end within {catch_up:?}"),
                 Ok(_) => anyhow::anyhow!("state follower stopped"),
@@ -166,12 +168,8 @@ impl StateStore {
         }
         // Nothing is written before the whole topic is read: an older form's record is
         // rewritten (and its raw-VIN key tombstoned) only once every erasure is known.
-        let writing = tokio::spawn(write::write_dirty(store.clone(), stopped));
+        tasks.spawn(write::write_dirty(store.clone()));
         if let Some(rep) = &store.replication {
-            rep.tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(writing);
             rep.wake.notify_one();
         }
         tracing::info!(
@@ -470,14 +468,12 @@ impl StateStore {
     /// Returns once every record changed here or read in an older form is written (and every
     /// format-1 key tombstoned), or `timeout` passed; true if nothing is left.
     pub async fn flushed(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.pending_writes() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        true
+        let Some(rep) = &self.replication else {
+            return true;
+        };
+        let mut passes = rep.passes.subscribe();
+        let written = passes.wait_for(|_| self.pending_writes() == 0);
+        matches!(tokio::time::timeout(timeout, written).await, Ok(Ok(_)))
     }
 
     /// Stops following the topic and returns once every local change made before the call
@@ -486,10 +482,10 @@ impl StateStore {
         let Some(rep) = &self.replication else {
             return;
         };
-        let _ = rep.stop.send(true);
+        rep.stop.cancel();
         rep.wake.notify_one();
-        let tasks = std::mem::take(&mut *rep.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        if tokio::time::timeout(timeout, futures::future::join_all(tasks))
+        rep.tasks.close();
+        if tokio::time::timeout(timeout, rep.tasks.wait())
             .await
             .is_err()
         {
@@ -497,6 +493,8 @@ impl StateStore {
                 unwritten = rep.dirty.len(),
                 "consent state not fully written to Kafka before shutdown"
             );
+            rep.abandon.cancel();
+            rep.tasks.wait().await;
         }
     }
 }

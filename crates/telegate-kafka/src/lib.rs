@@ -14,7 +14,7 @@ mod topics;
 pub use config::KafkaConfig;
 pub use sink::{KafkaSink, Receipt, SinkError, SinkStats};
 pub use statelog::{
-    Entry, LogWriter, Scanned, Start, assign_all, follow, follow_from, is_roll_marker, roll_marker,
-    scan,
+    Entry, LogWriter, Run, Scanned, Start, assign_all, follow, follow_from, is_roll_marker,
+    roll_marker, scan,
 };
 pub use topics::{COMPACTION_BOUND, TopicError, ensure_topics, topic_config, topic_retention_ms};

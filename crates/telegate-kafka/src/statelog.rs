@@ -14,6 +14,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// One record of a followed topic; `value: None` is a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,16 +157,24 @@ impl LogWriter {
     }
 }
 
-/// Reads `topic` from its beginning and keeps following it until `stop` turns true (or the
-/// receiver is dropped); roll markers ([`LogWriter::roll`]) are skipped. `caught_up` turns true
-/// once every partition has been read to the end it had when following began.
+/// Who runs a follower ([`follow`]): its task is spawned on `tasks` and ends when `stop` is
+/// cancelled (or its receiver is dropped).
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub tasks: &'a TaskTracker,
+    pub stop: &'a CancellationToken,
+}
+
+/// Reads `topic` from its beginning and keeps following it until told to stop; roll markers
+/// ([`LogWriter::roll`]) are skipped. `caught_up` turns true once every partition has been
+/// read to the end it had when following began.
 pub fn follow(
     cfg: &KafkaConfig,
     topic: &str,
     capacity: usize,
-    stop: watch::Receiver<bool>,
+    run: Run<'_>,
 ) -> Result<(mpsc::Receiver<Entry>, watch::Receiver<bool>), KafkaError> {
-    follow_from(cfg, topic, Start::Beginning, capacity, stop)
+    follow_from(cfg, topic, Start::Beginning, capacity, run)
 }
 
 /// [`follow`] from `start`: with [`Start::End`], only the records written from now on (a
@@ -174,18 +184,19 @@ pub fn follow_from(
     topic: &str,
     start: Start,
     capacity: usize,
-    mut stop: watch::Receiver<bool>,
+    run: Run<'_>,
 ) -> Result<(mpsc::Receiver<Entry>, watch::Receiver<bool>), KafkaError> {
     // Each instance reads everything itself: no group assignment, nothing committed.
     let (consumer, partitions) = assigned_consumer(cfg, topic, start)?;
     let (tx, rx) = mpsc::channel(capacity);
     let (caught_up_tx, caught_up) = watch::channel(partitions.is_empty());
     let topic = topic.to_owned();
-    tokio::spawn(async move {
+    let stop = run.stop.clone();
+    run.tasks.spawn(async move {
         let mut pending: BTreeSet<i32> = partitions.into_iter().collect();
         loop {
             let next = tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
+                () = stop.cancelled() => return,
                 next = consumer.recv() => next,
             };
             match next {
@@ -196,7 +207,11 @@ pub fn follow_from(
                         value: m.payload().map(<[u8]>::to_vec),
                         timestamp_ms: m.timestamp().to_millis(),
                     };
-                    if tx.send(entry).await.is_err() {
+                    let sent = tokio::select! {
+                        () = stop.cancelled() => return,
+                        sent = tx.send(entry) => sent,
+                    };
+                    if sent.is_err() {
                         return;
                     }
                 }

@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use telegate_frame::Vin;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use crate::sessions::{Delivery, Presence};
 
@@ -219,7 +220,10 @@ pub(crate) struct Shared {
     pub gate: VehicleGate,
     pub tls: Option<Tls>,
     pub stats: Arc<EdgeStats>,
-    pub stop: watch::Receiver<bool>,
+    /// Cancelled at shutdown: listeners stop accepting, connections close.
+    pub stop: CancellationToken,
+    /// The listeners', the housekeeping's and every connection's task.
+    pub tasks: TaskTracker,
     /// Connections that have not authenticated yet.
     pub handshakes: Arc<Handshakes>,
     /// Memory for partial packets, all connections together.
@@ -256,8 +260,6 @@ pub struct Edge {
     ctx: Arc<Shared>,
     listeners: Vec<(SocketAddr, Listener)>,
     external: Option<External>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -304,7 +306,6 @@ impl Edge {
             bound.push((listener, local, kind));
         }
         let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
-        let (stop, stopped) = watch::channel(false);
         let ctx = Arc::new(Shared {
             cfg: cfg.clone(),
             tx,
@@ -312,7 +313,8 @@ impl Edge {
             gate,
             tls,
             stats: Arc::new(EdgeStats::new()),
-            stop: stopped,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             handshakes: Arc::new(Handshakes::new(
                 cfg.max_handshakes
                     .unwrap_or_else(crate::handshakes::default_max_handshakes),
@@ -321,16 +323,21 @@ impl Edge {
             buffers: BufferBudget::new(cfg.max_buffered_bytes),
         });
         let external = match &cfg.external {
-            Some(_) => Some(External::start(cfg, ctx.stats.clone(), ctx.tx.clone())?),
+            Some(_) => Some(External::start(
+                cfg,
+                ctx.stats.clone(),
+                ctx.tx.clone(),
+                &ctx.stop,
+                &ctx.tasks,
+            )?),
             None => None,
         };
-        let mut tasks = Vec::new();
         let mut listeners = Vec::new();
         for (listener, local, kind) in bound {
             listeners.push((local, kind));
-            tasks.push(tokio::spawn(accept_loop(listener, kind, ctx.clone())));
+            ctx.tasks.spawn(accept_loop(listener, kind, ctx.clone()));
         }
-        tasks.push(tokio::spawn(housekeeping(ctx.clone())));
+        ctx.tasks.spawn(housekeeping(ctx.clone()));
         if cfg.allow_anonymous {
             tracing::warn!(
                 "MQTT accepts anonymous clients (development setting): each is held to the \
@@ -345,8 +352,6 @@ impl Edge {
                 ctx,
                 listeners,
                 external,
-                stop,
-                tasks,
             },
             rx,
         ))
@@ -408,20 +413,17 @@ impl Edge {
     }
 
     /// Stops accepting and closes every connection (MQTT 5 clients are told the server is
-    /// shutting down). QoS 1 publishes not yet acknowledged stay with their vehicles.
-    pub async fn shutdown(self) {
-        if let Some(external) = self.external {
+    /// shutting down), and returns once every task of the edge has ended. QoS 1 publishes not
+    /// yet acknowledged stay with their vehicles.
+    pub async fn shutdown(&self) {
+        if let Some(external) = &self.external {
             external.shutdown().await;
         }
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        // Connections end on the stop signal; give them a moment to say so.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.ctx.stats.open() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.ctx.stop.cancel();
+        self.ctx.tasks.close();
+        // Connections still in their handshake or CONNECT are told through their signal.
+        self.ctx.handshakes.close_all(Refusal::ShuttingDown);
+        self.ctx.tasks.wait().await;
     }
 }
 
@@ -440,10 +442,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 const LISTEN_BACKLOG: u32 = 4096;
 
 async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
-    let mut stop = ctx.stop.clone();
+    let stop = ctx.stop.clone();
     loop {
         let accepted = tokio::select! {
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
             a = listener.accept() => a,
         };
         let (tcp, peer) = match accepted {
@@ -466,13 +468,14 @@ async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
         // One task per connection, of the listener's kind: a plain connection's task holds
         // nothing of TLS.
         let ctx = guard.0.clone();
+        let tasks = ctx.tasks.clone();
         if kind == Listener::Tls && ctx.tls.is_some() {
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 crate::conn::tls(tcp, ctx, new).await;
                 drop(guard);
             });
         } else {
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 crate::conn::plain(tcp, kind, ctx, new).await;
                 drop(guard);
             });
@@ -483,13 +486,13 @@ async fn accept_loop(listener: TcpListener, kind: Listener, ctx: Arc<Shared>) {
 /// Expired sessions go; a changed CRL takes effect for new handshakes and closes the live
 /// connections of the certificates it revokes; connections whose certificate expired close.
 async fn housekeeping(ctx: Arc<Shared>) {
-    let mut stop = ctx.stop.clone();
+    let stop = ctx.stop.clone();
     let period = ctx.cfg.crl_check_interval.max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         ctx.registry.sweep();

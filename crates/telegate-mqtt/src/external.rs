@@ -21,9 +21,11 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use strum::VariantArray;
 use telegate_frame::FrameKind;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// An external broker's address, from `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +91,6 @@ pub(crate) fn filters(group: &str) -> Vec<String> {
 /// The running client.
 pub(crate) struct External {
     client: AsyncClient,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for External {
@@ -107,10 +107,13 @@ struct Pending {
 }
 
 impl External {
+    /// Connects to the broker; its tasks run on `tasks` until `stop` is cancelled.
     pub(crate) fn start(
         cfg: &EdgeConfig,
         stats: Arc<EdgeStats>,
         tx: mpsc::Sender<Incoming>,
+        stop: &CancellationToken,
+        tasks: &TaskTracker,
     ) -> Result<Self, EdgeError> {
         let url = cfg.external.as_deref().unwrap_or_default();
         let broker =
@@ -141,10 +144,9 @@ impl External {
             ));
         }
         let (client, eventloop) = AsyncClient::new(options, 64);
-        let (stop, stopped) = watch::channel(false);
         let connection = Arc::new(AtomicU64::new(0));
         let (order_tx, order_rx) = mpsc::unbounded_channel();
-        let reading = tokio::spawn(read(
+        tasks.spawn(read(
             eventloop,
             client.clone(),
             cfg.share_group.clone(),
@@ -152,9 +154,9 @@ impl External {
             order_tx,
             connection.clone(),
             stats,
-            stopped.clone(),
+            stop.clone(),
         ));
-        let acking = tokio::spawn(acknowledge(client.clone(), order_rx, connection));
+        tasks.spawn(acknowledge(client.clone(), order_rx, connection));
         tracing::info!(
             broker = %format!("{}:{}", broker.host, broker.port),
             tls = broker.tls,
@@ -162,11 +164,7 @@ impl External {
             group = %cfg.share_group,
             "reading vehicle frames from an external MQTT broker"
         );
-        Ok(Self {
-            client,
-            stop,
-            tasks: vec![reading, acking],
-        })
+        Ok(Self { client })
     }
 
     /// Publishes a request to a vehicle through the broker, QoS 1. The broker delivers it if
@@ -177,13 +175,10 @@ impl External {
             .is_ok()
     }
 
-    /// Stops reading, leaves the session for the next start, and returns once both tasks end.
-    pub(crate) async fn shutdown(self) {
-        let _ = self.stop.send(true);
+    /// Disconnects, leaving the session for the next start; the tasks end when the edge's
+    /// stop is cancelled.
+    pub(crate) async fn shutdown(&self) {
         let _ = self.client.try_disconnect();
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
     }
 }
 
@@ -199,12 +194,12 @@ async fn read(
     order: mpsc::UnboundedSender<Pending>,
     connection: Arc<AtomicU64>,
     stats: Arc<EdgeStats>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
         let event = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             e = eventloop.poll() => e,
         };
         match event {
@@ -272,7 +267,7 @@ async fn read(
                 }
                 let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
+                    () = stop.cancelled() => return,
                     _ = tokio::time::sleep(pause) => {}
                 }
             }

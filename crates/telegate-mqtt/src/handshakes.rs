@@ -87,6 +87,14 @@ impl Handshakes {
         }
     }
 
+    /// Orders every waiting connection closed (shutdown).
+    pub(crate) fn close_all(&self, why: Refusal) {
+        let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, signal) in w.by_source.values().flatten() {
+            signal.close(why);
+        }
+    }
+
     /// Connections waiting to authenticate.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).total

@@ -8,9 +8,10 @@ use super::{StateStore, read_to_its_end};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
-use telegate_kafka::{KafkaConfig, follow};
+use telegate_kafka::{KafkaConfig, Run, follow};
 use telegate_policy::StateKeys;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The latest entry of every key on the topic, by what it is.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -65,16 +66,22 @@ impl Census {
         keys: &StateKeys,
         within: Duration,
     ) -> anyhow::Result<Self> {
-        let (stop, stopped) = watch::channel(false);
+        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let run = Run {
+            tasks: &tasks,
+            stop: &stop,
+        };
         let (mut entries, mut read_to_end) =
-            follow(cfg, topic, 4096, stopped).with_context(|| format!("reading {topic}"))?;
+            follow(cfg, topic, 4096, run).with_context(|| format!("reading {topic}"))?;
         let mut latest: HashMap<Vec<u8>, Latest> = HashMap::new();
         let reading = read_to_its_end(&mut entries, &mut read_to_end, |e| {
             let what = classify(keys, &e.key, e.value.as_deref());
             latest.insert(e.key, what);
         });
         let read = tokio::time::timeout(within, reading).await;
-        let _ = stop.send(true);
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
         let done =
             read.with_context(|| format!("{topic} was not read to its end within {within:?}"))?;
         anyhow::ensure!(done, "{topic}: the reader stopped");

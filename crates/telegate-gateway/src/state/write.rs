@@ -12,7 +12,6 @@ use std::time::Duration;
 use telegate_frame::Vin;
 use telegate_kafka::SinkError;
 use telegate_policy::StateKey;
-use tokio::sync::watch;
 
 /// Per vehicle with a write in flight or waiting: the number of write requests made, and,
 /// under the lock, the request number the last completed write covered.
@@ -122,26 +121,36 @@ impl StateStore {
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MOST: Duration = Duration::from_secs(30);
 
-/// Writes locally changed records to the state topic, coalescing bursts, until `stop` turns
-/// true; then writes what is left and returns. A burst (say, a fleet seen for the first time,
+/// Writes locally changed records to the state topic, coalescing bursts, until the store's
+/// stop is cancelled; then writes what is left and returns (or gives up when told to
+/// abandon it). A burst (say, a fleet seen for the first time,
 /// or a topic being rewritten under a new wrapping key) goes out as concurrent writes, which
 /// the producer batches into a few requests instead of one acknowledged round trip per
 /// vehicle. A format-1 record's raw-VIN key is tombstoned only after its record is written
 /// under the state key. A failed pass is retried after a wait that doubles up to 30 s; a
 /// record Kafka refuses for good is not retried ([`permanent`]).
-pub(super) async fn write_dirty(store: Arc<StateStore>, stop: watch::Receiver<bool>) {
+pub(super) async fn write_dirty(store: Arc<StateStore>) {
     let Some(rep) = &store.replication else {
         return;
     };
+    tokio::select! {
+        () = rep.abandon.cancelled() => {}
+        () = write_until_stopped(&store, rep) => {}
+    }
+}
+
+async fn write_until_stopped(store: &Arc<StateStore>, rep: &super::Replication) {
     let failed = metrics::counter!("telegate_state_write_errors_total");
     let mut wait = RETRY_FIRST;
     loop {
-        let last = *stop.borrow();
+        let last = rep.stop.is_cancelled();
         if !last {
-            rep.wake.notified().await;
+            tokio::select! {
+                () = rep.wake.notified() => {}
+                () = rep.stop.cancelled() => {}
+            }
         }
         let keys: Vec<StateKey> = rep.dirty.iter().map(|k| *k).collect();
-        let store = &store;
         let writes = keys.into_iter().map(|key| async move {
             let r = store.write_current(rep, key).await;
             (key, r)
@@ -183,6 +192,7 @@ pub(super) async fn write_dirty(store: Arc<StateStore>, stop: watch::Receiver<bo
                 }
             }
         }
+        rep.passes.send_modify(|n| *n += 1);
         if retry {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(RETRY_MOST);

@@ -27,6 +27,9 @@ const MAX_CONNECT_BYTES: usize = 16 * 1024;
 /// given, so that their PUBACKs go out before the close.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a connection closed by shutdown tries to tell its client so.
+const CLOSE_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Driver<S> {
     io: S,
     m: Machine,
@@ -107,8 +110,15 @@ pub(super) async fn run<S: Wire>(
         Err(end) => end,
     };
     conn.m.close(&end, &mut conn.wbuf);
-    if let End::Refused(_) = end {
-        let _ = conn.flush().await;
+    match end {
+        // Said in a second at most: shutdown waits for every connection's task.
+        End::Refused(Refusal::ShuttingDown) => {
+            let _ = tokio::time::timeout(CLOSE_AT_SHUTDOWN, conn.flush()).await;
+        }
+        End::Refused(_) => {
+            let _ = conn.flush().await;
+        }
+        End::Closed => {}
     }
     conn.m.ctx().buffers.release(&mut conn.charged);
     conn.m.finish();
@@ -161,7 +171,7 @@ impl<S: Wire> Driver<S> {
 
     async fn serve(&mut self) -> End {
         // The loop's own handles, apart from `self`.
-        let mut stop = self.m.ctx().stop.clone();
+        let stop = self.m.ctx().stop.clone();
         let tx = self.m.ctx().tx.clone();
         let signal = self.m.signal().clone();
         // One timer for the connection's life, moved on only when it fires: a packet does
@@ -171,10 +181,17 @@ impl<S: Wire> Driver<S> {
         tokio::pin!(silence);
         // The wait on the stop, too, lasts across packets: a packet does not register and
         // remove a waiter.
-        let stopped = stop.changed();
+        let stopped = stop.cancelled();
         tokio::pin!(stopped);
         loop {
-            if let Err(end) = self.flush().await {
+            // A client that does not read holds the write until the write timeout; shutdown
+            // does not wait for it.
+            let flushed = tokio::select! {
+                biased;
+                () = &mut stopped => return End::Refused(Refusal::ShuttingDown),
+                flushed = self.flush() => flushed,
+            };
+            if let Err(end) = flushed {
                 return end;
             }
             if self.parked && self.m.may_read() {
@@ -190,7 +207,7 @@ impl<S: Wire> Driver<S> {
             }
             tokio::select! {
                 biased;
-                _ = &mut stopped => return End::Refused(Refusal::ShuttingDown),
+                () = &mut stopped => return End::Refused(Refusal::ShuttingDown),
                 () = signal.notified() => {
                     if let Err(end) = self.m.signalled(&mut self.wbuf) {
                         return end;
@@ -275,15 +292,12 @@ impl<S: Wire> Driver<S> {
         mut publish: Publish,
         mut until: std::time::Instant,
     ) -> Result<(), End> {
-        let mut stop = self.m.ctx().stop.clone();
+        let stop = self.m.ctx().stop.clone();
         let signal = self.m.signal().clone();
         loop {
-            if *stop.borrow_and_update() {
-                return Err(Refusal::ShuttingDown.into());
-            }
             tokio::select! {
                 biased;
-                _ = stop.changed() => return Err(Refusal::ShuttingDown.into()),
+                () = stop.cancelled() => return Err(Refusal::ShuttingDown.into()),
                 () = signal.notified() => self.m.signalled(&mut self.wbuf)?,
                 () = tokio::time::sleep_until(Instant::from_std(until)) => {}
             }
@@ -301,7 +315,7 @@ impl<S: Wire> Driver<S> {
     /// the pipeline completes them, for up to [`DRAIN_LIMIT`] (less if the gateway stops).
     async fn drain(&mut self) {
         self.m.closing();
-        let mut stop = self.m.ctx().stop.clone();
+        let stop = self.m.ctx().stop.clone();
         let signal = self.m.signal().clone();
         let deadline = Instant::now() + DRAIN_LIMIT;
         loop {
@@ -311,7 +325,7 @@ impl<S: Wire> Driver<S> {
             }
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => return,
+                () = stop.cancelled() => return,
                 () = signal.notified() => {}
                 () = tokio::time::sleep_until(deadline) => return,
             }

@@ -11,7 +11,7 @@ use crate::tls::Identity;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use std::sync::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 const A: &str = "WP0ZZZ99ZTS392124";
 const B: &str = "KNAZZZ99ZTS392124";
@@ -138,7 +138,8 @@ fn edge(cfg: EdgeConfig) -> Edge {
         // The machine hands nothing to the channel and never waits for the stop: the
         // driver does.
         tx: mpsc::channel(1).0,
-        stop: watch::channel(false).1,
+        stop: tokio_util::sync::CancellationToken::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
         registry: Registry::default(),
         gate,
         tls: None,
