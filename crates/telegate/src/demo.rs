@@ -1,6 +1,6 @@
-//! `telegate demo`: the whole pipeline on one machine with zero setup. An embedded MQTT
-//! broker, librdkafka's in-process MockCluster standing in for Kafka (or a real cluster with
-//! `--kafka-bootstrap`), a simulated fleet, and a live view of what reaches each topic and
+//! `telegate demo`: the whole pipeline on one machine with zero setup. The gateway with its
+//! own MQTT edge, librdkafka's in-process MockCluster standing in for Kafka (or a real cluster
+//! with `--kafka-bootstrap`), a simulated fleet, and a live view of what reaches each topic and
 //! what was dropped or rejected, and why.
 
 use anyhow::Context;

@@ -30,8 +30,9 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(serve::Args),
-    /// Run everything on this machine with zero setup: embedded broker, in-process Kafka
-    /// stand-in, simulated fleet, live view.
+    /// Run everything on this machine with zero setup: the gateway with its MQTT edge,
+    /// librdkafka's in-process mock Kafka cluster (or a real one), a simulated fleet, a live
+    /// view.
     Demo(demo::Args),
     /// Run a simulated fleet against an MQTT broker.
     Simulate(simulate::Args),

@@ -1,8 +1,9 @@
 //! `telegate serve`: the gateway. Every option is defined once, here: its flag (the field), its
 //! environment variable, and by where it sits, its key in the config file (`--mqtt-listen` is
 //! `mqtt.listen`). Flags and their variables override `TELEGATE__SECTION__KEY` variables, which
-//! override the file, which overrides the defaults. The whole configuration is checked before
-//! anything starts, and every problem is reported at once.
+//! override the file, which overrides the defaults; a flag's variable and its key's variable
+//! set to different values are refused. The whole configuration is checked before anything
+//! starts, and every problem is reported at once.
 
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -214,8 +215,52 @@ struct AdminArgs {
     client_ca: Option<PathBuf>,
 }
 
+/// The config key a flag of `telegate serve` sets: `--mqtt-listen` is `mqtt.listen`,
+/// `--state-roll-interval` is `state_roll_interval`.
+pub fn config_key(flag: &str) -> String {
+    let name = flag.trim_start_matches("--");
+    let key = match name {
+        "mqtt5-listen" => "mqtt.listen_v5".to_owned(),
+        n => match n.split_once('-') {
+            Some((section @ ("mqtt" | "kafka" | "admin"), rest)) => format!("{section}.{rest}"),
+            _ => n.to_owned(),
+        },
+    };
+    key.replace('-', "_")
+}
+
+/// Options given twice with different values: a flag's own variable (`TELEGATE_MQTT_LISTEN`)
+/// and the variable of its key (`TELEGATE__MQTT__LISTEN`) both set. Each is `(flag's
+/// variable, key's variable)`. The flag's wins by precedence, but an operator who set both
+/// meant one of them: `serve` refuses to guess.
+pub fn conflicting_variables(env: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let cmd = <Args as clap::Args>::augment_args(clap::Command::new("serve"));
+    cmd.get_arguments()
+        .filter_map(|arg| {
+            let own = arg.get_env()?.to_str()?.to_owned();
+            let flag = arg.get_long()?;
+            let key = format!(
+                "TELEGATE__{}",
+                config_key(flag).to_uppercase().replace('.', "__")
+            );
+            match (env(&own), env(&key)) {
+                (Some(a), Some(b)) if a != b => Some((own, key)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 pub async fn run(a: Args) -> anyhow::Result<()> {
     crate::process::init_tracing();
+    let twice = conflicting_variables(|name| std::env::var(name).ok());
+    if !twice.is_empty() {
+        let names: Vec<String> = twice.iter().map(|(a, b)| format!("{a} and {b}")).collect();
+        anyhow::bail!(
+            "options set twice, to different values: {} (set one of each pair)",
+            names.join(", ")
+        );
+    }
     let config = Config::load(a.config.as_deref(), &a)?;
     // Each vehicle is a connection: hold as many as the system allows.
     let fds = crate::process::raise_fd_limit(1 << 20);
