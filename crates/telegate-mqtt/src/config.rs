@@ -84,7 +84,7 @@ pub struct EdgeConfig {
     /// External-broker mode: read vehicle frames from an existing MQTT broker or cluster,
     /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`, through an MQTT 5 shared subscription,
     /// instead of running listeners. The broker authenticates the vehicles.
-    pub external: Option<String>,
+    pub external: Option<BrokerUrl>,
     /// `mqtts://`: the CA certificate(s) (PEM) the broker's certificate chains to.
     pub external_ca: Option<PathBuf>,
     /// `mqtts://`: this worker's client certificate chain (PEM), if the broker asks for one.
@@ -150,6 +150,83 @@ pub enum DenyAction {
     Disconnect,
 }
 
+/// Where vehicles connect ([`EdgeConfig::mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode<'a> {
+    /// To this edge's own listeners (TLS, and plain ones for development).
+    Listeners,
+    /// To an existing broker, which this gateway reads through a shared subscription.
+    External(&'a BrokerUrl),
+}
+
+/// An external broker's address, `mqtt://HOST[:PORT]` (1883) or `mqtts://HOST[:PORT]` (8883),
+/// parsed (with the `url` crate) when the configuration is read: a bad one is a configuration
+/// error at `mqtt.external` before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BrokerUrl(url::Url);
+
+impl BrokerUrl {
+    /// Whether the broker is spoken to over TLS (`mqtts://`).
+    pub fn tls(&self) -> bool {
+        self.0.scheme() == "mqtts"
+    }
+
+    /// The host name or address (an IPv6 address without its brackets).
+    pub fn host(&self) -> String {
+        match self.0.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => String::new(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0
+            .port()
+            .unwrap_or(if self.tls() { 8883 } else { 1883 })
+    }
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        const FORM: &str = "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]";
+        let url = url::Url::parse(s).map_err(|e| format!("{e}: {FORM}"))?;
+        if !matches!(url.scheme(), "mqtt" | "mqtts") {
+            return Err(format!("scheme {:?}: {FORM}", url.scheme()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "no credentials in the address ({FORM}): the broker knows this worker by its \
+                 client certificate"
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("no host: {FORM}"));
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("nothing after the port: {FORM}"));
+        }
+        Ok(Self(url))
+    }
+}
+
+impl TryFrom<String> for BrokerUrl {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<BrokerUrl> for String {
+    fn from(b: BrokerUrl) -> String {
+        b.0.into()
+    }
+}
+
 /// The TLS listener's default address.
 pub const DEFAULT_TLS_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8883);
@@ -160,10 +237,18 @@ impl EdgeConfig {
         self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_listen.is_some()
     }
 
+    /// Where vehicles connect: to this edge's listeners, or to an external broker.
+    pub fn mode(&self) -> Mode<'_> {
+        match &self.external {
+            Some(broker) => Mode::External(broker),
+            None => Mode::Listeners,
+        }
+    }
+
     /// Every problem with these settings, as (key, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
-        if self.external.is_some() {
-            return self.external_problems();
+        if let Mode::External(broker) = self.mode() {
+            return self.external_problems(broker);
         }
         let mut out = Vec::new();
         if self.tls() {
@@ -208,31 +293,25 @@ impl EdgeConfig {
     }
 
     /// The problems of external-broker mode's settings.
-    fn external_problems(&self) -> Vec<(&'static str, String)> {
+    fn external_problems(&self, broker: &BrokerUrl) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        match self.external.as_deref().map(crate::external::Broker::parse) {
-            Some(Err(e)) => out.push(("mqtt.external", e)),
-            Some(Ok(broker)) => {
-                if broker.tls && self.external_ca.is_none() {
-                    out.push((
-                        "mqtt.external_ca",
-                        "mqtts:// needs the CA the broker's certificate chains to".to_owned(),
-                    ));
-                }
-                if !broker.tls
-                    && (self.external_ca.is_some()
-                        || self.external_cert.is_some()
-                        || self.external_key.is_some())
-                {
-                    out.push((
-                        "mqtt.external",
-                        "a CA or client certificate is set but the broker is mqtt:// (plain): \
-                         use mqtts://"
-                            .to_owned(),
-                    ));
-                }
-            }
-            None => {}
+        if broker.tls() && self.external_ca.is_none() {
+            out.push((
+                "mqtt.external_ca",
+                "mqtts:// needs the CA the broker's certificate chains to".to_owned(),
+            ));
+        }
+        if !broker.tls()
+            && (self.external_ca.is_some()
+                || self.external_cert.is_some()
+                || self.external_key.is_some())
+        {
+            out.push((
+                "mqtt.external",
+                "a CA or client certificate is set but the broker is mqtt:// (plain): \
+                 use mqtts://"
+                    .to_owned(),
+            ));
         }
         if self.external_cert.is_some() != self.external_key.is_some() {
             out.push((
@@ -283,7 +362,7 @@ impl EdgeConfig {
     /// an external broker.
     pub fn listeners(&self) -> Vec<(SocketAddr, Listener)> {
         let mut out = Vec::new();
-        if self.external.is_some() {
+        if let Mode::External(_) = self.mode() {
             return out;
         }
         if self.allow_anonymous {
@@ -322,7 +401,7 @@ mod tests {
 
     fn external(url: &str) -> EdgeConfig {
         EdgeConfig {
-            external: Some(url.to_owned()),
+            external: Some(url.parse().expect("a broker address")),
             ..EdgeConfig::default()
         }
     }
@@ -349,8 +428,47 @@ mod tests {
     }
 
     #[test]
+    fn broker_addresses_are_parsed_or_refused() {
+        let parsed = |s: &str| {
+            s.parse::<BrokerUrl>()
+                .map(|b| (b.host(), b.port(), b.tls()))
+        };
+        assert_eq!(
+            parsed("mqtt://broker.example:1883"),
+            Ok(("broker.example".into(), 1883, false))
+        );
+        assert_eq!(
+            parsed("mqtts://10.0.0.7"),
+            Ok(("10.0.0.7".into(), 8883, true))
+        );
+        assert_eq!(
+            parsed("mqtts://[::1]:8884/"),
+            Ok(("::1".into(), 8884, true))
+        );
+        for bad in [
+            "tcp://h:1",
+            "http://broker",
+            "mqtt://",
+            "mqtt://h:99999",
+            "mqtt://u@h:1",
+            "mqtt://u:p@h:1",
+            "mqtt://h:1/path",
+            "mqtt://h:1?x=1",
+            "h:1883",
+        ] {
+            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad}");
+        }
+        // Read from a config file as a string, and written back the same.
+        let b: BrokerUrl = serde_json::from_str("\"mqtts://broker:8884\"").expect("parses");
+        assert_eq!(
+            serde_json::to_string(&b).expect("writes"),
+            "\"mqtts://broker:8884\""
+        );
+        assert!(serde_json::from_str::<BrokerUrl>("\"http://broker\"").is_err());
+    }
+
+    #[test]
     fn external_settings_are_checked() {
-        assert_eq!(keys(&external("http://broker")), ["mqtt.external"]);
         assert_eq!(keys(&external("mqtts://broker")), ["mqtt.external_ca"]);
         let ca_on_plain = EdgeConfig {
             external_ca: Some("ca.crt".into()),

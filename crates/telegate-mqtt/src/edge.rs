@@ -2,7 +2,7 @@
 //! the housekeeping (expired sessions, CRL reloads).
 
 use crate::budget::BufferBudget;
-use crate::config::{EdgeConfig, Listener};
+use crate::config::{EdgeConfig, Listener, Mode};
 use crate::conn::Accepted;
 use crate::external::External;
 use crate::handshakes::Handshakes;
@@ -10,13 +10,13 @@ use crate::sessions::Registry;
 use crate::signal::Signal;
 use crate::tls::{Tls, TlsError, TlsFiles};
 use crate::{Incoming, Refusal};
-use strum::{EnumCount, VariantArray};
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use strum::{EnumCount, VariantArray};
 use telegate_frame::Vin;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
@@ -322,15 +322,15 @@ impl Edge {
             )),
             buffers: BufferBudget::new(cfg.max_buffered_bytes),
         });
-        let external = match &cfg.external {
-            Some(_) => Some(External::start(
+        let external = match cfg.mode() {
+            Mode::External(_) => Some(External::start(
                 cfg,
                 ctx.stats.clone(),
                 ctx.tx.clone(),
                 &ctx.stop,
                 &ctx.tasks,
             )?),
-            None => None,
+            Mode::Listeners => None,
         };
         let mut listeners = Vec::new();
         for (listener, local, kind) in bound {

@@ -27,44 +27,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// An external broker's address, from `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Broker {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
-impl Broker {
-    pub(crate) fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err("not mqtt://HOST:PORT or mqtts://HOST:PORT".to_owned());
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{p:?} is not a port number"))?,
-            ),
-            None => (rest, if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains('/') || host.contains('@') {
-            return Err("not mqtt://HOST:PORT or mqtts://HOST:PORT".to_owned());
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-            tls,
-        })
-    }
-}
-
 /// This worker's client id: the configured one, else `telegate-` and the host name (a pod's
 /// name in Kubernetes, stable in a StatefulSet).
 fn client_id(cfg: &EdgeConfig) -> String {
@@ -115,11 +77,12 @@ impl External {
         stop: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Self, EdgeError> {
-        let url = cfg.external.as_deref().unwrap_or_default();
-        let broker =
-            Broker::parse(url).map_err(|e| EdgeError::Config(format!("mqtt.external: {e}")))?;
+        let broker = cfg
+            .external
+            .as_ref()
+            .ok_or_else(|| EdgeError::Config("mqtt.external is not set".to_owned()))?;
         let id = client_id(cfg);
-        let mut options = MqttOptions::new(id.clone(), broker.host.clone(), broker.port);
+        let mut options = MqttOptions::new(id.clone(), broker.host(), broker.port());
         options
             .set_clean_start(false)
             // The session, and the frames in flight to it, outlive a crash of this worker.
@@ -130,7 +93,7 @@ impl External {
             .set_receive_maximum(Some(cfg.external_inflight))
             .set_max_packet_size(Some(cfg.max_packet_bytes.min(u32::MAX as usize) as u32))
             .set_keep_alive(Duration::from_secs(30));
-        if broker.tls {
+        if broker.tls() {
             let ca = cfg.external_ca.as_deref().ok_or_else(|| {
                 EdgeError::Config("mqtt.external_ca: mqtts:// needs a CA".to_owned())
             })?;
@@ -158,8 +121,8 @@ impl External {
         ));
         tasks.spawn(acknowledge(client.clone(), order_rx, connection));
         tracing::info!(
-            broker = %format!("{}:{}", broker.host, broker.port),
-            tls = broker.tls,
+            broker = %format!("{}:{}", broker.host(), broker.port()),
+            tls = broker.tls(),
             client_id = %id,
             group = %cfg.share_group,
             "reading vehicle frames from an external MQTT broker"
@@ -316,39 +279,6 @@ async fn acknowledge(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_addresses_are_parsed_or_refused() {
-        assert_eq!(
-            Broker::parse("mqtt://broker.example:1883"),
-            Ok(Broker {
-                host: "broker.example".into(),
-                port: 1883,
-                tls: false
-            })
-        );
-        assert_eq!(
-            Broker::parse("mqtts://10.0.0.7"),
-            Ok(Broker {
-                host: "10.0.0.7".into(),
-                port: 8883,
-                tls: true
-            })
-        );
-        assert_eq!(
-            Broker::parse("mqtts://[::1]:8884/").map(|b| (b.host, b.port)),
-            Ok(("::1".into(), 8884))
-        );
-        for bad in [
-            "tcp://h:1",
-            "mqtt://",
-            "mqtt://h:99999",
-            "mqtt://u@h:1",
-            "h:1883",
-        ] {
-            assert!(Broker::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn the_subscription_takes_every_frame_kind_and_never_requests() {

@@ -22,7 +22,7 @@ mod tls;
 mod verify;
 
 pub use codec::AckOutcome;
-pub use config::{DEFAULT_TLS_LISTEN, DenyAction, EdgeConfig, Listener};
+pub use config::{BrokerUrl, DEFAULT_TLS_LISTEN, DenyAction, EdgeConfig, Listener, Mode};
 pub use edge::{Delivery, Edge, EdgeError, EdgeStats, Presence, VehicleGate};
 pub use refusal::Refusal;
 pub use rules::request_topic;
