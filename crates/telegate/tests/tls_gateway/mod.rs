@@ -62,14 +62,17 @@ impl Gateway {
         let ns = format!("h{:08x}.", rand::random::<u32>());
         let log = dir.path().join("serve.log");
         let file = |name: &str| pki.join(name).to_str().expect("UTF-8").to_owned();
+        // Another build of the gateway can be measured with the same tests (docs/interop.md).
+        let telegate: PathBuf = std::env::var_os("TELEGATE_TEST_SERVE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_telegate").into());
         let mut command = match fd_limit {
             Some(n) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
-                    .arg(env!("CARGO_BIN_EXE_telegate"));
+                c.arg(format!("--nofile={n}:{n}")).arg(&telegate);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_telegate")),
+            None => Command::new(&telegate),
         };
         let child = command
             .arg("serve")
