@@ -414,7 +414,8 @@ impl Edge {
 
     /// Stops accepting and closes every connection (MQTT 5 clients are told the server is
     /// shutting down), and returns once every task of the edge has ended. QoS 1 publishes not
-    /// yet acknowledged stay with their vehicles.
+    /// yet acknowledged stay with their vehicles. The channel of publishes ends when the edge
+    /// is dropped.
     pub async fn shutdown(&self) {
         if let Some(external) = &self.external {
             external.shutdown().await;

@@ -157,6 +157,8 @@ async fn a_failure_reason_or_a_closed_connection_means_the_frames_go_out_again()
         acknowledged(&mut link, &frames).await;
         link.close().await;
         edge.shutdown().await;
+        // The publishes' channel ends with the edge.
+        drop(edge);
         let seen = seen.await.expect("pipeline");
         assert!(
             frames
@@ -206,6 +208,7 @@ async fn after_an_edge_restart_without_sessions_every_unacknowledged_frame_goes_
         assert!(stats.connects.load(Relaxed) >= 2, "{version:?}: {stats:?}");
         link.close().await;
         edge.shutdown().await;
+        drop(edge);
         let seen = seen.await.expect("pipeline");
         assert!(frames.iter().all(|f| seen.contains_key(f)));
     }
