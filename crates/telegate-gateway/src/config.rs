@@ -15,7 +15,9 @@ use std::time::Duration;
 use telegate_frame::{ValidationConfig, Vin};
 use telegate_kafka::KafkaConfig;
 use telegate_mqtt::EdgeConfig;
-use telegate_policy::{Keyring, Pack, StateFile};
+use telegate_policy::{
+    Keyring, Pack, StateFile, TopicSpec, consent_topics, vehicle_requests_topic,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -199,6 +201,19 @@ pub struct Checked {
     /// Present exactly when the admin API is to listen.
     pub admin: Option<AdminAccess>,
     pub state: Option<StateFile>,
+}
+
+impl Checked {
+    /// Every topic the gateway writes or follows, behind the namespace: the pack's service
+    /// topics (its rejected topic among them), then the consent state, the consent ledger and
+    /// the requests to vehicles.
+    pub fn topics(&self) -> Vec<TopicSpec> {
+        let ns = &self.config.kafka.topic_namespace;
+        let mut specs = self.pack.topics();
+        specs.extend(consent_topics(ns, self.config.ledger_retention));
+        specs.push(vehicle_requests_topic(ns));
+        specs
+    }
 }
 
 /// What every admin call must bring: the bearer token, over the transport `tls` sets.

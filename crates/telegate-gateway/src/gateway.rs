@@ -77,6 +77,7 @@ impl Gateway {
     }
 
     pub async fn start_checked(checked: Checked) -> anyhow::Result<Self> {
+        let specs = checked.topics();
         let Checked {
             config,
             pack,
@@ -107,12 +108,6 @@ impl Gateway {
         let [state_topic, ledger_topic] =
             consent_topics(&config.kafka.topic_namespace, config.ledger_retention);
         let requests_topic = vehicle_requests_topic(&config.kafka.topic_namespace);
-        let mut specs = pack.topics();
-        specs.extend([
-            state_topic.clone(),
-            ledger_topic.clone(),
-            requests_topic.clone(),
-        ]);
         if config.kafka.manage_topics {
             create_topics(&config, &specs).await?;
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use telegate_frame::pb::{self, vehicle_frame::Body};
 use telegate_frame::{FrameKind, PayloadFormat, Vin, encode, now_ms, vehicle_topic};
 use telegate_gateway::{Config, Gateway, PackSource, StateStore};
-use telegate_policy::{consent_topics, vehicle_requests_topic};
+use telegate_policy::consent_topics;
 
 /// A key file with fixed secrets, so that a second store can read what the gateway wrote.
 const KEYS: &str = "[[keys]]\nid = \"k1\"\nsecret_hex = \"5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a\"\nactive = true\n\n[state]\nindex_hex = \"1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d\"\n[[state.wrapping]]\nid = \"w1\"\nsecret_hex = \"7777777777777777777777777777777777777777777777777777777777777777\"\nactive = true\n";
@@ -45,15 +45,8 @@ fn on_mock(
     let checked = config
         .check(&PackSource::Config)
         .expect("a valid configuration");
-    let names = checked
-        .pack
-        .topics()
-        .into_iter()
-        .chain(consent_topics("", config.ledger_retention))
-        .chain([vehicle_requests_topic("")])
-        .map(|t| t.name);
-    for name in names {
-        mock.create_topic(&name, 1, 1).expect("topic");
+    for topic in checked.topics() {
+        mock.create_topic(&topic.name, 1, 1).expect("topic");
     }
     config
 }

@@ -19,7 +19,6 @@ use strum::VariantArray;
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
 use telegate_gateway::http::{metrics_handle, samples};
 use telegate_gateway::{Config, Gateway, PackSource, REFERENCE_PACK};
-use telegate_policy::{consent_topics, vehicle_requests_topic};
 use telegate_sim::{Behaviour, Fleet, FleetConfig};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -116,11 +115,8 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     let checked = config.check(&source_for(&args))?;
     if let Some(mock) = &mock {
         let names = checked
-            .pack
             .topics()
             .into_iter()
-            .chain(consent_topics("", config.ledger_retention))
-            .chain([vehicle_requests_topic("")])
             .map(|t| t.name)
             .chain(Reference::VARIANTS.iter().map(|r| r.output("")));
         for name in names {
