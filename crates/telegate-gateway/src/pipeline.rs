@@ -406,12 +406,7 @@ impl Pipeline {
 
 /// A receipt that completes `ack`: accepted once every record is written, failed otherwise.
 fn receipt(ack: Ack) -> Receipt {
-    Receipt::new(move |ok| {
-        ack.complete(match ok {
-            true => AckOutcome::Accepted,
-            false => AckOutcome::Failed,
-        })
-    })
+    Receipt::new(move |ok| ack.complete(AckOutcome::of_delivery(ok)))
 }
 
 /// A frame whose records could not all be handed over fails its receipt.

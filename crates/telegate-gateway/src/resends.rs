@@ -116,10 +116,7 @@ impl Resends {
         drop(w);
         let this = self.clone();
         Claim::New(Receipt::new(move |ok| {
-            let outcome = match ok {
-                true => AckOutcome::Accepted,
-                false => AckOutcome::Failed,
-            };
+            let outcome = AckOutcome::of_delivery(ok);
             for copy in this.written(vin, seq, ok) {
                 copy.complete(outcome);
             }

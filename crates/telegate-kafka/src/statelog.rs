@@ -357,50 +357,56 @@ pub fn assign_all<C: rdkafka::consumer::ConsumerContext>(
     Ok(assigned)
 }
 
-/// The partitions of `topic`. A topic created a moment ago may not be in every broker's
-/// metadata yet (Kafka answers CreateTopics before its brokers have all learnt of the topic):
-/// asks again for up to 10 s, then fails rather than follow nothing.
+/// The partitions of `topic`, once its metadata lists any ([`settled`]): fails rather than
+/// follow nothing.
 fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
     consumer: &StreamConsumer<C>,
     topic: &str,
 ) -> Result<Vec<i32>, KafkaError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    settled(topic, || {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let partitions = partitions_in(&metadata, topic);
-        if !partitions.is_empty() {
-            return Ok(partitions);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(KafkaError::MetadataFetch(
+        match partitions_in(&metadata, topic) {
+            none if none.is_empty() => Err(KafkaError::MetadataFetch(
                 RDKafkaErrorCode::UnknownTopicOrPartition,
-            ));
+            )),
+            partitions => Ok(partitions),
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
-/// Where partition `p` of `topic` ends now. A partition created a moment ago may have no
-/// leader yet (`NotLeaderForPartition`, `LeaderNotAvailable`): asks again for up to 10 s.
+/// Where partition `p` of `topic` ends now ([`settled`]).
 fn end_of<C: rdkafka::consumer::ConsumerContext>(
     consumer: &StreamConsumer<C>,
     topic: &str,
     p: i32,
 ) -> Result<i64, KafkaError> {
+    settled(topic, || {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        Ok(high)
+    })
+}
+
+/// `ask` again for up to 10 s while `topic` is new: Kafka answers CreateTopics before its
+/// brokers have all learnt of the topic, and a new partition may have no leader yet
+/// ([`leader_not_there_yet`]).
+fn settled<T>(
+    topic: &str,
+    mut ask: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-            Ok((_, high)) => return Ok(high),
+        match ask() {
             Err(e) if leader_not_there_yet(&e) && std::time::Instant::now() < deadline => {
-                tracing::debug!(%topic, partition = p, error = %e, "no leader yet; asking again");
+                tracing::debug!(%topic, error = %e, "the topic is not settled yet; asking again");
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(e),
+            done => return done,
         }
     }
 }
 
-/// An error a partition shows while its leader is being elected or moves.
+/// An error a new topic or partition shows until its metadata has spread and its leader is
+/// elected (or while a leader moves).
 fn leader_not_there_yet(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),

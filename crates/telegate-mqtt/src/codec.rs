@@ -311,6 +311,16 @@ pub enum AckOutcome {
     NotAuthorized,
 }
 
+impl AckOutcome {
+    /// The outcome of a frame whose records were all written (`true`) or not.
+    pub fn of_delivery(written: bool) -> Self {
+        match written {
+            true => AckOutcome::Accepted,
+            false => AckOutcome::Failed,
+        }
+    }
+}
+
 /// Encodes packets for one connection's version into its write buffer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Encoder(pub Version);

@@ -418,7 +418,7 @@ impl Edge {
     /// is dropped.
     pub async fn shutdown(&self) {
         if let Some(external) = &self.external {
-            external.shutdown().await;
+            external.disconnect();
         }
         self.ctx.stop.cancel();
         self.ctx.tasks.close();

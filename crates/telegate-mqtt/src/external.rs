@@ -140,7 +140,7 @@ impl External {
 
     /// Disconnects, leaving the session for the next start; the tasks end when the edge's
     /// stop is cancelled.
-    pub(crate) async fn shutdown(&self) {
+    pub(crate) fn disconnect(&self) {
         let _ = self.client.try_disconnect();
     }
 }
