@@ -176,11 +176,15 @@ fn vin(s: &str) -> Result<Vin, AdminError> {
     Ok(Vin::parse(s)?)
 }
 
-struct Who {
-    channel: Channel,
-    text_version: String,
-    actor: String,
-    at_ms: i64,
+/// Who makes a change, through which channel, when it applies from, and why.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub channel: Channel,
+    pub text_version: String,
+    pub actor: String,
+    /// The case or ticket number (the console requires one; the gRPC API has none).
+    pub reason: String,
+    pub at_ms: i64,
 }
 
 fn who(origin: Option<Origin>) -> Who {
@@ -194,12 +198,13 @@ fn who(origin: Option<Origin>) -> Who {
         },
         text_version: o.text_version,
         actor: o.actor,
+        reason: String::new(),
         at_ms: if o.at_ms > 0 { o.at_ms } else { now_ms() },
     }
 }
 
 /// The record as a person may see it: everything but the key material.
-fn redacted(record: &SubjectRecord) -> SubjectRecord {
+pub fn redacted(record: &SubjectRecord) -> SubjectRecord {
     SubjectRecord {
         secret: None,
         ..record.clone()
@@ -212,8 +217,10 @@ fn state_reply(record: &SubjectRecord) -> Response<pb::StateReply> {
     })
 }
 
-impl AdminService {
-    /// Changes the record, writes the ledger entry, replies with the new state.
+/// The changes and rights both the gRPC API and the console offer: each writes the
+/// replicated state (where it changes one) and the consent ledger before it returns.
+impl AdminContext {
+    /// Changes the record, writes the ledger entry, returns the new record.
     async fn change(
         &self,
         vin: Vin,
@@ -222,13 +229,25 @@ impl AdminService {
         target: &str,
         value: serde_json::Value,
         apply: impl FnOnce(&mut SubjectRecord),
-    ) -> Result<Response<pb::StateReply>, AdminError> {
+    ) -> Result<SubjectRecord, AdminError> {
         let record = self
-            .ctx
             .state
             .update(vin, apply)
             .await
             .map_err(AdminError::unavailable("writing the consent state"))?;
+        self.record(&vin, who, action, target, value).await?;
+        Ok(record)
+    }
+
+    /// Writes one ledger entry for `vin`.
+    async fn record(
+        &self,
+        vin: &Vin,
+        who: &Who,
+        action: Action,
+        target: &str,
+        value: serde_json::Value,
+    ) -> Result<(), AdminError> {
         let change = Change {
             action,
             target,
@@ -237,22 +256,116 @@ impl AdminService {
             channel: who.channel,
             text_version: &who.text_version,
             actor: &who.actor,
+            reason: &who.reason,
         };
-        self.ctx
-            .ledger
-            .append(&vin, change)
+        self.ledger
+            .append(vin, change)
             .await
             .map_err(AdminError::unavailable("writing the consent ledger"))?;
-        Ok(state_reply(&record))
+        Ok(())
     }
 
-    fn purpose(&self, id: &str) -> Result<&telegate_policy::Purpose, AdminError> {
-        self.ctx.pack.purpose(id).ok_or_else(|| {
+    pub fn purpose(&self, id: &str) -> Result<&telegate_policy::Purpose, AdminError> {
+        self.pack.purpose(id).ok_or_else(|| {
             AdminError::NotFound(format!(
                 "policy {} has no purpose {id:?}",
-                self.ctx.pack.label()
+                self.pack.label()
             ))
         })
+    }
+
+    /// Records or withdraws standing consent to a purpose that rests on it.
+    pub async fn set_consent(
+        &self,
+        vin: Vin,
+        purpose: &str,
+        granted: bool,
+        who: &Who,
+    ) -> Result<SubjectRecord, AdminError> {
+        let p = self.purpose(purpose)?;
+        if p.consent != ConsentRule::Standing {
+            return Err(AdminError::FailedPrecondition(format!(
+                "purpose {} does not rest on standing consent",
+                p.id
+            )));
+        }
+        let (id, at) = (purpose.to_owned(), who.at_ms);
+        self.change(vin, who, Action::Consent, purpose, json!(granted), |s| {
+            s.consents.entry(id).or_default().set(at, granted)
+        })
+        .await
+    }
+
+    /// Records an objection to a purpose (`on`), or lifts it.
+    pub async fn set_objection(
+        &self,
+        vin: Vin,
+        purpose: &str,
+        on: bool,
+        who: &Who,
+    ) -> Result<SubjectRecord, AdminError> {
+        self.purpose(purpose)?;
+        let (id, at) = (purpose.to_owned(), who.at_ms);
+        self.change(vin, who, Action::Objection, purpose, json!(on), |s| {
+            s.objections.entry(id).or_default().set(at, on)
+        })
+        .await
+    }
+
+    /// Restricts processing for every purpose (`on`), or lifts the restriction.
+    pub async fn set_restriction(
+        &self,
+        vin: Vin,
+        on: bool,
+        who: &Who,
+    ) -> Result<SubjectRecord, AdminError> {
+        let at = who.at_ms;
+        self.change(vin, who, Action::Restriction, "", json!(on), |s| {
+            s.restricted.set(at, on)
+        })
+        .await
+    }
+
+    /// The features some purpose of the pack depends on, in pack order, each once.
+    pub fn features(&self) -> Vec<&str> {
+        let mut features = Vec::new();
+        for p in &self.pack.purposes {
+            if let ConsentRule::Activation(f) = &p.consent
+                && !features.contains(&f.as_str())
+            {
+                features.push(f.as_str());
+            }
+        }
+        features
+    }
+
+    /// Activates a feature (a service the vehicle's owner booked), or deactivates it.
+    pub async fn set_activation(
+        &self,
+        vin: Vin,
+        feature: &str,
+        active: bool,
+        who: &Who,
+    ) -> Result<SubjectRecord, AdminError> {
+        if !self.features().contains(&feature) {
+            return Err(AdminError::NotFound(format!(
+                "no purpose depends on feature {feature:?}"
+            )));
+        }
+        let (f, at) = (feature.to_owned(), who.at_ms);
+        self.change(vin, who, Action::Activation, feature, json!(active), |s| {
+            s.activations.entry(f).or_default().set(at, active)
+        })
+        .await
+    }
+
+    /// Access: the export document ([`export`]), with an `export` entry in the ledger saying
+    /// who handed it out and why.
+    pub async fn export_for(&self, vin: &Vin, who: &Who) -> Result<serde_json::Value, AdminError> {
+        let document = export(self, vin).await?;
+        self.record(vin, who, Action::Export, "", json!(true))
+            .await?;
+        Ok(document)
     }
 }
 
@@ -264,21 +377,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StateReply>, Status> {
         let r = req.into_inner();
         let vin = vin(&r.vin)?;
-        let purpose = self.purpose(&r.purpose)?;
-        if purpose.consent != ConsentRule::Standing {
-            return Err(AdminError::FailedPrecondition(format!(
-                "purpose {} does not rest on standing consent",
-                purpose.id
-            ))
-            .into());
-        }
-        let who = who(r.origin);
-        let (p, on, at) = (r.purpose.clone(), r.granted, who.at_ms);
-        self.change(vin, &who, Action::Consent, &r.purpose, json!(on), |s| {
-            s.consents.entry(p).or_default().set(at, on)
-        })
-        .await
-        .map_err(Status::from)
+        let record = self
+            .ctx
+            .set_consent(vin, &r.purpose, r.granted, &who(r.origin))
+            .await?;
+        Ok(state_reply(&record))
     }
 
     async fn set_objection(
@@ -287,14 +390,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StateReply>, Status> {
         let r = req.into_inner();
         let vin = vin(&r.vin)?;
-        self.purpose(&r.purpose)?;
-        let who = who(r.origin);
-        let (p, on, at) = (r.purpose.clone(), r.on, who.at_ms);
-        self.change(vin, &who, Action::Objection, &r.purpose, json!(on), |s| {
-            s.objections.entry(p).or_default().set(at, on)
-        })
-        .await
-        .map_err(Status::from)
+        let record = self
+            .ctx
+            .set_objection(vin, &r.purpose, r.on, &who(r.origin))
+            .await?;
+        Ok(state_reply(&record))
     }
 
     async fn set_restriction(
@@ -303,13 +403,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StateReply>, Status> {
         let r = req.into_inner();
         let vin = vin(&r.vin)?;
-        let who = who(r.origin);
-        let (on, at) = (r.on, who.at_ms);
-        self.change(vin, &who, Action::Restriction, "", json!(on), |s| {
-            s.restricted.set(at, on)
-        })
-        .await
-        .map_err(Status::from)
+        let record = self.ctx.set_restriction(vin, r.on, &who(r.origin)).await?;
+        Ok(state_reply(&record))
     }
 
     async fn set_activation(
@@ -318,26 +413,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StateReply>, Status> {
         let r = req.into_inner();
         let vin = vin(&r.vin)?;
-        let known = self
+        let record = self
             .ctx
-            .pack
-            .purposes
-            .iter()
-            .any(|p| p.consent == ConsentRule::Activation(r.feature.clone()));
-        if !known {
-            return Err(AdminError::NotFound(format!(
-                "no purpose depends on feature {:?}",
-                r.feature
-            ))
-            .into());
-        }
-        let who = who(r.origin);
-        let (f, on, at) = (r.feature.clone(), r.active, who.at_ms);
-        self.change(vin, &who, Action::Activation, &r.feature, json!(on), |s| {
-            s.activations.entry(f).or_default().set(at, on)
-        })
-        .await
-        .map_err(Status::from)
+            .set_activation(vin, &r.feature, r.active, &who(r.origin))
+            .await?;
+        Ok(state_reply(&record))
     }
 
     async fn record_call_consent(
@@ -355,7 +435,8 @@ impl Admin for AdminService {
             dealer: r.dealer,
         };
         let call = r.call_id.clone();
-        let reply = self
+        let record = self
+            .ctx
             .change(
                 vin,
                 &who,
@@ -379,7 +460,7 @@ impl Admin for AdminService {
             // consent stands either way; what became of the request is counted.
             self.ctx.requests.send(&vin, &request).await;
         }
-        Ok(reply)
+        Ok(state_reply(&record))
     }
 
     async fn get_state(
@@ -418,7 +499,8 @@ impl Admin for AdminService {
         let who = who(None);
         let at = who.at_ms;
         let delete_after_ms = at + self.ctx.block_grace.as_millis() as i64;
-        let reply = self
+        let record = self
+            .ctx
             .change(
                 vin,
                 &who,
@@ -435,12 +517,14 @@ impl Admin for AdminService {
             .await?;
         // The edge refuses it from now on; its live connection goes too.
         self.ctx.edge.close(&vin, Refusal::VehicleBlocked);
-        Ok(reply)
+        Ok(state_reply(&record))
     }
 
     async fn erase(&self, req: Request<pb::Subject>) -> Result<Response<pb::EraseReply>, Status> {
         let vin = vin(&req.into_inner().vin)?;
-        let existed = erase(&self.ctx, &vin, "api").await?;
+        let mut who = who(None);
+        who.actor = "api".into();
+        let existed = erase(&self.ctx, &vin, &who).await?;
         Ok(Response::new(pb::EraseReply { existed }))
     }
 
@@ -476,8 +560,8 @@ impl Admin for AdminService {
 
 /// Erases a vehicle: the ledger records it, then the state and key material go everywhere,
 /// and its live connection is closed.
-pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> Result<bool, AdminError> {
-    let existed = erase_at(ctx, &ctx.state.key_of(vin), actor)
+pub async fn erase(ctx: &AdminContext, vin: &Vin, who: &Who) -> Result<bool, AdminError> {
+    let existed = erase_at(ctx, &ctx.state.key_of(vin), who)
         .await
         .map_err(AdminError::unavailable("erasing the vehicle"))?;
     ctx.edge.close(vin, Refusal::VehicleBlocked);
@@ -485,15 +569,16 @@ pub async fn erase(ctx: &AdminContext, vin: &Vin, actor: &str) -> Result<bool, A
 }
 
 /// Erases the vehicle whose record is named `key` (the retention check knows no VIN).
-async fn erase_at(ctx: &AdminContext, key: &StateKey, actor: &str) -> anyhow::Result<bool> {
+async fn erase_at(ctx: &AdminContext, key: &StateKey, who: &Who) -> anyhow::Result<bool> {
     let change = Change {
         action: Action::Erase,
         target: "",
         value: json!(true),
         effective_at_ms: now_ms(),
-        channel: Channel::Api,
+        channel: who.channel,
         text_version: "",
-        actor,
+        actor: &who.actor,
+        reason: &who.reason,
     };
     ctx.ledger.append_at(key, change).await?;
     ctx.state.erase(key).await
@@ -587,7 +672,14 @@ pub async fn sweep_blocked(ctx: Arc<AdminContext>, every: Duration, stop: Cancel
             matches!(r.account, Account::Blocked { delete_after_ms, .. } if delete_after_ms <= now)
         });
         for key in due {
-            match erase_at(&ctx, &key, "retention-check").await {
+            let who = Who {
+                channel: Channel::Api,
+                text_version: String::new(),
+                actor: "retention-check".into(),
+                reason: String::new(),
+                at_ms: now,
+            };
+            match erase_at(&ctx, &key, &who).await {
                 Ok(_) => metrics::counter!("telegate_blocked_erased_total").increment(1),
                 Err(e) => tracing::error!(error = %e, "erasing a blocked account failed; retrying"),
             }

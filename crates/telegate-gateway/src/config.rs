@@ -52,6 +52,69 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub state_roll_interval: Duration,
     pub admin: AdminConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The privacy office's web console (`crate::console`). Off unless `listen` is set; over TLS
+/// with the admin API's certificate settings (`admin.tls_cert`, `admin.tls_key`,
+/// `admin.client_ca`) when those are set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub listen: Option<SocketAddr>,
+    /// Who may sign in (`telegate console operator NAME` makes a token and its entry).
+    pub operators: Vec<Operator>,
+    /// A session nobody used for this long is signed out.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            operators: Vec::new(),
+            session_idle: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// A person who may sign in to the console: a name the ledger records, a role, and the
+/// SHA-256 (hex) of the token they sign in with; the token itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    pub name: String,
+    pub role: Role,
+    pub token_sha256: String,
+}
+
+/// What an operator may do in the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum Role {
+    /// Looks a vehicle up, explains decisions, watches the flows.
+    Viewer,
+    /// A viewer who also answers data-subject requests: export, erase, objections, consents,
+    /// activations.
+    Officer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// The console's sign-in list and transport, as the check read them.
+#[derive(Debug, Clone)]
+pub struct ConsoleAccess {
+    /// Name, role and token hash of each operator.
+    pub operators: Vec<(String, Role, [u8; 32])>,
+    /// `None`: plain HTTP (loopback, or a TLS-terminating proxy in front).
+    pub tls: Option<AdminTls>,
+    pub session_idle: Duration,
 }
 
 /// Roll markers more often than this would be load for nothing.
@@ -145,6 +208,7 @@ impl Default for Config {
             // 5 minutes: the hour of segment.ms and max.compaction.lag.ms plus a twelfth.
             state_roll_interval: telegate_kafka::COMPACTION_BOUND / 12,
             admin: AdminConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -200,6 +264,8 @@ pub struct Checked {
     pub keys: Keyring,
     /// Present exactly when the admin API is to listen.
     pub admin: Option<AdminAccess>,
+    /// Present exactly when the console is to listen.
+    pub console: Option<ConsoleAccess>,
     pub state: Option<StateFile>,
 }
 
@@ -269,6 +335,40 @@ impl AdminTls {
             Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
             None => config,
         }
+    }
+}
+
+impl AdminTls {
+    /// The same material as rustls' own settings, for listeners tonic does not serve (the
+    /// console): HTTP/1.1, TLS 1.2 and 1.3, client certificates when `admin.client_ca` is set.
+    pub fn rustls_config(&self) -> anyhow::Result<rustls::ServerConfig> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::Arc;
+        let certs =
+            CertificateDer::pem_slice_iter(&self.cert_pem).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &self.client_ca_pem {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(ca) {
+                    roots.add(c?)?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
     }
 }
 
@@ -345,7 +445,9 @@ impl Config {
         let pack = self.pack(source, &mut errors);
         let keys = self.keys(&mut errors);
         let state = self.state(&mut errors);
-        let admin = self.admin_access(&mut errors);
+        let tls = self.admin_tls(&mut errors);
+        let admin = self.admin_access(tls.clone(), &mut errors);
+        let console = self.console_access(tls, &mut errors);
         self.check_listeners(&mut errors);
         for (key, message) in self.mqtt.problems() {
             errors.push(key, message);
@@ -369,6 +471,7 @@ impl Config {
                 pack: pack.with_topic_namespace(namespace),
                 keys,
                 admin,
+                console,
                 state,
             }),
             _ => Err(errors),
@@ -456,8 +559,11 @@ impl Config {
 
     /// Never an admin API without a token: an open one would let anyone change consents.
     /// TLS, when configured, comes on top of the token; it never replaces it.
-    fn admin_access(&self, errors: &mut ConfigErrors) -> Option<AdminAccess> {
-        let tls = self.admin_tls(errors);
+    fn admin_access(
+        &self,
+        tls: Option<AdminTls>,
+        errors: &mut ConfigErrors,
+    ) -> Option<AdminAccess> {
         self.admin.listen?;
         let token = match self.admin.resolve_token() {
             Ok(Some(t)) if t.len() >= 16 => t,
@@ -475,6 +581,74 @@ impl Config {
             }
         };
         Some(AdminAccess { token, tls })
+    }
+
+    /// Never a console nobody can sign in to, nor one with a token anyone could guess from its
+    /// hash's shape: every operator has a name the ledger can record, a role and a SHA-256.
+    fn console_access(
+        &self,
+        tls: Option<AdminTls>,
+        errors: &mut ConfigErrors,
+    ) -> Option<ConsoleAccess> {
+        let c = &self.console;
+        c.listen?;
+        if c.operators.is_empty() {
+            errors.push(
+                "console.operators",
+                "console.listen is set, but nobody may sign in: add [[console.operators]] \
+                 entries (`telegate console operator NAME` prints one)",
+            );
+        }
+        let mut operators: Vec<(String, Role, [u8; 32])> = Vec::new();
+        for (i, o) in c.operators.iter().enumerate() {
+            let key = format!("console.operators[{i}]");
+            let name_ok = !o.name.is_empty()
+                && o.name.len() <= 64
+                && o.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+            if !name_ok {
+                errors.push(
+                    format!("{key}.name"),
+                    "1 to 64 characters of a-z, A-Z, 0-9, '.', '_', '-' and '@'",
+                );
+            }
+            if operators.iter().any(|(n, _, _)| *n == o.name) {
+                errors.push(
+                    format!("{key}.name"),
+                    format!("{:?} is listed twice", o.name),
+                );
+            }
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(&o.token_sha256, &mut hash).is_err() {
+                errors.push(
+                    format!("{key}.token_sha256"),
+                    "not a SHA-256 in hex (64 characters): `telegate console operator NAME` \
+                     prints a token and its hash",
+                );
+                continue;
+            }
+            if operators.iter().any(|(_, _, h)| *h == hash) {
+                errors.push(
+                    format!("{key}.token_sha256"),
+                    "two operators share a token: each needs their own",
+                );
+            }
+            operators.push((o.name.clone(), o.role, hash));
+        }
+        if let Some(tls) = &tls
+            && let Err(e) = tls.rustls_config()
+        {
+            errors.push(
+                "console (TLS)",
+                format!("no TLS listener can be built from the admin API's TLS files: {e:#}"),
+            );
+        }
+        Some(ConsoleAccess {
+            operators,
+            tls,
+            session_idle: c.session_idle,
+        })
     }
 
     /// The admin listener's TLS files, read and checked as the listener will use them. Checked
@@ -547,6 +721,7 @@ impl Config {
             ("mqtt.tls_listen", tls),
             ("metrics_listen", self.metrics_listen),
             ("admin.listen", self.admin.listen),
+            ("console.listen", self.console.listen),
         ];
         for (i, (name, addr)) in listeners.iter().enumerate() {
             let Some(addr) = addr.filter(|a| a.port() != 0) else {
@@ -746,6 +921,52 @@ mod tests {
 
     fn error_paths(errors: &ConfigErrors) -> Vec<&str> {
         errors.0.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    fn operator(name: &str, role: Role, token_sha256: &str) -> Operator {
+        Operator {
+            name: name.into(),
+            role,
+            token_sha256: token_sha256.into(),
+        }
+    }
+
+    #[test]
+    fn a_console_needs_operators_each_with_a_name_and_a_token_hash_of_their_own() {
+        let hash = "ab".repeat(32);
+        let mut config = with_admin(AdminConfig::default());
+        config.console.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        let errors = check_reference(&config).expect_err("nobody may sign in");
+        assert_eq!(error_paths(&errors), ["console.operators"], "{errors}");
+
+        config.console.operators = vec![
+            operator("dpo-anna", Role::Officer, &hash),
+            operator("dpo-anna", Role::Viewer, "not-hex"),
+            operator("care ben", Role::Viewer, &hash),
+        ];
+        let errors = check_reference(&config).expect_err("three bad entries");
+        assert_eq!(
+            error_paths(&errors),
+            [
+                "console.operators[1].name",
+                "console.operators[1].token_sha256",
+                "console.operators[2].name",
+                "console.operators[2].token_sha256",
+            ],
+            "{errors}"
+        );
+
+        config.console.operators = vec![
+            operator("dpo-anna", Role::Officer, &hash),
+            operator("care-ben", Role::Viewer, &"cd".repeat(32)),
+        ];
+        let checked = check_reference(&config).expect("two operators");
+        let access = checked.console.expect("the console listens");
+        assert_eq!(access.operators.len(), 2);
+        assert!(access.tls.is_none());
+        // Off unless it listens, whatever else is set.
+        config.console.listen = None;
+        assert!(check_reference(&config).expect("off").console.is_none());
     }
 
     #[test]

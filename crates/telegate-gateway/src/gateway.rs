@@ -4,6 +4,7 @@
 
 use crate::admin::{self, AdminContext};
 use crate::config::{Checked, Config, PackSource};
+use crate::console::{self, timeline::LedgerIndex};
 use crate::http;
 use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
@@ -51,6 +52,7 @@ impl Stage {
 pub struct Gateway {
     edge: Arc<Edge>,
     admin_addr: Option<SocketAddr>,
+    console_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     pack: Arc<Pack>,
     /// The roll markers on the consent-state topic, stopped first.
@@ -83,6 +85,7 @@ impl Gateway {
             pack,
             keys,
             admin: admin_access,
+            console: console_access,
             state: state_file,
         } = checked;
         // The recorder must exist before any counter is registered.
@@ -143,7 +146,16 @@ impl Gateway {
         }
         // The ledger's writer also writes the consent-state topic's roll markers.
         let writer = LogWriter::new(&config.kafka).context("ledger writer")?;
-        let ledger = Arc::new(Ledger::new(writer.clone(), ledger_topic.name, keys.clone()));
+        // The console's timeline: this instance's ledger entries at once, every instance's
+        // through the topic.
+        let ledger_index = console_access
+            .as_ref()
+            .map(|_| Arc::new(LedgerIndex::default()));
+        let mut ledger = Ledger::new(writer.clone(), ledger_topic.name.clone(), keys.clone());
+        if let Some(index) = &ledger_index {
+            ledger = ledger.with_index(index.clone());
+        }
+        let ledger = Arc::new(ledger);
         let sink = KafkaSink::new(&config.kafka).context("Kafka producer")?;
         let sink_stats = sink.stats();
         // A blocked vehicle may not connect; its live connection is closed when it is blocked.
@@ -171,27 +183,58 @@ impl Gateway {
             directory,
         )?;
         requests.follow(&config.kafka, admin.run())?;
-        let admin_addr = match (config.admin.listen, admin_access) {
-            (Some(listen), Some(access)) => {
-                let ctx = Arc::new(AdminContext {
-                    pack: pack.clone(),
-                    state: state.clone(),
-                    ledger: ledger.clone(),
-                    edge: edge.clone(),
-                    requests: requests.clone(),
-                    kafka: config.kafka.clone(),
-                    keys: keys.clone(),
-                    block_grace: config.admin.block_grace,
-                });
-                admin.tasks.spawn(admin::sweep_blocked(
+        // The admin API and the console share one context: the same changes, the same rights.
+        let serves_admin = config.admin.listen.is_some() && admin_access.is_some();
+        let serves_console = config.console.listen.is_some() && console_access.is_some();
+        let ctx = (serves_admin || serves_console).then(|| {
+            Arc::new(AdminContext {
+                pack: pack.clone(),
+                state: state.clone(),
+                ledger: ledger.clone(),
+                edge: edge.clone(),
+                requests: requests.clone(),
+                kafka: config.kafka.clone(),
+                keys: keys.clone(),
+                block_grace: config.admin.block_grace,
+            })
+        });
+        if let Some(ctx) = &ctx {
+            admin.tasks.spawn(admin::sweep_blocked(
+                ctx.clone(),
+                config.admin.sweep_interval,
+                admin.stop.clone(),
+            ));
+        }
+        let admin_addr = match (config.admin.listen, admin_access, &ctx) {
+            (Some(listen), Some(access), Some(ctx)) => {
+                let addr = admin::serve(
+                    listen,
+                    access,
                     ctx.clone(),
-                    config.admin.sweep_interval,
                     admin.stop.clone(),
-                ));
-                let addr = admin::serve(listen, access, ctx, admin.stop.clone(), &admin.tasks)
-                    .await
-                    .with_context(|| format!("cannot serve the admin API on {listen}"))?;
+                    &admin.tasks,
+                )
+                .await
+                .with_context(|| format!("cannot serve the admin API on {listen}"))?;
                 tracing::info!(%addr, "admin API listening");
+                Some(addr)
+            }
+            _ => None,
+        };
+        let console_addr = match (config.console.listen, console_access, &ctx, ledger_index) {
+            (Some(listen), Some(access), Some(ctx), Some(index)) => {
+                index.follow(&config.kafka, &ledger_topic.name, admin.run())?;
+                let addr = console::serve(
+                    listen,
+                    access,
+                    ctx.clone(),
+                    index,
+                    admin.stop.clone(),
+                    &admin.tasks,
+                )
+                .await
+                .with_context(|| format!("cannot serve the console on {listen}"))?;
+                tracing::info!(%addr, "console listening");
                 Some(addr)
             }
             _ => None,
@@ -229,6 +272,7 @@ impl Gateway {
         Ok(Self {
             edge,
             admin_addr,
+            console_addr,
             metrics_addr,
             pack,
             roll,
@@ -265,6 +309,11 @@ impl Gateway {
     /// What the Kafka sink delivered and lost; shared, so it can be watched from elsewhere.
     pub fn sink_stats(&self) -> Arc<SinkStats> {
         self.sink_stats.clone()
+    }
+
+    /// Where the console listens, if it does.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// Where the admin API listens, if it does.

@@ -18,6 +18,8 @@ pub enum Channel {
     HeadUnit,
     CallCentre,
     Api,
+    /// The privacy office's web console (`crate::console`).
+    Console,
 }
 
 /// What a ledger entry records; its kebab-case name is the `action` field on the topic.
@@ -32,6 +34,8 @@ pub enum Action {
     Settings,
     Block,
     Erase,
+    /// An access request answered: the vehicle's export was handed out.
+    Export,
 }
 
 /// One ledger record, as JSON on the topic.
@@ -55,6 +59,9 @@ pub struct LedgerEntry {
     /// Who made the change (an operator id, "vehicle", "data-subject").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub actor: String,
+    /// Why, in the operator's words: the case or ticket number the console requires.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// A change to record, before the ledger adds the subject hash and times.
@@ -67,6 +74,7 @@ pub struct Change<'a> {
     pub channel: Channel,
     pub text_version: &'a str,
     pub actor: &'a str,
+    pub reason: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +82,8 @@ pub struct Ledger {
     writer: LogWriter,
     topic: String,
     keys: Keyring,
+    /// The console's copy of the ledger, which learns of this instance's entries at once.
+    index: Option<std::sync::Arc<crate::console::timeline::LedgerIndex>>,
 }
 
 impl Ledger {
@@ -82,6 +92,15 @@ impl Ledger {
             writer,
             topic,
             keys,
+            index: None,
+        }
+    }
+
+    /// Adds every entry this ledger appends to `index` as soon as Kafka has it.
+    pub fn with_index(self, index: std::sync::Arc<crate::console::timeline::LedgerIndex>) -> Self {
+        Self {
+            index: Some(index),
+            ..self
         }
     }
 
@@ -117,6 +136,7 @@ impl Ledger {
             channel: change.channel,
             text_version: change.text_version.to_owned(),
             actor: change.actor.to_owned(),
+            reason: change.reason.to_owned(),
         };
         let value = serde_json::to_vec(&entry)?;
         self.writer
@@ -126,6 +146,9 @@ impl Ledger {
                 Some(&value),
             )
             .await?;
+        if let Some(index) = &self.index {
+            index.add(entry.clone());
+        }
         Ok(entry)
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod console;
 pub mod gateway;
 pub mod http;
 pub mod ledger;

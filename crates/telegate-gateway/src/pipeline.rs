@@ -354,6 +354,7 @@ impl Pipeline {
             channel: Channel::HeadUnit,
             text_version: "",
             actor: "vehicle",
+            reason: "",
         };
         let (ledger, state, vin) = (self.ledger.clone(), self.state.clone(), *frame.vin());
         let (errors, unconfirmed) = (

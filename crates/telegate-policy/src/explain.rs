@@ -89,7 +89,8 @@ fn list<S: AsRef<str>>(items: &[S]) -> String {
     }
 }
 
-fn consent(c: &ConsentRule) -> String {
+/// A purpose's consent rule in words: `none`, `standing`, `event:SCOPE`, `activation:FEATURE`.
+pub fn consent(c: &ConsentRule) -> String {
     match c {
         ConsentRule::None => "none".into(),
         ConsentRule::Standing => "standing".into(),
@@ -98,7 +99,8 @@ fn consent(c: &ConsentRule) -> String {
     }
 }
 
-fn location(l: LocationPrecision) -> String {
+/// A purpose's location precision in words: `exact`, `none`, `N m grid`.
+pub fn location(l: LocationPrecision) -> String {
     match l {
         LocationPrecision::Exact => "exact".into(),
         LocationPrecision::None => "none".into(),

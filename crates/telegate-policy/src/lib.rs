@@ -22,7 +22,9 @@ pub use decide::{
     ConsentState, Decision, DropReason, Rule, Verdict, When, contribution_period, decide,
     decide_all, offline,
 };
-pub use explain::{ExplainError, check, explain};
+pub use explain::{
+    ExplainError, check, consent as describe_consent, explain, location as describe_location,
+};
 pub use fields::FieldMask;
 pub use ids::{KeyId, PurposeId, ServiceId};
 pub use keys::{KeyError, Keyring, seal, sealed_subject, unseal};

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strum::VariantArray;
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
+use telegate_gateway::config::{Operator, Role};
 use telegate_gateway::http::{metrics_handle, samples};
 use telegate_gateway::{Config, Gateway, PackSource, REFERENCE_PACK};
 use telegate_sim::{Behaviour, Fleet, FleetConfig};
@@ -35,6 +36,9 @@ pub struct Args {
     pub mqtt_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:9898")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The privacy office's console, on loopback; its sign-in tokens are printed at start.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub console_listen: Option<SocketAddr>,
     /// Policy pack; the built-in reference pack otherwise.
     #[arg(long)]
     pub policy: Option<PathBuf>,
@@ -87,6 +91,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A sign-in token for one of the demo's console operators.
+fn demo_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn demo_operator(name: &str, role: Role, token: &str) -> Operator {
+    use sha2::Digest;
+    Operator {
+        name: name.to_owned(),
+        role,
+        token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
+    }
+}
+
 /// Runs the demo and returns what it saw.
 pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     // MockCluster is librdkafka's own in-process broker: real protocol, no durability.
@@ -108,6 +126,16 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     config.mqtt.listen_v5 = None;
     config.mqtt.allow_anonymous = true;
     config.metrics_listen = args.metrics_listen;
+    // The console with two operators made for this run: an officer and a viewer.
+    let console_tokens = args.console_listen.map(|listen| {
+        config.console.listen = Some(listen);
+        let (officer, viewer) = (demo_token(), demo_token());
+        config.console.operators = vec![
+            demo_operator("demo-officer", Role::Officer, &officer),
+            demo_operator("demo-viewer", Role::Viewer, &viewer),
+        ];
+        (officer, viewer)
+    });
     if mock.is_some() {
         // The mock has no CreateTopics; it takes topics through its own API.
         config.kafka.manage_topics = false;
@@ -194,6 +222,12 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
             "from key file"
         },
     );
+    let header = match (gateway.console_addr(), &console_tokens) {
+        (Some(addr), Some((officer, viewer))) => format!(
+            "{header}console: http://{addr}/  officer token {officer}  viewer token {viewer}\n"
+        ),
+        _ => header,
+    };
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let every = if tty {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod connections;
+pub mod console;
 pub mod consume;
 pub mod demo;
 pub mod keys;

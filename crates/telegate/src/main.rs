@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use telegate::{
-    admin, connections, consume, demo, keys, loadgen, pki, policy, serve, simulate, state, tools,
+    admin, connections, console, consume, demo, keys, loadgen, pki, policy, serve, simulate, state,
+    tools,
 };
 
 /// jemalloc keeps its bookkeeping apart from the memory it hands out, so buffers reserved but
@@ -44,6 +45,8 @@ enum Command {
     Consume(consume::Args),
     /// The admin API: consents, objections, activations, erasure, export.
     Admin(admin::Args),
+    /// The privacy office's web console: operators and their tokens.
+    Console(console::Args),
     /// Policy pack tools.
     Policy(policy::Args),
     /// The fleet's certificates: CA and server certificate, vehicle certificates, revocation.
@@ -66,6 +69,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(a) => serve::run(a).await,
+        Command::Console(a) => console::run(a),
         Command::Demo(a) => demo::run(a).await,
         Command::Simulate(a) => simulate::run(a).await,
         Command::Loadgen(a) => loadgen::run(a).await,

@@ -44,6 +44,8 @@ pub struct Args {
     state_roll_interval: Option<String>,
     #[command(flatten)]
     admin: AdminArgs,
+    #[command(flatten)]
+    console: ConsoleArgs,
 }
 
 #[derive(clap::Args, Serialize, Debug)]
@@ -215,6 +217,19 @@ struct AdminArgs {
     client_ca: Option<PathBuf>,
 }
 
+#[derive(clap::Args, Serialize, Debug)]
+struct ConsoleArgs {
+    /// The privacy office's web console; needs console.operators, and speaks TLS with the admin
+    /// API's certificate (--admin-tls-cert, --admin-tls-key) when one is set.
+    #[arg(
+        id = "console_listen",
+        long = "console-listen",
+        env = "TELEGATE_CONSOLE_LISTEN"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+}
+
 /// The config key a flag of `telegate serve` sets: `--mqtt-listen` is `mqtt.listen`,
 /// `--state-roll-interval` is `state_roll_interval`.
 pub fn config_key(flag: &str) -> String {
@@ -222,7 +237,9 @@ pub fn config_key(flag: &str) -> String {
     let key = match name {
         "mqtt5-listen" => "mqtt.listen_v5".to_owned(),
         n => match n.split_once('-') {
-            Some((section @ ("mqtt" | "kafka" | "admin"), rest)) => format!("{section}.{rest}"),
+            Some((section @ ("mqtt" | "kafka" | "admin" | "console"), rest)) => {
+                format!("{section}.{rest}")
+            }
             _ => n.to_owned(),
         },
     };

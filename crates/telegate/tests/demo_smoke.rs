@@ -13,6 +13,7 @@ async fn the_demo_moves_frames_to_every_contract_topic() {
         kafka_bootstrap: None,
         mqtt_listen: free_addr(),
         metrics_listen: Some(free_addr()),
+        console_listen: Some(free_addr()),
         policy: None,
         bad_frame_ratio: 0.1,
         k: 3,

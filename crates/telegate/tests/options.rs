@@ -27,6 +27,8 @@ const EXAMPLES: &[&str] = &[
     "mqtt.client_ca",
     "mqtt.client_crl",
     "admin.listen",
+    "console.listen",
+    "console.operators",
     "admin.token_file",
     "admin.tls_cert",
     "admin.tls_key",

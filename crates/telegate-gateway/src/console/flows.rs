@@ -1,0 +1,197 @@
+//! What flows where, live: frames by kind, records by topic, drops by purpose and reason,
+//! rejections, refusals at the edge and how fresh the consent state is. The page is rendered
+//! with the counters as they are and then updates itself from `/flows/events` (server-sent
+//! events, one snapshot a second), drawing each group's rate as a small chart.
+
+use super::Shared;
+use super::access::Operator;
+use super::page::{layout, respond};
+use crate::http::{metrics_handle, samples};
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt};
+use maud::html;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+use telegate_frame::now_ms;
+
+/// One group of series, e.g. frames by kind.
+#[derive(Debug, Serialize)]
+struct Group {
+    id: &'static str,
+    title: &'static str,
+    /// Label → counter value (or gauge, for `state`).
+    series: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Snapshot {
+    at_ms: i64,
+    groups: Vec<Group>,
+}
+
+/// The value of `key` in a Prometheus label set (`a="x",b="y"`).
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels.split("\",").find_map(|pair| {
+        let (k, v) = pair.split_once("=\"")?;
+        (k.trim_start_matches(',') == key).then(|| v.trim_end_matches('"'))
+    })
+}
+
+fn snapshot(console: &Shared) -> Snapshot {
+    let text = metrics_handle().render();
+    let pack = &console.admin.pack;
+    let by = |metric: &str, key: &dyn Fn(&str) -> Option<String>| {
+        let mut series = BTreeMap::new();
+        for (labels, v) in samples(&text, metric) {
+            if let Some(k) = key(labels) {
+                *series.entry(k).or_insert(0.0) += v;
+            }
+        }
+        series
+    };
+    let topic_of = |labels: &str| {
+        let service = label(labels, "service")?;
+        pack.services
+            .iter()
+            .find(|s| s.id.as_str() == service)
+            .map(|s| s.topic.clone())
+    };
+    let mut drops = by("telegate_records_dropped_total", &|l| {
+        Some(format!(
+            "{} / {}",
+            label(l, "purpose")?,
+            label(l, "reason")?
+        ))
+    });
+    drops.retain(|_, v| *v > 0.0);
+    let mut rejected = by("telegate_frames_rejected_total", &|l| {
+        label(l, "reason").map(str::to_owned)
+    });
+    rejected.retain(|_, v| *v > 0.0);
+    let mut refused = by("telegate_mqtt_refused_total", &|l| {
+        label(l, "reason").map(str::to_owned)
+    });
+    refused.retain(|_, v| *v > 0.0);
+    let newest = samples(&text, "telegate_state_newest_record_timestamp_seconds")
+        .first()
+        .map(|(_, v)| *v);
+    let mut state = BTreeMap::new();
+    if let Some(newest) = newest.filter(|v| *v > 0.0) {
+        state.insert(
+            "seconds since the last change read".to_owned(),
+            ((now_ms() as f64 / 1000.0) - newest).max(0.0).round(),
+        );
+    }
+    state.insert(
+        "vehicles in the consent state".to_owned(),
+        console.admin.state.len() as f64,
+    );
+    Snapshot {
+        at_ms: now_ms(),
+        groups: vec![
+            Group {
+                id: "frames",
+                title: "Frames accepted, by kind",
+                series: by("telegate_frames_valid_total", &|l| {
+                    label(l, "kind").map(str::to_owned)
+                }),
+            },
+            Group {
+                id: "records",
+                title: "Records written, by topic",
+                series: by("telegate_records_forwarded_total", &topic_of),
+            },
+            Group {
+                id: "drops",
+                title: "Records dropped by policy, by purpose and reason",
+                series: drops,
+            },
+            Group {
+                id: "rejections",
+                title: "Frames rejected, by reason",
+                series: rejected,
+            },
+            Group {
+                id: "refusals",
+                title: "Refusals at the edge, by reason",
+                series: refused,
+            },
+            Group {
+                id: "state",
+                title: "Consent state",
+                series: state,
+            },
+        ],
+    }
+}
+
+fn number(v: f64) -> String {
+    format!("{v:.0}")
+}
+
+pub(super) async fn show(
+    State(console): State<Shared>,
+    Extension(op): Extension<Operator>,
+) -> Response {
+    let snap = snapshot(&console);
+    let body = html! {
+        h1 { "Flows" }
+        p { "Totals since this gateway started; each chart shows the group's rate per second over the last minutes, updated every second." }
+        section #flows data-events="/flows/events" {
+            @for g in &snap.groups {
+                figure.group data-group=(g.id) aria-labelledby={ "g-" (g.id) } {
+                    figcaption #{ "g-" (g.id) } { (g.title) }
+                    @if g.id != "state" {
+                        svg.chart viewBox="0 0 300 60" role="img" aria-label={ (g.title) ", rate per second" } {
+                            polyline points="" {}
+                        }
+                        p.rate { "Rate: " span.now { "—" } " per second" }
+                    }
+                    dl.totals {
+                        @if g.series.is_empty() { dt.none { "none so far" } dd.none { "0" } }
+                        @for (name, v) in &g.series {
+                            dt { (name) }
+                            dd data-metric={ (g.id) ":" (name) } { (number(*v)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    respond(StatusCode::OK, layout("Flows", Some(&op), body))
+}
+
+/// One snapshot a second until the client goes or the console stops.
+pub(super) async fn events(
+    State(console): State<Shared>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stop = console.stop.clone();
+    let ticks =
+        tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(Duration::from_secs(1)));
+    let stream = ticks
+        .map(move |_| {
+            let data = serde_json::to_string(&snapshot(&console)).unwrap_or_default();
+            Ok(Event::default().event("snapshot").data(data))
+        })
+        .take_until(stop.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels_are_read_by_name() {
+        let l = "service=\"insights\",purpose=\"fleet-stats\",reason=\"private-mode\"";
+        assert_eq!(super::label(l, "service"), Some("insights"));
+        assert_eq!(super::label(l, "purpose"), Some("fleet-stats"));
+        assert_eq!(super::label(l, "reason"), Some("private-mode"));
+        assert_eq!(super::label(l, "kind"), None);
+        assert_eq!(super::label("kind=\"status\"", "kind"), Some("status"));
+    }
+}

@@ -1,0 +1,641 @@
+//! A vehicle: what it set, what each purpose may do with its frames now and on which basis,
+//! its ledger, where its records live; and, for officers, the data-subject rights.
+
+use super::access::{Operator, Refused, check_csrf};
+use super::page::{self, csrf, layout, respond, time};
+use super::{Shared, samples};
+use crate::admin::{self, AdminError, Who};
+use crate::ledger::{Action, Channel, LedgerEntry};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use maud::{Markup, html};
+use serde::Deserialize;
+use telegate_frame::{Vin, now_ms};
+use telegate_policy::{
+    ConsentRule, SubjectRecord, SubjectSecret, Verdict, decide, describe_location, format_duration,
+};
+
+/// A reason is a case or ticket number, or a short line: at most this many characters.
+const MAX_REASON: usize = 200;
+
+#[derive(Deserialize)]
+pub(super) struct Open {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    vin: String,
+}
+
+pub(super) async fn open(
+    State(console): State<Shared>,
+    Extension(op): Extension<Operator>,
+    Form(form): Form<Open>,
+) -> Response {
+    if let Err(refused) = check_csrf(&op, &form.csrf) {
+        return *refused;
+    }
+    let vin = match Vin::parse(form.vin.trim()) {
+        Ok(v) => v,
+        Err(e) => {
+            return page::home_page(&op, StatusCode::BAD_REQUEST, Some(&format!("VIN: {e}")));
+        }
+    };
+    metrics::counter!("telegate_console_vehicles_opened_total").increment(1);
+    match console.sessions.open_vehicle(&op, vin) {
+        Some(handle) => Redirect::to(&format!("/vehicles/{handle}")).into_response(),
+        None => Redirect::to("/sign-in").into_response(),
+    }
+}
+
+/// What the page says after an action; chosen by a fixed word in the query, so nothing the
+/// operator typed travels in a URL.
+#[derive(Deserialize)]
+pub(super) struct Done {
+    done: Option<String>,
+}
+
+fn flash(done: Option<&str>) -> Option<&'static str> {
+    Some(match done? {
+        "consent" => "The consent change is recorded and in force.",
+        "objection" => "The objection is recorded and in force.",
+        "activation" => "The activation is recorded and in force.",
+        "export" => "The export was handed out and recorded.",
+        "erase" => "The vehicle's key material and state are erased.",
+        _ => return None,
+    })
+}
+
+fn vehicle_of(console: &Shared, op: &Operator, handle: &str) -> Result<Vin, Refused> {
+    console.sessions.vehicle(op, handle).ok_or_else(|| {
+        Box::new(page::refusal(
+            StatusCode::NOT_FOUND,
+            "This vehicle is not open in this session: open it again by its VIN.",
+        ))
+    })
+}
+
+pub(super) async fn show(
+    State(console): State<Shared>,
+    Extension(op): Extension<Operator>,
+    Path(handle): Path<String>,
+    Query(done): Query<Done>,
+) -> Response {
+    let vin = match vehicle_of(&console, &op, &handle) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    respond(
+        StatusCode::OK,
+        vehicle_page(
+            &console,
+            &op,
+            &handle,
+            &vin,
+            flash(done.done.as_deref()),
+            None,
+        ),
+    )
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+fn vehicle_page(
+    console: &Shared,
+    op: &Operator,
+    handle: &str,
+    vin: &Vin,
+    flash: Option<&str>,
+    error: Option<&str>,
+) -> Markup {
+    let ctx = &console.admin;
+    let record = ctx.state.get(vin);
+    let entries = console.ledger.of(&ctx.ledger.subject_hash(vin));
+    let erased = record.is_none() && entries.iter().any(|e| e.action == Action::Erase);
+    let settings = record.as_ref().and_then(|r| r.settings.latest().cloned());
+    let body = html! {
+        h1 { "Vehicle " code #vin { (vin.expose()) } }
+        @if let Some(f) = flash { p #flash role="status" { (f) } }
+        @if let Some(e) = error { p #error role="alert" { (e) } }
+        @if erased {
+            p #erased { "This vehicle was erased: its key material and state are gone; its earlier records can no longer be linked to it. The ledger below is kept, as records of consent must be." }
+        } @else if record.is_none() {
+            p #no-record { "Nothing is recorded for this VIN: the gateway has not seen this vehicle, and no consent or setting was recorded for it." }
+        }
+        section #settings aria-labelledby="settings-h" {
+            h2 #settings-h { "Settings in the vehicle" }
+            @match &settings {
+                None => p #no-settings { "The vehicle has not reported its privacy settings: the factory settings apply." },
+                Some(s) => table {
+                    thead { tr { th scope="col" { "Setting" } th scope="col" { "Value" } } }
+                    tbody {
+                        tr data-setting="private_mode" { th scope="row" { "Private mode" } td.value { (on_off(s.private_mode)) } }
+                        tr data-setting="offline_mode" { th scope="row" { "Offline mode" } td.value { (on_off(s.offline_mode)) } }
+                        tr data-setting="location_services" { th scope="row" { "Location services" } td.value { (on_off(s.location_services)) } }
+                        tr data-setting="non_location_services" { th scope="row" { "Non-location services" } td.value { (on_off(s.non_location_services)) } }
+                        @for (id, on) in &s.services {
+                            tr data-setting={ "service:" (id) } { th scope="row" { "Service " (id) } td.value { (on_off(*on)) } }
+                        }
+                    }
+                },
+            }
+        }
+        (purposes(console, vin, record.as_ref()))
+        (activations(record.as_ref()))
+        (timeline(&entries, console.ledger.caught_up()))
+        @if op.is_officer() { (officer_forms(console, op, handle)) }
+    };
+    layout("Vehicle", Some(op), body)
+}
+
+/// Per purpose: would a frame of its first kind, captured now, reach it, and if not why; its
+/// legal basis, topic, subject form, location precision and retention.
+fn purposes(console: &Shared, vin: &Vin, record: Option<&SubjectRecord>) -> Markup {
+    let ctx = &console.admin;
+    let pack = &ctx.pack;
+    let now = now_ms();
+    // Key material is given on first sight; a vehicle not yet seen is judged as if it had some.
+    let mut subject = record.cloned().unwrap_or_default();
+    if subject.secret.is_none() {
+        subject.secret = Some(SubjectSecret::from_random([0; 16], [0; 32]));
+    }
+    html! {
+        section #purposes aria-labelledby="purposes-h" {
+            h2 #purposes-h { "Purposes now" }
+            p.hint { "Whether a frame the vehicle sent now would reach each purpose, under the loaded policy " (pack.label()) "." }
+            table {
+                thead { tr {
+                    th scope="col" { "Purpose" } th scope="col" { "Legal basis" } th scope="col" { "Receives now" }
+                    th scope="col" { "Topic" } th scope="col" { "Subject form" } th scope="col" { "Location" } th scope="col" { "Retention" }
+                } }
+                tbody {
+                    @for p in &pack.purposes {
+                        @let verdict = p.kinds.first().and_then(|k| samples::frame(*k, vin.expose(), now)).map(|f| decide(pack, &f, p, Some(&subject)));
+                        tr data-purpose=(p.id.as_str()) {
+                            th scope="row" { (p.id.as_str()) }
+                            td.basis { (p.legal_basis.as_str()) }
+                            td.active title=[verdict.as_ref().map(|d| d.rule.to_string())] {
+                                @match verdict.as_ref().map(|d| &d.verdict) {
+                                    Some(Verdict::Forward(_)) => "yes",
+                                    Some(Verdict::Drop(r)) => { "no — " (r.as_str()) },
+                                    None => "unknown",
+                                }
+                            }
+                            td.topic { code { (pack.service_of(p).topic) } }
+                            td.form { (p.identity.as_str()) }
+                            td.location { (describe_location(p.location)) }
+                            td.retention { (format_duration(p.retention)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn activations(record: Option<&SubjectRecord>) -> Markup {
+    html! {
+        section #activations aria-labelledby="activations-h" {
+            h2 #activations-h { "Activations" }
+            @match record.filter(|r| !r.activations.is_empty()) {
+                None => p { "No service was activated for this vehicle." },
+                Some(r) => table {
+                    thead { tr { th scope="col" { "Feature" } th scope="col" { "Value" } } }
+                    tbody { @for (f, t) in &r.activations {
+                        tr data-feature=(f) { th scope="row" { (f) } td.value { (on_off(t.latest().copied().unwrap_or(false))) } }
+                    } }
+                },
+            }
+        }
+        section #contributions aria-labelledby="contributions-h" {
+            h2 #contributions-h { "Contributions" }
+            @match record.filter(|r| !r.contributions.is_empty()) {
+                None => p { "No contribution to a once-per-vehicle statistic is recorded." },
+                Some(r) => table {
+                    thead { tr { th scope="col" { "Purpose / kind" } th scope="col" { "Last period contributed to, from" } } }
+                    tbody { @for (k, at) in &r.contributions {
+                        tr { th scope="row" { (k) } td { (time(*at)) } }
+                    } }
+                },
+            }
+        }
+    }
+}
+
+fn channel(c: Channel) -> &'static str {
+    match c {
+        Channel::App => "app",
+        Channel::HeadUnit => "vehicle",
+        Channel::CallCentre => "call-centre",
+        Channel::Api => "api",
+        Channel::Console => "console",
+    }
+}
+
+fn action(a: Action) -> String {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn timeline(entries: &[LedgerEntry], caught_up: bool) -> Markup {
+    html! {
+        section #ledger aria-labelledby="ledger-h" {
+            h2 #ledger-h { "Ledger" }
+            @if !caught_up { p.hint role="status" { "The ledger is still being read: older entries may be missing for a moment." } }
+            @if entries.is_empty() {
+                p { "No ledger entry for this vehicle." }
+            }
+            table #timeline {
+                thead { tr {
+                    th scope="col" { "Recorded" } th scope="col" { "Action" } th scope="col" { "Purpose or feature" }
+                    th scope="col" { "Value" } th scope="col" { "Channel" } th scope="col" { "By" } th scope="col" { "Case or ticket" }
+                } }
+                tbody {
+                    @for e in entries {
+                        tr {
+                            td.recorded { (time(e.recorded_at_ms)) }
+                            td.action { (action(e.action)) }
+                            td.target { (e.target) }
+                            td.value { (e.value.to_string()) }
+                            td.channel { (channel(e.channel)) }
+                            td.actor { (e.actor) }
+                            td.reason { (e.reason) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reason_field() -> Markup {
+    html! {
+        label { "Case or ticket number" input name="reason" required maxlength=(MAX_REASON) autocomplete="off"; }
+    }
+}
+
+fn officer_forms(console: &Shared, op: &Operator, handle: &str) -> Markup {
+    let pack = &console.admin.pack;
+    let standing: Vec<&str> = pack
+        .purposes
+        .iter()
+        .filter(|p| p.consent == ConsentRule::Standing)
+        .map(|p| p.id.as_str())
+        .collect();
+    let features = console.admin.features();
+    let base = format!("/vehicles/{handle}");
+    html! {
+        section #requests aria-labelledby="requests-h" {
+            h2 #requests-h { "Answer a request" }
+            @if !standing.is_empty() {
+                form #consent method="post" action={ (base) "/consent" } {
+                    h3 { "Consent" }
+                    (csrf(op))
+                    label { "Purpose" select name="purpose" { @for p in &standing { option value=(p) { (p) } } } }
+                    label { "Change" select name="granted" { option value="true" { "Record consent" } option value="false" { "Withdraw consent" } } }
+                    (reason_field())
+                    button type="submit" { "Save consent" }
+                }
+            }
+            form #objection method="post" action={ (base) "/objection" } {
+                h3 { "Objection" }
+                (csrf(op))
+                label { "Purpose" select name="purpose" { @for p in &pack.purposes { option value=(p.id.as_str()) { (p.id.as_str()) } } } }
+                label { "Change" select name="on" { option value="true" { "Object" } option value="false" { "Lift objection" } } }
+                (reason_field())
+                button type="submit" { "Save objection" }
+            }
+            @if !features.is_empty() {
+                form #activation method="post" action={ (base) "/activation" } {
+                    h3 { "Activation" }
+                    (csrf(op))
+                    label { "Feature" select name="feature" { @for f in &features { option value=(f) { (f) } } } }
+                    label { "Change" select name="active" { option value="true" { "Activate" } option value="false" { "Deactivate" } } }
+                    (reason_field())
+                    button type="submit" { "Save activation" }
+                }
+            }
+            form #export method="post" action={ (base) "/export" } {
+                h3 { "Access (export)" }
+                (csrf(op))
+                label { "Format" select name="format" { option value="readable" { "Readable (HTML)" } option value="json" { "Machine-readable (JSON)" } } }
+                (reason_field())
+                button type="submit" { "Download export" }
+            }
+            form #erase method="post" action={ (base) "/erase" } {
+                h3 { "Erasure" }
+                (csrf(op))
+                p.explain {
+                    "Erasure destroys this vehicle's key material and its consent state (crypto-shredding): "
+                    "every pseudonymous and sealed record already delivered can no longer be linked to the vehicle, "
+                    "and its live connection is closed. If the vehicle connects again it is treated as a new one, with new key material, "
+                    "so its new records cannot be joined to the old. What remains: records that carry the VIN itself stay on their topics "
+                    "until their retention ends (the Retention column above); anonymous records were never linked; the ledger keeps its "
+                    "entries, this erasure included. The erased record leaves the consent-state log once Kafka compacts it "
+                    "(within about 1 hour 5 minutes with the default settings). This cannot be undone."
+                }
+                label { "Type the VIN to confirm" input name="confirm" required autocomplete="off" spellcheck="false" maxlength="17"; }
+                (reason_field())
+                button.danger type="submit" { "Erase" }
+            }
+        }
+    }
+}
+
+/// An officer's change, with its reason checked; `Err` is the answer to send instead.
+fn officer_change(
+    console: &Shared,
+    op: &Operator,
+    handle: &str,
+    given_csrf: &str,
+    reason: &str,
+) -> Result<(Vin, Who), Refused> {
+    check_csrf(op, given_csrf)?;
+    if !op.is_officer() {
+        metrics::counter!("telegate_console_refused_total", "reason" => "role").increment(1);
+        return Err(Box::new(page::refusal(
+            StatusCode::FORBIDDEN,
+            "Only an officer may change a vehicle's consents or answer a request.",
+        )));
+    }
+    let vin = vehicle_of(console, op, handle)?;
+    let reason = reason.trim();
+    let problem = if reason.is_empty() {
+        Some("Give the case or ticket number this change answers.".to_owned())
+    } else if reason.chars().count() > MAX_REASON {
+        Some(format!(
+            "The case or ticket number is longer than {MAX_REASON} characters."
+        ))
+    } else if reason.chars().any(char::is_control) {
+        Some("The case or ticket number has a control character.".to_owned())
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        metrics::counter!("telegate_console_refused_total", "reason" => "form").increment(1);
+        return Err(Box::new(respond(
+            StatusCode::BAD_REQUEST,
+            vehicle_page(console, op, handle, &vin, None, Some(&p)),
+        )));
+    }
+    Ok((
+        vin,
+        Who {
+            channel: Channel::Console,
+            text_version: String::new(),
+            actor: op.name.clone(),
+            reason: reason.to_owned(),
+            at_ms: now_ms(),
+        },
+    ))
+}
+
+/// The answer to a change the admin context refused or could not make.
+fn failed(console: &Shared, op: &Operator, handle: &str, vin: &Vin, e: AdminError) -> Response {
+    let status = match e.code() {
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    // The same words the admin API answers with; an internal failure is logged there.
+    let message = tonic::Status::from(e).message().to_owned();
+    respond(
+        status,
+        vehicle_page(console, op, handle, vin, None, Some(&message)),
+    )
+}
+
+fn done(handle: &str, what: &str) -> Response {
+    Redirect::to(&format!("/vehicles/{handle}?done={what}")).into_response()
+}
+
+fn counted(action: &'static str) {
+    metrics::counter!("telegate_console_actions_total", "action" => action).increment(1);
+}
+
+#[derive(Deserialize)]
+pub(super) struct Toggle {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    purpose: String,
+    #[serde(default)]
+    feature: String,
+    #[serde(default)]
+    granted: Option<bool>,
+    #[serde(default)]
+    on: Option<bool>,
+    #[serde(default)]
+    active: Option<bool>,
+    #[serde(default)]
+    reason: String,
+}
+
+pub(super) async fn consent(
+    State(console): State<Shared>,
+    Extension(op): Extension<Operator>,
+    Path(handle): Path<String>,
+    Form(f): Form<Toggle>,
+) -> Response {
+    let (vin, who) = match officer_change(&console, &op, &handle, &f.csrf, &f.reason) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let granted = f.granted.unwrap_or(false);
+    match console
+        .admin
+        .set_consent(vin, &f.purpose, granted, &who)
+        .await
+    {
+        Ok(_) => {
+            counted("consent");
+            done(&handle, "consent")
+        }
+        Err(e) => failed(&console, &op, &handle, &vin, e),
+    }
+}
+
+pub(super) async fn objection(
+    State(console): State<Shared>,
+    Extension(op): Extension<Operator>,
+    Path(handle): Path<String>,
+    Form(f): Form<Toggle>,
+) -> Response {
+    let (vin, who) = match officer_change(&console, &op, &handle, &f.csrf, &f.reason) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let on = f.on.unwrap_or(false);
+    match console.admin.set_objection(vin, &f.purpose, on, &who).await {
+        Ok(_) => {
+            counted("objection");
+            done(&handle, "objection")
+        }
+        Err(e) => failed(&console, &op, &handle, &vin, e),
+    }
+}
+
+pub(super) async fn activation(
+    State(console): State<Shared>,
+    Extension(op): Extension<Operator>,
+    Path(handle): Path<String>,
+    Form(f): Form<Toggle>,
+) -> Response {
+    let (vin, who) = match officer_change(&console, &op, &handle, &f.csrf, &f.reason) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let active = f.active.unwrap_or(false);
+    match console
+        .admin
+        .set_activation(vin, &f.feature, active, &who)
+        .await
+    {
+        Ok(_) => {
+            counted("activation");
+            done(&handle, "activation")
+        }
+        Err(e) => failed(&console, &op, &handle, &vin, e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ExportForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    format: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub(super) async fn export(
+    State(console): State<Shared>,
+    Extension(op): Extension<Operator>,
+    Path(handle): Path<String>,
+    Form(f): Form<ExportForm>,
+) -> Response {
+    let (vin, who) = match officer_change(&console, &op, &handle, &f.csrf, &f.reason) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let document = match console.admin.export_for(&vin, &who).await {
+        Ok(d) => d,
+        Err(e) => return failed(&console, &op, &handle, &vin, e),
+    };
+    counted("export");
+    let (body, kind, name) = if f.format == "json" {
+        (
+            serde_json::to_string_pretty(&document).unwrap_or_default(),
+            "application/json",
+            "telegate-export.json",
+        )
+    } else {
+        (
+            readable_export(&document).into_string(),
+            "text/html; charset=utf-8",
+            "telegate-export.html",
+        )
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The export as a page a person reads: what is recorded, what was changed and by whom, and
+/// where the vehicle's records are. Self-contained (no style sheet, no script).
+fn readable_export(d: &serde_json::Value) -> Markup {
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "—".to_owned(),
+        other => other.to_string(),
+    };
+    let ms = |v: &serde_json::Value| v.as_i64().map(time).unwrap_or_else(|| "—".into());
+    let empty = Vec::new();
+    let ledger = d["ledger"].as_array().unwrap_or(&empty);
+    let deliveries = d["deliveries"].as_array().unwrap_or(&empty);
+    html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Your vehicle's data: " (s(&d["vin"])) } }
+            body {
+                h1 { "The data telegate holds about vehicle " (s(&d["vin"])) }
+                p { "Exported " (ms(&d["exported_at_ms"])) " under the policy " (s(&d["policy"])) ". A machine-readable copy of the same data is available as JSON." }
+                h2 { "Recorded settings and consents" }
+                @if d["state"].is_null() {
+                    p { "Nothing is recorded: the vehicle was never seen, or its record was erased." }
+                } @else {
+                    pre { (serde_json::to_string_pretty(&d["state"]).unwrap_or_default()) }
+                }
+                h2 { "Every change recorded in the consent ledger" }
+                table {
+                    thead { tr { th { "Recorded" } th { "Action" } th { "Purpose or feature" } th { "Value" } th { "Channel" } th { "By" } th { "Case" } } }
+                    tbody { @for e in ledger {
+                        tr { td { (ms(&e["recorded_at_ms"])) } td { (s(&e["action"])) } td { (s(&e["target"])) } td { (s(&e["value"])) } td { (s(&e["channel"])) } td { (s(&e["actor"])) } td { (s(&e["reason"])) } }
+                    } }
+                }
+                h2 { "Where the vehicle's records went" }
+                table {
+                    thead { tr { th { "Purpose" } th { "Topic" } th { "Identified by" } th { "Legal basis" } th { "Records held" } th { "Captured from" } th { "to" } th { "Note" } } }
+                    tbody { @for r in deliveries {
+                        tr { td { (s(&r["purpose"])) } td { (s(&r["topic"])) } td { (s(&r["identity"])) } td { (s(&r["legal_basis"])) } td { (s(&r["records"])) } td { (ms(&r["first_captured_at_ms"])) } td { (ms(&r["last_captured_at_ms"])) } td { (s(&r["note"])) } }
+                    } }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct EraseForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub(super) async fn erase(
+    State(console): State<Shared>,
+    Extension(op): Extension<Operator>,
+    Path(handle): Path<String>,
+    Form(f): Form<EraseForm>,
+) -> Response {
+    let (vin, who) = match officer_change(&console, &op, &handle, &f.csrf, &f.reason) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if f.confirm.trim() != vin.expose() {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            vehicle_page(
+                &console,
+                &op,
+                &handle,
+                &vin,
+                None,
+                Some("The confirmation is not this vehicle's VIN: nothing was erased."),
+            ),
+        );
+    }
+    match admin::erase(&console.admin, &vin, &who).await {
+        Ok(_) => {
+            counted("erase");
+            done(&handle, "erase")
+        }
+        Err(e) => failed(&console, &op, &handle, &vin, e),
+    }
+}
