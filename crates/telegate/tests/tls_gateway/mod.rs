@@ -43,8 +43,9 @@ pub(crate) fn telegate_pki(args: &[&str]) {
 }
 
 impl Gateway {
-    /// Starts the gateway with these settings (`TELEGATE__…` variables) and waits until it is
-    /// ready.
+    /// Starts the gateway with these settings (`TELEGATE__…` variables; `{pki}` in a value is
+    /// the fleet's certificate directory, `TELEGATE_POLICY` replaces the reference pack) and
+    /// waits until it is ready.
     pub(crate) async fn start(settings: &[(&str, &str)]) -> Self {
         Self::start_with_fd_limit(settings, None).await
     }
@@ -62,6 +63,18 @@ impl Gateway {
         let ns = format!("h{:08x}.", rand::random::<u32>());
         let log = dir.path().join("serve.log");
         let file = |name: &str| pki.join(name).to_str().expect("UTF-8").to_owned();
+        let pki_dir = pki.to_str().expect("UTF-8").to_owned();
+        let settings: Vec<(&str, String)> = settings
+            .iter()
+            .map(|(k, v)| (*k, v.replace("{pki}", &pki_dir)))
+            .collect();
+        let policy = settings
+            .iter()
+            .find(|(k, _)| *k == "TELEGATE_POLICY")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| {
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../packs/reference.toml").to_owned()
+            });
         // Another build of the gateway can be measured with the same tests (docs/interop.md).
         let telegate: PathBuf = std::env::var_os("TELEGATE_TEST_SERVE")
             .map(PathBuf::from)
@@ -84,14 +97,11 @@ impl Gateway {
             .args(["--metrics-listen", &metrics.to_string()])
             .arg("--key-file")
             .arg(key_file(dir.path()))
-            .args([
-                "--policy",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../../packs/reference.toml"),
-            ])
+            .args(["--policy", &policy])
             .env("TELEGATE_KAFKA_BOOTSTRAP", kafka())
             .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", &ns)
             .env("TELEGATE__KAFKA__LINGER_MS", "1")
-            .envs(settings.iter().copied())
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
             .env("TELEGATE_LOG", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
