@@ -697,6 +697,11 @@ async function main() {
     await phases[phase](session);
     const d = session.state.dialogs;
     check(d.length === 0, `a dialog fired during the phase: ${show(d)}`);
+    // A script error, or anything the Content-Security-Policy blocked, fails every phase.
+    const errors = session.state.pageErrors;
+    check(errors.length === 0, `a script error during the phase: ${show(errors)}`);
+    const csp = session.state.consoleErrors.filter((m) => /Content Security Policy|Refused to/i.test(m));
+    check(csp.length === 0, `the Content-Security-Policy blocked something: ${show(csp)}`);
     observed.ok = true;
     delete observed.error;
   } catch (e) {
