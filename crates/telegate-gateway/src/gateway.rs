@@ -57,7 +57,8 @@ pub struct Gateway {
     pack: Arc<Pack>,
     /// The roll markers on the consent-state topic, stopped first.
     roll: Stage,
-    /// The admin API, its sweeper and the follower of requests to vehicles.
+    /// The admin API, the console (and its ledger follower), the sweeper and the follower of
+    /// requests to vehicles.
     admin: Stage,
     /// The pipeline: drains what arrived, flushes the sink.
     pipeline: Stage,
@@ -331,7 +332,8 @@ impl Gateway {
     }
 
     /// Stops in order: not ready; the roll markers on the consent-state topic; the admin API,
-    /// its sweeper and the follower of requests to vehicles (calls under way finish); the MQTT
+    /// the console (its event streams end), the sweeper and the follower of requests to
+    /// vehicles (calls under way finish); the MQTT
     /// edge (no new connections, every connection closed; unacknowledged QoS 1 frames stay with
     /// their vehicles); the pipeline (frames already read are processed, records flushed to
     /// Kafka); the consent state (every change written to its topic); the HTTP endpoints last.
