@@ -326,6 +326,16 @@ impl AdminContext {
         .await
     }
 
+    /// The purposes that rest on standing consent, in pack order.
+    pub fn standing_purposes(&self) -> Vec<&str> {
+        self.pack
+            .purposes
+            .iter()
+            .filter(|p| p.consent == ConsentRule::Standing)
+            .map(|p| p.id.as_str())
+            .collect()
+    }
+
     /// The features some purpose of the pack depends on, in pack order, each once.
     pub fn features(&self) -> Vec<&str> {
         let mut features = Vec::new();

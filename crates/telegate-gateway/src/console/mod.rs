@@ -119,11 +119,10 @@ fn router(console: Shared) -> Router {
         .route("/sign-out", post(access::sign_out))
         .route("/vehicles", post(vehicle::open))
         .route("/vehicles/{handle}", get(vehicle::show))
-        .route("/vehicles/{handle}/consent", post(vehicle::consent))
-        .route("/vehicles/{handle}/objection", post(vehicle::objection))
-        .route("/vehicles/{handle}/activation", post(vehicle::activation))
         .route("/vehicles/{handle}/export", post(vehicle::export))
         .route("/vehicles/{handle}/erase", post(vehicle::erase))
+        // consent, objection, activation
+        .route("/vehicles/{handle}/{flag}", post(vehicle::change))
         .route("/policy", get(policy::show))
         .route("/flows", get(flows::show))
         .route("/flows/events", get(flows::events))

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use strum::VariantArray;
 use telegate_frame::{FrameKind, now_ms};
 use telegate_policy::{
-    ConsentRule, Settings, StateFile, SubjectRecord, SubjectSecret, Verdict, decide_all,
-    describe_consent, describe_location, explain, format_duration,
+    Settings, StateFile, SubjectRecord, SubjectSecret, Verdict, decide_all, describe_consent,
+    describe_location, explain, format_duration,
 };
 
 /// The VIN the example frames carry: the contract's example vehicle, nobody's car.
@@ -40,12 +40,7 @@ pub(super) async fn show(
         Some(_) => q.contains_key(name),
         None => matches!(name, "location_services" | "non_location_services"),
     };
-    let standing: Vec<&str> = pack
-        .purposes
-        .iter()
-        .filter(|p| p.consent == ConsentRule::Standing)
-        .map(|p| p.id.as_str())
-        .collect();
+    let standing = console.admin.standing_purposes();
     let features = console.admin.features();
     let toggles = toggles(pack);
     let body = html! {

@@ -14,7 +14,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use telegate_frame::{Vin, now_ms};
 use telegate_policy::{
-    ConsentRule, SubjectRecord, SubjectSecret, Verdict, decide, describe_location, format_duration,
+    SubjectRecord, SubjectSecret, Verdict, decide, describe_location, format_duration,
 };
 
 /// A reason is a case or ticket number, or a short line: at most this many characters.
@@ -281,12 +281,7 @@ fn reason_field() -> Markup {
 
 fn officer_forms(console: &Shared, op: &Operator, handle: &str) -> Markup {
     let pack = &console.admin.pack;
-    let standing: Vec<&str> = pack
-        .purposes
-        .iter()
-        .filter(|p| p.consent == ConsentRule::Standing)
-        .map(|p| p.id.as_str())
-        .collect();
+    let standing = console.admin.standing_purposes();
     let features = console.admin.features();
     let base = format!("/vehicles/{handle}");
     html! {
@@ -435,69 +430,47 @@ pub(super) struct Toggle {
     reason: String,
 }
 
-pub(super) async fn consent(
-    State(console): State<Shared>,
-    Extension(op): Extension<Operator>,
-    Path(handle): Path<String>,
-    Form(f): Form<Toggle>,
-) -> Response {
-    let (vin, who) = match officer_change(&console, &op, &handle, &f.csrf, &f.reason) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let granted = f.granted.unwrap_or(false);
-    match console
-        .admin
-        .set_consent(vin, &f.purpose, granted, &who)
-        .await
-    {
-        Ok(_) => {
-            counted("consent");
-            done(&handle, "consent")
-        }
-        Err(e) => failed(&console, &op, &handle, &vin, e),
-    }
+/// The three changes one form each makes: `/vehicles/{handle}/consent`, `…/objection`,
+/// `…/activation`.
+#[derive(Debug, Clone, Copy, Deserialize, strum::IntoStaticStr)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub(super) enum Flag {
+    Consent,
+    Objection,
+    Activation,
 }
 
-pub(super) async fn objection(
+pub(super) async fn change(
     State(console): State<Shared>,
     Extension(op): Extension<Operator>,
-    Path(handle): Path<String>,
+    Path((handle, flag)): Path<(String, Flag)>,
     Form(f): Form<Toggle>,
 ) -> Response {
     let (vin, who) = match officer_change(&console, &op, &handle, &f.csrf, &f.reason) {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let on = f.on.unwrap_or(false);
-    match console.admin.set_objection(vin, &f.purpose, on, &who).await {
-        Ok(_) => {
-            counted("objection");
-            done(&handle, "objection")
+    let admin = &console.admin;
+    let changed = match flag {
+        Flag::Consent => {
+            let granted = f.granted.unwrap_or(false);
+            admin.set_consent(vin, &f.purpose, granted, &who).await
         }
-        Err(e) => failed(&console, &op, &handle, &vin, e),
-    }
-}
-
-pub(super) async fn activation(
-    State(console): State<Shared>,
-    Extension(op): Extension<Operator>,
-    Path(handle): Path<String>,
-    Form(f): Form<Toggle>,
-) -> Response {
-    let (vin, who) = match officer_change(&console, &op, &handle, &f.csrf, &f.reason) {
-        Ok(v) => v,
-        Err(r) => return *r,
+        Flag::Objection => {
+            let on = f.on.unwrap_or(false);
+            admin.set_objection(vin, &f.purpose, on, &who).await
+        }
+        Flag::Activation => {
+            let active = f.active.unwrap_or(false);
+            admin.set_activation(vin, &f.feature, active, &who).await
+        }
     };
-    let active = f.active.unwrap_or(false);
-    match console
-        .admin
-        .set_activation(vin, &f.feature, active, &who)
-        .await
-    {
+    let what: &'static str = flag.into();
+    match changed {
         Ok(_) => {
-            counted("activation");
-            done(&handle, "activation")
+            counted(what);
+            done(&handle, what)
         }
         Err(e) => failed(&console, &op, &handle, &vin, e),
     }
