@@ -359,8 +359,9 @@ const phases = {
     }
   },
 
-  consent: (ctx) => recordChoice(ctx, 'consent', 'granted', envBool('GRANTED'), 'Save consent'),
-  objection: (ctx) => recordChoice(ctx, 'objection', 'on', envBool('ON'), 'Save objection'),
+  consent: (ctx) => recordChoice(ctx, 'consent', 'purpose', 'granted', envBool('GRANTED'), 'Save consent'),
+  objection: (ctx) => recordChoice(ctx, 'objection', 'purpose', 'on', envBool('ON'), 'Save objection'),
+  activation: (ctx) => recordChoice(ctx, 'activation', 'feature', 'active', envBool('ACTIVE'), 'Save activation'),
 
   async export({ page, state }) {
     const vin = env('VIN');
@@ -597,16 +598,17 @@ const phases = {
   },
 };
 
-// consent / objection: one form, one purpose, one on/off select, a reason; the newest timeline
-// row must say so, with the reason shown as text.
-async function recordChoice({ page, state }, action, flagName, flag, buttonName) {
+// consent / objection / activation: one form, one purpose (env PURPOSE) or feature (env
+// FEATURE), one on/off select, a reason; the newest timeline row must say so, with the reason
+// shown as text.
+async function recordChoice({ page, state }, action, targetName, flagName, flag, buttonName) {
   const vin = env('VIN');
-  const purpose = env('PURPOSE');
+  const purpose = env(targetName.toUpperCase());
   const reason = env('REASON');
   const form = `form#${action}`;
   await signIn(page, env('OFFICER_TOKEN'));
   const vehicleUrl = await openVehicle(page, state, vin);
-  await choose(page, form, 'purpose', purpose);
+  await choose(page, form, targetName, purpose);
   await choose(page, form, flagName, flag);
   await fillIn(page, form, 'reason', reason);
   const r = await submit(page, form, buttonName);

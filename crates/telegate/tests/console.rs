@@ -172,7 +172,7 @@ async fn records(topic: &str, key: Option<&str>, expected: usize) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_privacy_officer_answers_access_objection_consent_and_erasure_in_a_browser() {
+async fn a_privacy_officer_answers_access_objection_consent_activation_and_erasure_in_a_browser() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists() && e2e_dir().join("node_modules/playwright-core").exists(),
@@ -298,6 +298,22 @@ async fn a_privacy_officer_answers_access_objection_consent_and_erasure_in_a_bro
     );
     assert_eq!(records(&topic("vehicle-status"), Some(&vin), 3).await, 3);
 
+    // A geofence alert booked for the vehicle: its next location frame reaches the service.
+    assert_eq!(records(&topic("geofence-alert"), Some(&vin), 0).await, 0);
+    phase(
+        &url,
+        &vin,
+        &out,
+        "activation",
+        &[
+            ("FEATURE", "geofence-alert"),
+            ("ACTIVE", "true"),
+            ("REASON", "CASE-11"),
+        ],
+    );
+    publish(&certs, g.tls, &vin, 25, &[LOCATION]).await;
+    assert_eq!(records(&topic("geofence-alert"), Some(&vin), 1).await, 1);
+
     // Access: both files; the machine-readable one is the admin API's export, from Kafka.
     phase(&url, &vin, &out, "export", &[("REASON", "CASE-9")]);
     let export: Value = serde_json::from_str(
@@ -390,9 +406,9 @@ async fn a_privacy_officer_answers_access_objection_consent_and_erasure_in_a_bro
     // The vehicle comes back as a new one: its trip-log pseudonym is new, so its new records
     // cannot be joined to the old.
     publish(&certs, g.tls, &vin, 30, &[LOCATION]).await;
-    // Trip log takes status and location frames: four before the erasure, one after.
+    // Trip log takes status and location frames: five before the erasure, one after.
     // (Partitions are read in no particular order: count records per key.)
-    let trips = keys(&topic("trip-log"), 5).await;
+    let trips = keys(&topic("trip-log"), 6).await;
     let mut per_key = std::collections::BTreeMap::<Vec<u8>, usize>::new();
     for k in trips {
         *per_key.entry(k).or_default() += 1;
@@ -401,7 +417,7 @@ async fn a_privacy_officer_answers_access_objection_consent_and_erasure_in_a_bro
     counts.sort_unstable();
     assert_eq!(
         counts,
-        vec![1, 4],
+        vec![1, 5],
         "one pseudonym before the erasure, a new one after"
     );
     let text = g.log_text();
