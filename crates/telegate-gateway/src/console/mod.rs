@@ -14,6 +14,7 @@ mod access;
 mod flows;
 mod page;
 mod policy;
+mod requests;
 mod samples;
 pub mod timeline;
 mod vehicle;
@@ -119,10 +120,10 @@ fn router(console: Shared) -> Router {
         .route("/sign-out", post(access::sign_out))
         .route("/vehicles", post(vehicle::open))
         .route("/vehicles/{handle}", get(vehicle::show))
-        .route("/vehicles/{handle}/export", post(vehicle::export))
-        .route("/vehicles/{handle}/erase", post(vehicle::erase))
+        .route("/vehicles/{handle}/export", post(requests::export))
+        .route("/vehicles/{handle}/erase", post(requests::erase))
         // consent, objection, activation
-        .route("/vehicles/{handle}/{flag}", post(vehicle::change))
+        .route("/vehicles/{handle}/{flag}", post(requests::change))
         .route("/policy", get(policy::show))
         .route("/flows", get(flows::show))
         .route("/flows/events", get(flows::events))
