@@ -277,8 +277,40 @@ fn reason_field() -> Markup {
     }
 }
 
+/// A form that switches one thing on or off for a purpose or feature.
+struct FlagForm<'a> {
+    id: &'static str,
+    title: &'static str,
+    /// The select's name and label.
+    target: (&'static str, &'static str),
+    choices: &'a [&'a str],
+    /// The on/off select's name, and its two options' labels.
+    flag: (&'static str, &'static str, &'static str),
+    button: &'static str,
+}
+
+fn flag_form(op: &Operator, base: &str, f: &FlagForm<'_>) -> Markup {
+    let (name, on, off) = f.flag;
+    html! {
+        form id=(f.id) method="post" action={ (base) "/" (f.id) } {
+            h3 { (f.title) }
+            (csrf(op))
+            label { (f.target.1) select name=(f.target.0) { @for c in f.choices { option value=(c) { (c) } } } }
+            label { "Change" select name=(name) { option value="true" { (on) } option value="false" { (off) } } }
+            (reason_field())
+            button type="submit" { (f.button) }
+        }
+    }
+}
+
 fn officer_forms(console: &Shared, op: &Operator, handle: &str) -> Markup {
-    let pack = &console.admin.pack;
+    let purposes: Vec<&str> = console
+        .admin
+        .pack
+        .purposes
+        .iter()
+        .map(|p| p.id.as_str())
+        .collect();
     let standing = console.admin.standing_purposes();
     let features = console.admin.features();
     let base = format!("/vehicles/{handle}");
@@ -286,32 +318,20 @@ fn officer_forms(console: &Shared, op: &Operator, handle: &str) -> Markup {
         section #requests aria-labelledby="requests-h" {
             h2 #requests-h { "Answer a request" }
             @if !standing.is_empty() {
-                form #consent method="post" action={ (base) "/consent" } {
-                    h3 { "Consent" }
-                    (csrf(op))
-                    label { "Purpose" select name="purpose" { @for p in &standing { option value=(p) { (p) } } } }
-                    label { "Change" select name="granted" { option value="true" { "Record consent" } option value="false" { "Withdraw consent" } } }
-                    (reason_field())
-                    button type="submit" { "Save consent" }
-                }
+                (flag_form(op, &base, &FlagForm {
+                    id: "consent", title: "Consent", target: ("purpose", "Purpose"), choices: &standing,
+                    flag: ("granted", "Record consent", "Withdraw consent"), button: "Save consent",
+                }))
             }
-            form #objection method="post" action={ (base) "/objection" } {
-                h3 { "Objection" }
-                (csrf(op))
-                label { "Purpose" select name="purpose" { @for p in &pack.purposes { option value=(p.id.as_str()) { (p.id.as_str()) } } } }
-                label { "Change" select name="on" { option value="true" { "Object" } option value="false" { "Lift objection" } } }
-                (reason_field())
-                button type="submit" { "Save objection" }
-            }
+            (flag_form(op, &base, &FlagForm {
+                id: "objection", title: "Objection", target: ("purpose", "Purpose"), choices: &purposes,
+                flag: ("on", "Object", "Lift objection"), button: "Save objection",
+            }))
             @if !features.is_empty() {
-                form #activation method="post" action={ (base) "/activation" } {
-                    h3 { "Activation" }
-                    (csrf(op))
-                    label { "Feature" select name="feature" { @for f in &features { option value=(f) { (f) } } } }
-                    label { "Change" select name="active" { option value="true" { "Activate" } option value="false" { "Deactivate" } } }
-                    (reason_field())
-                    button type="submit" { "Save activation" }
-                }
+                (flag_form(op, &base, &FlagForm {
+                    id: "activation", title: "Activation", target: ("feature", "Feature"), choices: &features,
+                    flag: ("active", "Activate", "Deactivate"), button: "Save activation",
+                }))
             }
             form #export method="post" action={ (base) "/export" } {
                 h3 { "Access (export)" }
