@@ -5,6 +5,7 @@
 //! tokio, rdkafka, rumqttd, rumqttc or tonic (CI checks its dependency tree).
 
 mod admit;
+mod asyncapi;
 mod at_rest;
 mod decide;
 mod explain;
@@ -17,6 +18,7 @@ mod shape;
 mod state;
 
 pub use admit::{Admission, Changes, Outcome, admit, recorded_settings};
+pub use asyncapi::{FRAME_PROTO, RECORDS_PROTO, asyncapi};
 pub use at_rest::{StateKey, StateKeys, UnwrapError, WrappedSecret};
 pub use decide::{
     ConsentState, Decision, DropReason, Rule, Verdict, When, contribution_period, decide,

@@ -1,5 +1,6 @@
-//! `telegate policy check|explain`: what a pack does, and what happens to a given frame and
-//! why. Exit status 1 when the pack is invalid.
+//! `telegate policy check|explain|asyncapi`: what a pack does, what happens to a given frame
+//! and why, and what it makes telegate produce as an AsyncAPI document. Exit status 1 when the
+//! pack is invalid.
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,14 @@ enum Command {
         #[arg(long)]
         now: Option<i64>,
     },
+    /// An AsyncAPI 3.0 document (JSON) of what the pack makes telegate receive and produce:
+    /// MQTT channels, Kafka topics with schema, key, headers and each purpose's terms.
+    Asyncapi {
+        pack: PathBuf,
+        /// Topic names behind this namespace, as a deployment's `kafka.topic_namespace`.
+        #[arg(long, default_value = "")]
+        topic_namespace: String,
+    },
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -49,6 +58,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 None => None,
             };
             telegate_policy::explain(&pack, &frame, state.as_ref(), now)?
+        }
+        Command::Asyncapi {
+            pack,
+            topic_namespace,
+        } => {
+            let pack = load(&pack)?.with_topic_namespace(&topic_namespace);
+            let mut doc = serde_json::to_string_pretty(&telegate_policy::asyncapi(&pack))?;
+            doc.push('\n');
+            doc
         }
     };
     crate::process::print_all(&out);
