@@ -1,7 +1,8 @@
 //! What flows where, live: frames by kind, records by topic, drops by purpose and reason,
 //! rejections, refusals at the edge and how fresh the consent state is. The page is rendered
 //! with the counters as they are and then updates itself from `/flows/events` (server-sent
-//! events, one snapshot a second), drawing each group's rate as a small chart.
+//! events: the last two minutes' snapshots at once, then one a second), drawing each group's
+//! rate as a small chart.
 
 use super::Shared;
 use super::access::Operator;
@@ -15,10 +16,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use maud::html;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::Mutex;
 use std::time::Duration;
 use telegate_frame::now_ms;
+use tokio_util::sync::CancellationToken;
 
 /// One group of series, e.g. frames by kind.
 #[derive(Debug, Serialize)]
@@ -167,24 +170,82 @@ pub(super) async fn show(
     respond(StatusCode::OK, layout("Flows", Some(&op), body))
 }
 
-/// One snapshot a second until the client goes or the console stops.
+/// Snapshots kept: two minutes at one a second, as many points as a chart draws.
+const HISTORY: usize = 120;
+
+/// The last [`HISTORY`] snapshots, as JSON, oldest first: a page opened now draws the recent
+/// rates at once instead of from an empty chart.
+#[derive(Debug, Default)]
+pub(super) struct History(Mutex<VecDeque<String>>);
+
+impl History {
+    fn push(&self, snapshot: String) {
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(snapshot);
+    }
+
+    /// Every kept snapshot, as one JSON array.
+    fn json(&self) -> String {
+        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        format!(
+            "[{}]",
+            h.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+        )
+    }
+}
+
+/// Takes a snapshot into the history every second until `stop` is cancelled.
+pub(super) async fn record(console: Shared, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let data = serde_json::to_string(&snapshot(&console)).unwrap_or_default();
+        console.history.push(data);
+    }
+}
+
+/// The history at once, then one snapshot a second until the client goes or the console
+/// stops.
 pub(super) async fn events(
     State(console): State<Shared>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stop = console.stop.clone();
+    let history = Event::default()
+        .event("history")
+        .data(console.history.json());
     let ticks =
         tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(Duration::from_secs(1)));
-    let stream = ticks
-        .map(move |_| {
-            let data = serde_json::to_string(&snapshot(&console)).unwrap_or_default();
-            Ok(Event::default().event("snapshot").data(data))
-        })
+    let live = ticks.map(move |_| {
+        let data = serde_json::to_string(&snapshot(&console)).unwrap_or_default();
+        Ok(Event::default().event("snapshot").data(data))
+    });
+    let stream = futures::stream::once(async move { Ok(history) })
+        .chain(live)
         .take_until(stop.cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_history_keeps_the_latest_snapshots_oldest_first() {
+        let h = super::History::default();
+        assert_eq!(h.json(), "[]");
+        for i in 0..super::HISTORY + 5 {
+            h.push(format!("{{\"at_ms\":{i}}}"));
+        }
+        let kept: Vec<serde_json::Value> = serde_json::from_str(&h.json()).expect("JSON");
+        assert_eq!(kept.len(), super::HISTORY);
+        assert_eq!(kept[0]["at_ms"], 5);
+        assert_eq!(kept[super::HISTORY - 1]["at_ms"], super::HISTORY + 4);
+    }
+
     #[test]
     fn labels_are_read_by_name() {
         let l = "service=\"insights\",purpose=\"fleet-stats\",reason=\"private-mode\"";

@@ -48,6 +48,8 @@ pub struct Console {
     tls: bool,
     /// Ends the event streams, which would otherwise hold shutdown up.
     stop: CancellationToken,
+    /// The flows page's last minutes.
+    history: flows::History,
 }
 
 type Shared = Arc<Console>;
@@ -83,7 +85,9 @@ pub async fn serve(
         sessions: Sessions::new(access.operators, access.session_idle),
         tls: tls.is_some(),
         stop: stop.clone(),
+        history: flows::History::default(),
     });
+    tasks.spawn(flows::record(console.clone(), stop.clone()));
     let app = router(console);
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;

@@ -55,7 +55,14 @@
     );
   }
 
+  let lastAt = 0;
+
   function apply(snapshot) {
+    // A reconnected stream sends its history again: only newer snapshots count.
+    if (snapshot.at_ms <= lastAt) {
+      return;
+    }
+    lastAt = snapshot.at_ms;
     for (const group of snapshot.groups) {
       const figure = flows.querySelector('figure[data-group="' + group.id + '"]');
       if (!figure) {
@@ -84,6 +91,16 @@
   }
 
   const events = new EventSource(flows.dataset.events);
+  // The last minutes first, so that the charts start filled; then one snapshot a second.
+  events.addEventListener("history", (e) => {
+    try {
+      for (const snapshot of JSON.parse(e.data)) {
+        apply(snapshot);
+      }
+    } catch (err) {
+      // No history: the charts fill from now on.
+    }
+  });
   events.addEventListener("snapshot", (e) => {
     try {
       apply(JSON.parse(e.data));
