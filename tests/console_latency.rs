@@ -14,7 +14,6 @@
 //! byte of each answer is printed per page (50th and 95th percentile, maximum).
 
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use telegate_frame::{Vin, pb};
@@ -80,11 +79,7 @@ async fn console_pages_with_a_fleet_in_the_consent_state() {
     let mut config = gateway_config("kia-connect", &ns, dir.path());
     config.kafka.partitions = 6;
     config.console.listen = Some(free_addr());
-    config.console.operators = vec![Operator {
-        name: "dpo-anna".into(),
-        role: Role::Officer,
-        token_sha256: hex::encode(Sha256::digest(TOKEN.as_bytes())),
-    }];
+    config.console.operators = vec![Operator::with_token("dpo-anna", Role::Officer, TOKEN)];
     let gw = Gateway::start(&config, PackSource::Config)
         .await
         .expect("gateway starts");

@@ -4,7 +4,6 @@
 //! gateway never sees or stores the token itself.
 
 use clap::Subcommand;
-use sha2::{Digest, Sha256};
 use telegate_gateway::config::{Operator, Role};
 
 #[derive(clap::Args, Debug)]
@@ -46,11 +45,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let token = hex::encode(rand::random::<[u8; 32]>());
     let entry = Entry {
         console: Operators {
-            operators: vec![Operator {
-                name,
-                role,
-                token_sha256: hex::encode(Sha256::digest(token.as_bytes())),
-            }],
+            operators: vec![Operator::with_token(&name, role, &token)],
         },
     };
     eprintln!("token (give it to the operator; it is not shown again): {token}");

@@ -96,15 +96,6 @@ fn demo_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
-fn demo_operator(name: &str, role: Role, token: &str) -> Operator {
-    use sha2::Digest;
-    Operator {
-        name: name.to_owned(),
-        role,
-        token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
-    }
-}
-
 /// Runs the demo and returns what it saw.
 pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     // MockCluster is librdkafka's own in-process broker: real protocol, no durability.
@@ -131,8 +122,8 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
         config.console.listen = Some(listen);
         let (officer, viewer) = (demo_token(), demo_token());
         config.console.operators = vec![
-            demo_operator("demo-officer", Role::Officer, &officer),
-            demo_operator("demo-viewer", Role::Viewer, &viewer),
+            Operator::with_token("demo-officer", Role::Officer, &officer),
+            Operator::with_token("demo-viewer", Role::Viewer, &viewer),
         ];
         (officer, viewer)
     });

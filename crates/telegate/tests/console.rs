@@ -11,7 +11,6 @@
 mod tls_gateway;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +32,7 @@ fn e2e_dir() -> PathBuf {
 }
 
 fn sha(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hex::encode(telegate_gateway::config::token_hash(token))
 }
 
 /// A vehicle's frame of `kind` captured now, as proto3-JSON.

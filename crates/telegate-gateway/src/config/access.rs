@@ -43,6 +43,23 @@ pub struct Operator {
     pub token_sha256: String,
 }
 
+impl Operator {
+    /// The entry for someone who signs in with `token`: its hash, never the token.
+    pub fn with_token(name: &str, role: Role, token: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            role,
+            token_sha256: hex::encode(token_hash(token)),
+        }
+    }
+}
+
+/// The SHA-256 a console token is stored as and compared by (surrounding blanks ignored).
+pub fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.trim().as_bytes()).into()
+}
+
 /// What an operator may do in the console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(rename_all = "kebab-case")]

@@ -21,7 +21,7 @@ use telegate_policy::{
 mod access;
 
 pub use access::{
-    AdminAccess, AdminConfig, AdminTls, ConsoleAccess, ConsoleConfig, Operator, Role,
+    AdminAccess, AdminConfig, AdminTls, ConsoleAccess, ConsoleConfig, Operator, Role, token_hash,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

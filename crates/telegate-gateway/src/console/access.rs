@@ -3,14 +3,13 @@
 //! from another origin.
 
 use super::{Shared, page};
-use crate::config::Role;
+use crate::config::{Role, token_hash};
 use axum::Form;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -73,7 +72,7 @@ impl Sessions {
 
     /// The operator whose token this is, compared in constant time against every entry.
     fn operator_of(&self, token: &str) -> Option<(String, Role)> {
-        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let hash = token_hash(token);
         let mut found = None;
         for (name, role, expected) in &self.operators {
             if bool::from(hash.ct_eq(expected)) {
@@ -315,15 +314,18 @@ mod tests {
     use super::*;
 
     fn sessions() -> Sessions {
-        let hash = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
         Sessions::new(
             vec![
                 (
                     "anna".into(),
                     Role::Officer,
-                    hash("officer-token-0123456789"),
+                    token_hash("officer-token-0123456789"),
                 ),
-                ("ben".into(), Role::Viewer, hash("viewer-token-0123456789")),
+                (
+                    "ben".into(),
+                    Role::Viewer,
+                    token_hash("viewer-token-0123456789"),
+                ),
             ],
             Duration::from_secs(60),
         )

@@ -233,13 +233,6 @@ fn channel(c: Channel) -> &'static str {
     }
 }
 
-fn action(a: Action) -> String {
-    serde_json::to_value(a)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 fn timeline(entries: &[LedgerEntry], caught_up: bool) -> Markup {
     html! {
         section #ledger aria-labelledby="ledger-h" {
@@ -257,7 +250,7 @@ fn timeline(entries: &[LedgerEntry], caught_up: bool) -> Markup {
                     @for e in entries {
                         tr {
                             td.recorded { (time(e.recorded_at_ms)) }
-                            td.action { (action(e.action)) }
+                            td.action { (<&'static str>::from(e.action)) }
                             td.target { (e.target) }
                             td.value { (e.value.to_string()) }
                             td.channel { (channel(e.channel)) }
