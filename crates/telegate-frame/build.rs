@@ -1,4 +1,5 @@
 //! Generates the prost types and their proto3-JSON (pbjson) serde impls from `proto/`.
+use prost::Message;
 use std::{env, error::Error, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -26,6 +27,15 @@ fn main() -> Result<(), Box<dyn Error>> {
         .compile_protos(&protos, &[root])?;
 
     let set = std::fs::read(&descriptors)?;
+    // frame.proto alone, as the FileDescriptorProto a schema registry takes (`schema`
+    // module): without the source positions prost-build asks protoc for.
+    let mut frame = prost_types::FileDescriptorSet::decode(set.as_slice())?
+        .file
+        .into_iter()
+        .find(|f| f.name() == "telegate/v1/frame.proto")
+        .ok_or("frame.proto is missing from the descriptor set")?;
+    frame.source_code_info = None;
+    std::fs::write(out.join("frame_descriptor.bin"), frame.encode_to_vec())?;
     pbjson_build::Builder::new()
         .register_descriptors(&set)?
         // Newer vehicle firmware may send fields this build does not know; binary protobuf

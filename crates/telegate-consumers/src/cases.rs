@@ -130,6 +130,7 @@ mod tests {
             purpose: purpose.into(),
             seq: Some(1),
             captured_at_ms: at,
+            schema_id: None,
             frame: VehicleFrame {
                 body: Some(Body::Breakdown(pb::BreakdownCall {
                     call_id: id.into(),

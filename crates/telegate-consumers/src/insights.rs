@@ -160,6 +160,7 @@ mod tests {
             purpose: "product-improvement".into(),
             seq: None,
             captured_at_ms: at,
+            schema_id: None,
             frame: VehicleFrame {
                 body: Some(Body::Diagnostics(pb::Diagnostics {
                     dtcs: vec![

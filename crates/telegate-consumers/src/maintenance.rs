@@ -237,6 +237,7 @@ mod tests {
             purpose: "component-status".into(),
             seq: Some(seq),
             captured_at_ms: seq as i64,
+            schema_id: None,
             frame: VehicleFrame {
                 body: Some(body),
                 ..Default::default()

@@ -201,6 +201,7 @@ mod tests {
             purpose: "trip-log".into(),
             seq: Some(seq),
             captured_at_ms: t,
+            schema_id: None,
             frame: VehicleFrame {
                 body: Some(body),
                 ..Default::default()

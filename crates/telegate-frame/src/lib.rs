@@ -11,6 +11,7 @@ mod decode;
 pub mod geo;
 mod kind;
 mod ranges;
+pub mod schema;
 mod validate;
 mod vin;
 

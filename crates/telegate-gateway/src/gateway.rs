@@ -88,6 +88,7 @@ impl Gateway {
             admin: admin_access,
             console: console_access,
             state: state_file,
+            registry,
         } = checked;
         // The recorder must exist before any counter is registered.
         let _ = http::metrics_handle();
@@ -101,6 +102,10 @@ impl Gateway {
                     .with_context(|| format!("cannot listen for /metrics on {addr}"))?,
             ),
         };
+        let mut pack = pack;
+        if let Some(registry) = &registry {
+            registry.register(&mut pack).await?;
+        }
         let pack = Arc::new(pack);
         let ephemeral_keys = keys.is_ephemeral();
         if ephemeral_keys {

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod http;
 pub mod ledger;
 pub mod pipeline;
+pub mod registry;
 pub mod requests;
 mod resends;
 mod roll;

@@ -7,13 +7,13 @@
 //! channels and sends on the Kafka ones.
 
 use crate::shape::header;
-use crate::{Identity, Pack, format_duration};
+use crate::{Identity, Pack, RecordEncoding, format_duration};
 use serde_json::{Value, json};
 use strum::VariantArray;
-use telegate_frame::{FrameKind, PayloadFormat};
+use telegate_frame::FrameKind;
 
 /// The wire schema of every frame and service record.
-pub const FRAME_PROTO: &str = include_str!("../../../proto/telegate/v1/frame.proto");
+pub use telegate_frame::schema::FRAME_PROTO;
 /// The rejected topic's and the vehicle requests' schema.
 pub const RECORDS_PROTO: &str = include_str!("../../../proto/telegate/v1/records.proto");
 
@@ -95,14 +95,14 @@ fn rooted(proto: &str, message: &str) -> String {
     )
 }
 
-fn payload(encoding: PayloadFormat, message: &str, proto: &str) -> Value {
+fn payload(encoding: RecordEncoding, message: &str, proto: &str) -> Value {
     match encoding {
-        PayloadFormat::Protobuf => json!({
+        RecordEncoding::Protobuf | RecordEncoding::ConfluentProtobuf => json!({
             "schemaFormat": PROTOBUF_FORMAT,
             "schema": rooted(proto, message),
             "x-telegate-message": message,
         }),
-        PayloadFormat::Json => json!({
+        RecordEncoding::Json => json!({
             "schemaFormat": "application/schema+json;version=draft-07",
             "schema": {
                 "type": "object",
@@ -110,6 +110,18 @@ fn payload(encoding: PayloadFormat, message: &str, proto: &str) -> Value {
             },
         }),
     }
+}
+
+/// A record's Kafka binding: its key and, in the Confluent wire format, where the schema id is
+/// and which registry subject it belongs to.
+fn message_binding(encoding: RecordEncoding, identity: Identity) -> Value {
+    let mut binding = json!({ "key": key(identity), "bindingVersion": "0.5.0" });
+    if encoding == RecordEncoding::ConfluentProtobuf {
+        binding["schemaIdLocation"] = "payload".into();
+        binding["schemaIdPayloadEncoding"] = "confluent".into();
+        binding["schemaLookupStrategy"] = "TopicNameStrategy".into();
+    }
+    binding
 }
 
 /// The pack's AsyncAPI 3.0 document.
@@ -155,7 +167,7 @@ pub fn asyncapi(pack: &Pack) -> Value {
             "name": "VehicleFrame",
             "contentType": "application/x-protobuf",
             "summary": "telegate.v1.VehicleFrame, binary protobuf or proto3-JSON",
-            "payload": payload(PayloadFormat::Protobuf, "telegate.v1.VehicleFrame", FRAME_PROTO),
+            "payload": payload(RecordEncoding::Protobuf, "telegate.v1.VehicleFrame", FRAME_PROTO),
         }),
     );
     messages.insert(
@@ -163,7 +175,7 @@ pub fn asyncapi(pack: &Pack) -> Value {
         json!({
             "name": "PlatformRequest",
             "contentType": "application/x-protobuf",
-            "payload": payload(PayloadFormat::Protobuf, "telegate.v1.PlatformRequest", RECORDS_PROTO),
+            "payload": payload(RecordEncoding::Protobuf, "telegate.v1.PlatformRequest", RECORDS_PROTO),
         }),
     );
     for (i, service) in pack.services.iter().enumerate() {
@@ -179,12 +191,13 @@ pub fn asyncapi(pack: &Pack) -> Value {
                     "title": format!("A record released for purpose {}", p.id.as_str()),
                     "summary": p.description,
                     "contentType": match service.encoding {
-                        PayloadFormat::Protobuf => "application/x-protobuf",
-                        PayloadFormat::Json => "application/json",
+                        RecordEncoding::Protobuf => "application/x-protobuf",
+                        RecordEncoding::Json => "application/json",
+                        RecordEncoding::ConfluentProtobuf => "application/vnd.confluent.protobuf",
                     },
                     "headers": record_headers(pack, Some(p)),
                     "payload": payload(service.encoding, "telegate.v1.VehicleFrame", FRAME_PROTO),
-                    "bindings": { "kafka": { "key": key(p.identity), "bindingVersion": "0.5.0" } },
+                    "bindings": { "kafka": message_binding(service.encoding, p.identity) },
                     "x-telegate-purpose": {
                         "legal_basis": p.legal_basis.as_str(),
                         "consent": crate::describe_consent(&p.consent),
@@ -228,7 +241,7 @@ pub fn asyncapi(pack: &Pack) -> Value {
             "name": "RejectedFrame",
             "contentType": "application/x-protobuf",
             "headers": record_headers(pack, None),
-            "payload": payload(PayloadFormat::Protobuf, "telegate.v1.RejectedFrame", RECORDS_PROTO),
+            "payload": payload(RecordEncoding::Protobuf, "telegate.v1.RejectedFrame", RECORDS_PROTO),
             "bindings": { "kafka": {
                 "key": { "type": "string", "description": "a keyed hash of the VIN, never the VIN" },
                 "bindingVersion": "0.5.0",

@@ -32,9 +32,9 @@ pub use ids::{KeyId, PurposeId, ServiceId};
 pub use keys::{KeyError, Keyring, seal, sealed_subject, unseal};
 pub use pack::{
     CONSENT_LEDGER_TOPIC, CONSENT_STATE_TOPIC, ConsentRule, EventScope, Identity, LegalBasis,
-    LocationPrecision, OffCondition, Pack, PackError, PackErrors, Purpose, REJECTED_TOPIC, Service,
-    TopicSpec, VEHICLE_REQUESTS_RETENTION, VEHICLE_REQUESTS_TOPIC, consent_topics, format_duration,
-    vehicle_requests_topic,
+    LocationPrecision, OffCondition, Pack, PackError, PackErrors, Purpose, REJECTED_TOPIC,
+    RecordEncoding, Service, TopicSpec, VEHICLE_REQUESTS_RETENTION, VEHICLE_REQUESTS_TOPIC,
+    consent_topics, format_duration, vehicle_requests_topic,
 };
 pub use shape::{OutRecord, header, rejected_record, shape};
 pub use state::{

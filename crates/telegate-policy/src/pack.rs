@@ -6,7 +6,7 @@ use crate::ids::{PurposeId, ServiceId};
 use crate::raw::RawPack;
 use std::fmt;
 use std::time::Duration;
-use telegate_frame::{Categories, FrameKind, PayloadFormat};
+use telegate_frame::{Categories, FrameKind};
 
 /// GDPR Art. 6(1) basis of a purpose; the `telegate-legal-basis` header and what packs write,
 /// in kebab-case.
@@ -131,12 +131,35 @@ impl OffCondition {
     }
 }
 
+/// How a service's records are encoded; the `telegate-encoding` header and what packs write,
+/// in kebab-case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
+pub enum RecordEncoding {
+    /// Binary protobuf, `telegate.v1.VehicleFrame`.
+    Protobuf,
+    /// Its proto3-JSON mapping.
+    Json,
+    /// Binary protobuf in the Confluent wire format: magic byte, the id a schema registry gave
+    /// the schema, message index, payload (`telegate_frame::schema`).
+    ConfluentProtobuf,
+}
+
+impl RecordEncoding {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// A service: one Kafka topic, fed by one or more purposes.
 #[derive(Debug, Clone)]
 pub struct Service {
     pub id: ServiceId,
     pub topic: String,
-    pub encoding: PayloadFormat,
+    pub encoding: RecordEncoding,
+    /// The id a schema registry gave the record schema under `<topic>-value`: set by the
+    /// gateway at start for `confluent-protobuf` services, before the first record.
+    pub schema_id: Option<u32>,
     pub description: String,
     /// Topic retention if the pack sets one; it may not exceed any purpose's maximum.
     pub retention: Option<Duration>,

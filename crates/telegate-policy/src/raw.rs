@@ -5,13 +5,13 @@ use crate::fields::FieldMask;
 use crate::ids::{PurposeId, ServiceId, is_slug};
 use crate::pack::{
     ConsentRule, EventScope, Identity, LegalBasis, LocationPrecision, OffCondition, Pack,
-    PackError, PackErrors, Purpose, RESERVED_TOPICS, Service,
+    PackError, PackErrors, Purpose, RESERVED_TOPICS, RecordEncoding, Service,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use strum::{EnumCount, VariantArray};
-use telegate_frame::{Categories, DataCategory, FrameKind, PayloadFormat};
+use telegate_frame::{Categories, DataCategory, FrameKind};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,12 +185,12 @@ impl RawPack {
                 );
             }
             let encoding = match raw.encoding.as_deref() {
-                None => Some(PayloadFormat::Protobuf),
+                None => Some(RecordEncoding::Protobuf),
                 Some(e) => errs.one_of(
                     format!("{path}.encoding"),
                     e,
-                    &[PayloadFormat::Protobuf, PayloadFormat::Json],
-                    PayloadFormat::as_str,
+                    RecordEncoding::VARIANTS,
+                    RecordEncoding::as_str,
                 ),
             };
             let retention = raw
@@ -200,7 +200,8 @@ impl RawPack {
             services.push(Service {
                 id: ServiceId::from(id.as_str()),
                 topic,
-                encoding: encoding.unwrap_or(PayloadFormat::Protobuf),
+                encoding: encoding.unwrap_or(RecordEncoding::Protobuf),
+                schema_id: None,
                 description: raw.description.clone(),
                 retention,
             });

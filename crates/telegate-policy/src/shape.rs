@@ -4,9 +4,10 @@
 
 use crate::decide::ConsentState;
 use crate::keys::{Keyring, seal};
-use crate::pack::{Identity, LocationPrecision, Pack, Purpose};
+use crate::pack::{Identity, LocationPrecision, Pack, Purpose, RecordEncoding};
 use crate::state::SubjectRecord;
 use telegate_frame::pb::{self, RejectedFrame, VehicleFrame, vehicle_frame::Body};
+use telegate_frame::schema::confluent_encode;
 use telegate_frame::{Categories, DataCategory, Frame, PayloadFormat, Rejection, encode};
 
 /// Header names of the public contract.
@@ -19,7 +20,8 @@ pub mod header {
     pub const POLICY: &str = "telegate-policy";
     pub const CAPTURED_AT_MS: &str = "telegate-captured-at-ms";
     pub const SEQ: &str = "telegate-seq";
-    /// How the value is encoded: `protobuf` (`telegate.v1.VehicleFrame`) or `json`.
+    /// How the value is encoded: `protobuf` (`telegate.v1.VehicleFrame`), `json` or
+    /// `confluent-protobuf` (the Confluent wire format around the protobuf).
     pub const ENCODING: &str = "telegate-encoding";
     /// On `telegate.rejected`: the reason.
     pub const REASON: &str = "telegate-reason";
@@ -126,7 +128,15 @@ pub fn shape(
         topic: service.topic.clone(),
         key,
         headers,
-        payload: encode(&shaped, service.encoding),
+        payload: match service.encoding {
+            RecordEncoding::Protobuf => encode(&shaped, PayloadFormat::Protobuf),
+            RecordEncoding::Json => encode(&shaped, PayloadFormat::Json),
+            // Id 0 (no registry gives it) only where no gateway registered the schema:
+            // `telegate policy explain`.
+            RecordEncoding::ConfluentProtobuf => {
+                confluent_encode(service.schema_id.unwrap_or(0), &shaped)
+            }
+        },
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Args {
     admin: AdminArgs,
     #[command(flatten)]
     console: ConsoleArgs,
+    #[command(flatten)]
+    schema_registry: SchemaRegistryArgs,
 }
 
 #[derive(clap::Args, Serialize, Debug)]
@@ -230,12 +232,28 @@ struct ConsoleArgs {
     listen: Option<SocketAddr>,
 }
 
+#[derive(clap::Args, Serialize, Debug)]
+struct SchemaRegistryArgs {
+    /// The schema registry's Confluent-compatible API (e.g.
+    /// http://registry:8080/apis/ccompat/v7), where services with encoding
+    /// "confluent-protobuf" register their record schema at start.
+    #[arg(
+        id = "schema_registry_url",
+        long = "schema-registry",
+        value_name = "URL",
+        env = "TELEGATE_SCHEMA_REGISTRY"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+}
+
 /// The config key a flag of `telegate serve` sets: `--mqtt-listen` is `mqtt.listen`,
 /// `--state-roll-interval` is `state_roll_interval`.
 pub fn config_key(flag: &str) -> String {
     let name = flag.trim_start_matches("--");
     let key = match name {
         "mqtt5-listen" => "mqtt.listen_v5".to_owned(),
+        "schema-registry" => "schema_registry.url".to_owned(),
         n => match n.split_once('-') {
             Some((section @ ("mqtt" | "kafka" | "admin" | "console"), rest)) => {
                 format!("{section}.{rest}")

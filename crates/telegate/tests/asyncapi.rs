@@ -128,3 +128,43 @@ async fn each_packs_asyncapi_document_is_valid_and_names_the_topics_the_gateway_
         gw.shutdown().await;
     }
 }
+
+#[test]
+fn a_confluent_protobuf_topic_names_its_schema_id_and_subject_strategy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs/reference.toml");
+    let pack = std::fs::read_to_string(reference).expect("pack").replace(
+        "[services.trip-log]\n",
+        "[services.trip-log]\nencoding = \"confluent-protobuf\"\n",
+    );
+    assert!(pack.contains("confluent-protobuf"), "the pack changed");
+    let pack_file = dir.path().join("framed.toml");
+    std::fs::write(&pack_file, pack).expect("write");
+    let run = Command::new(env!("CARGO_BIN_EXE_telegate"))
+        .args(["policy", "asyncapi"])
+        .arg(&pack_file)
+        .output()
+        .expect("telegate runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = dir.path().join("framed.asyncapi.json");
+    std::fs::write(&file, &run.stdout).expect("write");
+    let summary = validated(&file);
+    assert_eq!(summary["warnings"], 0, "{summary}");
+
+    let doc: Value = serde_json::from_slice(&run.stdout).expect("JSON");
+    let trip = &doc["components"]["messages"]["trip-logRecord"];
+    assert_eq!(trip["contentType"], "application/vnd.confluent.protobuf");
+    let binding = &trip["bindings"]["kafka"];
+    assert_eq!(binding["schemaIdLocation"], "payload", "{binding}");
+    assert_eq!(binding["schemaIdPayloadEncoding"], "confluent", "{binding}");
+    assert_eq!(
+        binding["schemaLookupStrategy"], "TopicNameStrategy",
+        "{binding}"
+    );
+    let plain = &doc["components"]["messages"]["component-statusRecord"]["bindings"]["kafka"];
+    assert_eq!(plain["schemaIdLocation"], Value::Null, "{plain}");
+}

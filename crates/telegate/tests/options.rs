@@ -35,6 +35,12 @@ const EXAMPLES: &[&str] = &[
     "admin.client_ca",
     "kafka.bootstrap",
     "kafka.extra.security.protocol",
+    "schema_registry.url",
+    "schema_registry.username",
+    "schema_registry.password_file",
+    "schema_registry.ca",
+    "schema_registry.client_cert",
+    "schema_registry.client_key",
 ];
 
 /// Keys the config file in operations.md leaves out, each documented in its own section.
@@ -49,6 +55,8 @@ const ELSEWHERE: &[&str] = &[
     "mqtt.external_inflight",
     // "Admin API and CLI": a token is given as token_file or TELEGATE_ADMIN_TOKEN.
     "admin.token",
+    // "Schema registry": given as password_file or TELEGATE__SCHEMA_REGISTRY__PASSWORD.
+    "schema_registry.password",
 ];
 
 /// A configuration as `key.path -> value` for every leaf (unset options are `null`).

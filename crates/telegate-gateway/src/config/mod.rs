@@ -15,10 +15,12 @@ use telegate_frame::{ValidationConfig, Vin};
 use telegate_kafka::KafkaConfig;
 use telegate_mqtt::EdgeConfig;
 use telegate_policy::{
-    Keyring, Pack, StateFile, TopicSpec, consent_topics, vehicle_requests_topic,
+    Keyring, Pack, RecordEncoding, StateFile, TopicSpec, consent_topics, vehicle_requests_topic,
 };
 
 mod access;
+
+use crate::registry::{SchemaRegistry, SchemaRegistryConfig};
 
 pub use access::{
     AdminAccess, AdminConfig, AdminTls, ConsoleAccess, ConsoleConfig, Operator, Role, token_hash,
@@ -58,6 +60,8 @@ pub struct Config {
     pub state_roll_interval: Duration,
     pub admin: AdminConfig,
     pub console: ConsoleConfig,
+    /// The schema registry `confluent-protobuf` services register their record schema in.
+    pub schema_registry: SchemaRegistryConfig,
 }
 
 /// Roll markers more often than this would be load for nothing.
@@ -85,6 +89,7 @@ impl Default for Config {
             state_roll_interval: telegate_kafka::COMPACTION_BOUND / 12,
             admin: AdminConfig::default(),
             console: ConsoleConfig::default(),
+            schema_registry: SchemaRegistryConfig::default(),
         }
     }
 }
@@ -143,6 +148,8 @@ pub struct Checked {
     /// Present exactly when the console is to listen.
     pub console: Option<ConsoleAccess>,
     pub state: Option<StateFile>,
+    /// Present when a registry is configured; `confluent-protobuf` services need one.
+    pub registry: Option<SchemaRegistry>,
 }
 
 impl Checked {
@@ -224,6 +231,7 @@ impl Config {
         let tls = self.admin_tls(&mut errors);
         let admin = self.admin_access(tls.clone(), &mut errors);
         let console = self.console_access(tls, &mut errors);
+        let registry = self.registry(pack.as_ref(), &mut errors);
         self.check_listeners(&mut errors);
         for (key, message) in self.mqtt.problems() {
             errors.push(key, message);
@@ -249,9 +257,40 @@ impl Config {
                 admin,
                 console,
                 state,
+                registry,
             }),
             _ => Err(errors),
         }
+    }
+
+    /// The schema registry, which must be given where a service of the pack writes the
+    /// Confluent wire format.
+    fn registry(&self, pack: Option<&Pack>, errors: &mut ConfigErrors) -> Option<SchemaRegistry> {
+        let registry = SchemaRegistry::from_config(&self.schema_registry)
+            .map_err(|problems| {
+                for (key, message) in problems {
+                    errors.push(key, message);
+                }
+            })
+            .ok()
+            .flatten();
+        let framed: Vec<&str> = pack
+            .into_iter()
+            .flat_map(|p| &p.services)
+            .filter(|s| s.encoding == RecordEncoding::ConfluentProtobuf)
+            .map(|s| s.id.as_str())
+            .collect();
+        if !framed.is_empty() && self.schema_registry.url.is_none() {
+            errors.push(
+                "schema_registry.url",
+                format!(
+                    "service(s) {} write the Confluent wire format (encoding = \
+                     \"confluent-protobuf\"): give the registry with --schema-registry URL",
+                    framed.join(", ")
+                ),
+            );
+        }
+        registry
     }
 
     fn pack(&self, source: &PackSource, errors: &mut ConfigErrors) -> Option<Pack> {
