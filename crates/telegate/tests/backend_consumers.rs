@@ -5,8 +5,15 @@
 //! and subject form in the headers, the VIN as key and in the value where the purpose may see
 //! it, a pseudonym and no VIN where it may not.
 //!
-//! Needs consumers/python/requirements.txt in the Python of TELEGATE_TEST_PYTHON and the jar
-//! consumers/build makes: scripts/test provides both.
+//! With `encoding = "confluent-protobuf"`, the same topics carry the Confluent wire format and
+//! the schema sits in a real Apicurio Registry (scripts/registry): the gateway registers it at
+//! start, the Python consumer decodes with confluent-kafka's `ProtobufDeserializer` and the
+//! schema the registry serves (no copy of proto/), the Java one unframes the records; a registry
+//! that cannot be reached, turns the gateway's credentials away or refuses the schema keeps the
+//! gateway from starting, with the registry's message.
+//!
+//! Needs consumers/python/requirements.txt in the Python of TELEGATE_TEST_PYTHON, the jar
+//! consumers/build makes, Java and Maven for scripts/registry: scripts/test provides them.
 
 mod tls_gateway;
 
@@ -45,9 +52,9 @@ fn consumer(name: &str) -> Command {
     java
 }
 
-/// What a consumer printed for `topic`: one JSON object per record.
-fn consume(name: &str, topic: &str, records: usize) -> Vec<Value> {
-    let out = consumer(name)
+/// What a consumer (`command`, called `name`) printed for `topic`: one JSON object per record.
+fn consume_with(mut command: Command, name: &str, topic: &str, records: usize) -> Vec<Value> {
+    let out = command
         .args(["--bootstrap", &kafka(), "--topic", topic])
         .args(["--max", &records.to_string(), "--timeout", "60"])
         .output()
@@ -66,6 +73,19 @@ fn consume(name: &str, topic: &str, records: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_java_consumers_read_what_the_contract_promises() {
     let g = Gateway::start(&[]).await;
+    let vin = drive(&g).await;
+    for name in ["python", "java"] {
+        let records = check(|| consumer(name), name, &g.ns, &vin);
+        for r in records {
+            assert_eq!(r["encoding"], "protobuf", "{name}: {r}");
+            assert_eq!(r["schema_id"], Value::Null, "{name}: {r}");
+        }
+    }
+}
+
+/// A vehicle of the gateway's fleet publishes two status frames and a location; returns its
+/// VIN.
+async fn drive(g: &Gateway) -> String {
     let certs = VehicleCertificates::open(&g.pki).expect("fleet CA");
     let vin = unique_vin();
     g.issue(&vin);
@@ -105,16 +125,14 @@ async fn python_and_java_consumers_read_what_the_contract_promises() {
     })
     .await
     .expect("vehicle");
-
-    for name in ["python", "java"] {
-        check(name, &g.ns, &vin);
-    }
+    vin
 }
 
-/// What the consumer called `name` reads of the vehicle's records.
-fn check(name: &str, ns: &str, vin: &str) {
+/// What the consumer called `name` (`command`, to be given the topic) reads of the vehicle's
+/// records: checked, and returned.
+fn check(command: impl Fn() -> Command, name: &str, ns: &str, vin: &str) -> Vec<Value> {
     // Component status: contract, the VIN as key and in the value; status frames only.
-    let smart = consume(name, &format!("{ns}telegate.smart-service"), 2);
+    let smart = consume_with(command(), name, &format!("{ns}telegate.smart-service"), 2);
     assert_eq!(smart.len(), 2, "{smart:?}");
     for r in &smart {
         assert_eq!(r["purpose"], "component-status", "{name}: {r}");
@@ -125,7 +143,7 @@ fn check(name: &str, ns: &str, vin: &str) {
         assert_eq!(r["kind"], "status", "{name}: {r}");
     }
     // Trip log: a pseudonym as key, no VIN in the value; status and location frames.
-    let trips = consume(name, &format!("{ns}telegate.trip-log"), 3);
+    let trips = consume_with(command(), name, &format!("{ns}telegate.trip-log"), 3);
     assert_eq!(trips.len(), 3, "{trips:?}");
     let pseudonym = trips[0]["key"].as_str().expect("a key").to_owned();
     assert_ne!(pseudonym, vin);
@@ -145,4 +163,266 @@ fn check(name: &str, ns: &str, vin: &str) {
     let mut kinds: Vec<&str> = trips.iter().filter_map(|r| r["kind"].as_str()).collect();
     kinds.sort_unstable();
     assert_eq!(kinds, ["location", "status", "status"]);
+    smart.into_iter().chain(trips).collect()
+}
+
+/// A real Apicurio Registry (scripts/registry), stopped when dropped.
+struct Registry {
+    dir: tempfile::TempDir,
+    /// The Confluent-compatible API.
+    url: String,
+    auth: Option<(String, String)>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/registry"))
+            .args(["stop", "--dir"])
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+fn root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+impl Registry {
+    /// Starts one, demanding `user:password` when given.
+    fn start(basic_auth: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut command = Command::new(root().join("scripts/registry"));
+        command.args(["start", "--dir"]).arg(dir.path());
+        if let Some(auth) = basic_auth {
+            command.args(["--basic-auth", auth]);
+        }
+        let out = command.output().expect("scripts/registry runs");
+        assert!(
+            out.status.success(),
+            "scripts/registry start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let auth = basic_auth.map(|a| {
+            let (u, p) = a.split_once(':').expect("user:password");
+            (u.to_owned(), p.to_owned())
+        });
+        Self { dir, url, auth }
+    }
+
+    /// A call to the registry's API as a backend team's tooling makes it.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json");
+        if let Some((u, p)) = &self.auth {
+            request = request.basic_auth(u, Some(p));
+        }
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let response = request.send().await.expect("the registry answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The settings that point the gateway at this registry.
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        let mut s = vec![("TELEGATE_SCHEMA_REGISTRY", self.url.clone())];
+        if let Some((u, p)) = &self.auth {
+            s.push(("TELEGATE__SCHEMA_REGISTRY__USERNAME", u.clone()));
+            s.push(("TELEGATE__SCHEMA_REGISTRY__PASSWORD", p.clone()));
+        }
+        s
+    }
+}
+
+/// The reference pack with the smart-service and trip-log topics in the Confluent wire format,
+/// written into `dir`.
+fn framed_pack(dir: &Path) -> String {
+    let pack = std::fs::read_to_string(root().join("packs/reference.toml")).expect("pack");
+    let mut framed = String::new();
+    for line in pack.lines() {
+        framed.push_str(line);
+        framed.push('\n');
+        if line == "[services.smart-service]" || line == "[services.trip-log]" {
+            framed.push_str("encoding = \"confluent-protobuf\"\n");
+        }
+    }
+    assert_eq!(
+        framed.matches("confluent-protobuf").count(),
+        2,
+        "the pack changed"
+    );
+    let path = dir.join("framed.toml");
+    std::fs::write(&path, framed).expect("pack written");
+    path.to_str().expect("UTF-8").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_decode_the_confluent_wire_format_with_the_schema_from_the_registry() {
+    let registry = Registry::start(Some("telegate:registry-secret"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let pack = framed_pack(dir.path());
+    let mut settings = registry.settings();
+    settings.push(("TELEGATE_POLICY", pack));
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let g = Gateway::start(&settings).await;
+
+    // The gateway registered the schema under each topic's subject.
+    let mut ids = Vec::new();
+    for topic in ["telegate.smart-service", "telegate.trip-log"] {
+        let subject = format!("{}{topic}-value", g.ns);
+        let (status, latest) = registry
+            .call(
+                reqwest::Method::GET,
+                &format!("/subjects/{subject}/versions/latest"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{subject}: {latest}");
+        assert_eq!(latest["version"], 1, "{latest}");
+        ids.push(latest["id"].as_u64().expect("an id"));
+    }
+
+    let vin = drive(&g).await;
+    let auth = "telegate:registry-secret";
+    let with_registry = || {
+        let mut c = consumer("python");
+        c.args(["--registry", &registry.url, "--registry-auth", auth]);
+        c
+    };
+    for (name, command) in [
+        (
+            "python with the registry",
+            &with_registry as &dyn Fn() -> Command,
+        ),
+        ("python", &|| consumer("python")),
+        ("java", &|| consumer("java")),
+    ] {
+        for r in check(command, name, &g.ns, &vin) {
+            assert_eq!(r["encoding"], "confluent-protobuf", "{name}: {r}");
+            let id = r["schema_id"].as_u64().expect("a schema id");
+            let topic = r["topic"].as_str().expect("a topic");
+            let expected = if topic.ends_with("smart-service") {
+                ids[0]
+            } else {
+                ids[1]
+            };
+            assert_eq!(id, expected, "{name}: the id registered for {topic}: {r}");
+        }
+    }
+}
+
+/// `telegate serve` with the framed pack and `settings`, expected to stop before it is ready:
+/// what it wrote to stderr.
+fn serve_refused(settings: &[(&str, String)]) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pack = framed_pack(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_telegate"))
+        .arg("serve")
+        .args(["--policy", &pack])
+        .args(["--mqtt-listen", &free_addr().to_string()])
+        .args(["--mqtt5-listen", &free_addr().to_string()])
+        .args(["--metrics-listen", &free_addr().to_string()])
+        .env("TELEGATE__MQTT__ALLOW_ANONYMOUS", "true")
+        .env("TELEGATE_KAFKA_BOOTSTRAP", kafka())
+        .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", "refused.")
+        .env("RUST_BACKTRACE", "0")
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("telegate serve runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("status") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started although the registry refused");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr read");
+    assert!(!status.success(), "serve exited 0: {stderr}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_is_away_or_says_no_keeps_the_gateway_from_starting() {
+    // No registry named at all: a configuration error.
+    let stderr = serve_refused(&[]);
+    assert!(
+        stderr.contains("schema_registry.url")
+            && stderr.contains("smart-service, trip-log write the Confluent wire format"),
+        "{stderr}"
+    );
+
+    // Nothing listens there.
+    let away = format!("http://{}/apis/ccompat/v7", free_addr());
+    let stderr = serve_refused(&[("TELEGATE_SCHEMA_REGISTRY", away)]);
+    assert!(stderr.contains("cannot be reached"), "{stderr}");
+
+    let registry = Registry::start(Some("telegate:registry-secret"));
+    // The registry turns a wrong password away.
+    let mut wrong = registry.settings();
+    wrong[2].1 = "not-the-password".to_owned();
+    let stderr = serve_refused(&wrong);
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    assert!(
+        !stderr.contains("not-the-password"),
+        "no secret in an error: {stderr}"
+    );
+
+    // The subject already holds a schema the gateway's is not backward compatible with
+    // (`vin` as a number), under the registry's BACKWARD rule: the registry's own message.
+    let subject = "refused.telegate.smart-service-value";
+    let incompatible =
+        telegate_frame::schema::FRAME_PROTO.replace("string vin = 1;", "int64 vin = 1;");
+    assert_ne!(incompatible, telegate_frame::schema::FRAME_PROTO);
+    let (status, body) = registry
+        .call(
+            reqwest::Method::POST,
+            &format!("/subjects/{subject}/versions"),
+            Some(serde_json::json!({ "schemaType": "PROTOBUF", "schema": incompatible })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = registry
+        .call(
+            reqwest::Method::PUT,
+            &format!("/config/{subject}"),
+            Some(serde_json::json!({ "compatibility": "BACKWARD" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut text = registry.settings();
+    text.push(("TELEGATE__SCHEMA_REGISTRY__SCHEMA_FORM", "text".to_owned()));
+    let stderr = serve_refused(&text);
+    assert!(
+        stderr.contains(&format!(
+            "refused the record schema for subject {subject} (HTTP 409"
+        )) && stderr.contains("Incompatible"),
+        "{stderr}"
+    );
+    // In the descriptor form the same: 3.0.9 compares it with the text already there.
+    let stderr = serve_refused(&registry.settings());
+    assert!(
+        stderr.contains(&format!(
+            "refused the record schema for subject {subject} (HTTP 409"
+        )) && stderr.contains("Incompatible"),
+        "{stderr}"
+    );
 }
