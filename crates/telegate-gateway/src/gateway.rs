@@ -12,10 +12,11 @@ use crate::requests::{Directory, Requests};
 use crate::roll;
 use crate::state::StateStore;
 use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use telegate_frame::Vin;
 use telegate_kafka::{KafkaSink, LogWriter, Run, SinkStats, ensure_topics};
 use telegate_mqtt::{Edge, VehicleGate};
@@ -361,26 +362,25 @@ impl Gateway {
     }
 }
 
-/// Creates telegate's topics, retrying while Kafka is not reachable yet.
+/// Creates telegate's topics, retrying while Kafka is not reachable yet: 200 ms, doubling up to
+/// 5 s between tries, until `kafka_startup_timeout` has passed on the clock (a try itself may
+/// wait for the broker; it is cut short there too).
 async fn create_topics(config: &Config, specs: &[TopicSpec]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + config.kafka_startup_timeout;
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match ensure_topics(&config.kafka, specs).await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() + wait < deadline => {
-                tracing::warn!(error = %e, "Kafka not ready; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "Kafka at {} did not accept telegate's topics within {:?}",
-                        config.kafka.bootstrap, config.kafka_startup_timeout
-                    )
-                });
-            }
-        }
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let tries = (|| ensure_topics(&config.kafka, specs))
+        .retry(backoff)
+        .notify(|e, _| tracing::warn!(error = %e, "Kafka not ready; retrying"));
+    let gave_up = || {
+        format!(
+            "Kafka at {} did not accept telegate's topics within {:?}",
+            config.kafka.bootstrap, config.kafka_startup_timeout
+        )
+    };
+    match tokio::time::timeout(config.kafka_startup_timeout, tries).await {
+        Ok(created) => created.with_context(gave_up),
+        Err(_) => Err(anyhow::anyhow!(gave_up())),
     }
 }

@@ -2,6 +2,7 @@
 //! the delivery report completes it on librdkafka's polling thread.
 
 use crate::config::KafkaConfig;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use metrics::{Counter, Histogram};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -238,15 +239,21 @@ impl KafkaSink {
         if let Some(key) = &rec.key {
             record = record.key(key);
         }
-        let mut backoff = Duration::from_micros(200);
+        // A full queue is waited out (back-pressure, never eviction): 200 µs, doubling up to
+        // 50 ms. The loop stays by hand as the producer hands the record back to try again.
+        let mut waits = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_micros(200))
+            .with_max_delay(Duration::from_millis(50))
+            .without_max_times()
+            .build();
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     metrics::counter!("telegate_kafka_queue_full_total").increment(1);
                     record = r;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                    let wait = waits.next().unwrap_or(Duration::from_millis(50));
+                    tokio::time::sleep(wait).await;
                 }
                 // The record comes back with its delivery, which fails the receipt as it
                 // is dropped here.

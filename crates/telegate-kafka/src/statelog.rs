@@ -5,6 +5,7 @@
 
 use crate::config::KafkaConfig;
 use crate::sink::SinkError;
+use backon::{BlockingRetryable, ConstantBuilder};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -386,23 +387,18 @@ fn end_of<C: rdkafka::consumer::ConsumerContext>(
     })
 }
 
-/// `ask` again for up to 10 s while `topic` is new: Kafka answers CreateTopics before its
-/// brokers have all learnt of the topic, and a new partition may have no leader yet
+/// `ask` again, every 100 ms for up to 10 s, while `topic` is new: Kafka answers CreateTopics
+/// before its brokers have all learnt of the topic, and a new partition may have no leader yet
 /// ([`leader_not_there_yet`]).
-fn settled<T>(
-    topic: &str,
-    mut ask: impl FnMut() -> Result<T, KafkaError>,
-) -> Result<T, KafkaError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match ask() {
-            Err(e) if leader_not_there_yet(&e) && std::time::Instant::now() < deadline => {
-                tracing::debug!(%topic, error = %e, "the topic is not settled yet; asking again");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            done => return done,
-        }
-    }
+fn settled<T>(topic: &str, ask: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+    let every = ConstantBuilder::default()
+        .with_delay(Duration::from_millis(100))
+        .with_max_times(100);
+    ask.retry(every)
+        .sleep(std::thread::sleep)
+        .when(leader_not_there_yet)
+        .notify(|e, _| tracing::debug!(%topic, error = %e, "the topic is not settled yet; asking again"))
+        .call()
 }
 
 /// An error a new topic or partition shows until its metadata has spread and its leader is

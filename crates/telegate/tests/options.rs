@@ -287,3 +287,38 @@ fn a_flags_variable_and_its_keys_variable_set_to_different_values_are_refused() 
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_waits_for_an_unreachable_kafka_for_kafka_startup_timeout_then_says_so() {
+    let nowhere = telegate_tests::free_addr().to_string();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_telegate"))
+        .arg("serve")
+        .arg("--policy")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../packs/reference.toml"
+        ))
+        .args(["--kafka-bootstrap", &nowhere])
+        .args(["--mqtt-listen", &telegate_tests::free_addr().to_string()])
+        .args(["--mqtt5-listen", &telegate_tests::free_addr().to_string()])
+        .args(["--metrics-listen", &telegate_tests::free_addr().to_string()])
+        .env("TELEGATE__MQTT__ALLOW_ANONYMOUS", "true")
+        .env("TELEGATE__KAFKA_STARTUP_TIMEOUT", "3s")
+        .env("TELEGATE_LOG", "warn,librdkafka=off")
+        .output()
+        .expect("the telegate binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Kafka at {nowhere} did not accept telegate's topics within 3s"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the start-up timeout is the clock's, tries and waits together: gave up after {:?}",
+        started.elapsed()
+    );
+}
