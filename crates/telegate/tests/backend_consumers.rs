@@ -10,7 +10,8 @@
 //! start, the Python consumer decodes with confluent-kafka's `ProtobufDeserializer` and the
 //! schema the registry serves (no copy of proto/), the Java one unframes the records; a registry
 //! that cannot be reached, turns the gateway's credentials away or refuses the schema keeps the
-//! gateway from starting, with the registry's message.
+//! gateway from starting, with the registry's message; behind TLS that asks for a client
+//! certificate (HAProxy in front of the registry), the gateway registers with its own.
 //!
 //! Needs consumers/python/requirements.txt in the Python of TELEGATE_TEST_PYTHON, the jar
 //! consumers/build makes, Java and Maven for scripts/registry: scripts/test provides them.
@@ -425,4 +426,123 @@ async fn a_registry_that_is_away_or_says_no_keeps_the_gateway_from_starting() {
         )) && stderr.contains("Incompatible"),
         "{stderr}"
     );
+}
+
+/// HAProxy terminating TLS in front of the registry and asking every client for a certificate
+/// of `pki`'s CA (Apicurio 3.0.9's Quarkus fixes client-auth off at build time), stopped when
+/// dropped.
+struct MutualTls {
+    child: std::process::Child,
+    /// The registry's API through it.
+    url: String,
+}
+
+impl Drop for MutualTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MutualTls {
+    fn start(dir: &Path, pki: &Path, registry: &Registry) -> Self {
+        let (host, path) = registry
+            .url
+            .strip_prefix("http://")
+            .and_then(|r| r.split_once('/'))
+            .expect("http://HOST:PORT/PATH");
+        // HAProxy takes the certificate and its key in one file.
+        let mut pem = std::fs::read(pki.join("server.crt")).expect("server.crt");
+        pem.extend(std::fs::read(pki.join("server.key")).expect("server.key"));
+        let server_pem = dir.join("server.pem");
+        std::fs::write(&server_pem, pem).expect("server.pem");
+        let listen = free_addr();
+        let config = format!(
+            "global\n    maxconn 100\n\n\
+             defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    \
+             timeout server 30s\n\n\
+             frontend registry-tls\n    bind {listen} ssl crt {} ca-file {} verify required\n    \
+             default_backend registry\n\n\
+             backend registry\n    server apicurio {host}\n",
+            server_pem.display(),
+            pki.join("ca.crt").display(),
+        );
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, config).expect("haproxy.cfg");
+        let haproxy = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("haproxy");
+        let mut child = Command::new(haproxy)
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("haproxy.log")).expect("log"))
+            .spawn()
+            .expect("haproxy starts (scripts/test installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(listen).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline && child.try_wait().ok().flatten().is_none(),
+                "haproxy did not listen: {}",
+                std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            url: format!("https://{listen}/{path}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_registers_through_mutual_tls_and_is_refused_without_its_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = dir.path().join("registry-pki");
+    tls_gateway::telegate_pki(&["init", pki.to_str().expect("UTF-8")]);
+    // A client certificate of the registry's CA for telegate (the pki's vehicle certificate
+    // does: what matters is the chain).
+    let client = "WVWZZZ1JZXW000001";
+    tls_gateway::telegate_pki(&["issue", pki.to_str().expect("UTF-8"), client]);
+    let registry = Registry::start(None);
+    let tls = MutualTls::start(dir.path(), &pki, &registry);
+    let file = |p: &str| pki.join(p).to_str().expect("UTF-8").to_owned();
+    let trusted = [
+        ("TELEGATE_SCHEMA_REGISTRY", tls.url.clone()),
+        ("TELEGATE__SCHEMA_REGISTRY__CA", file("ca.crt")),
+    ];
+
+    // The registry's certificate checked, but no client certificate: the TLS handshake fails.
+    let stderr = serve_refused(&trusted);
+    assert!(
+        stderr.contains("cannot be reached") && stderr.contains("CertificateRequired"),
+        "{stderr}"
+    );
+
+    // With its client certificate the gateway registers its schema and starts.
+    let pack = framed_pack(dir.path());
+    let settings = [
+        ("TELEGATE_POLICY", pack.as_str()),
+        (trusted[0].0, trusted[0].1.as_str()),
+        (trusted[1].0, trusted[1].1.as_str()),
+        (
+            "TELEGATE__SCHEMA_REGISTRY__CLIENT_CERT",
+            &file(&format!("vehicles/{client}.crt")),
+        ),
+        (
+            "TELEGATE__SCHEMA_REGISTRY__CLIENT_KEY",
+            &file(&format!("vehicles/{client}.key")),
+        ),
+    ];
+    let g = Gateway::start(&settings).await;
+    let subject = format!("{}telegate.trip-log-value", g.ns);
+    let (status, latest) = registry
+        .call(
+            reqwest::Method::GET,
+            &format!("/subjects/{subject}/versions/latest"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{subject}: {latest}");
 }
