@@ -231,6 +231,14 @@ impl Registry {
         )
     }
 
+    /// The latest version registered under `subject`, which must exist.
+    async fn latest(&self, subject: &str) -> Value {
+        let path = format!("/subjects/{subject}/versions/latest");
+        let (status, latest) = self.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{subject}: {latest}");
+        latest
+    }
+
     /// The settings that point the gateway at this registry.
     fn settings(&self) -> Vec<(&'static str, String)> {
         let mut s = vec![("TELEGATE_SCHEMA_REGISTRY", self.url.clone())];
@@ -277,15 +285,7 @@ async fn consumers_decode_the_confluent_wire_format_with_the_schema_from_the_reg
     // The gateway registered the schema under each topic's subject.
     let mut ids = Vec::new();
     for topic in ["telegate.smart-service", "telegate.trip-log"] {
-        let subject = format!("{}{topic}-value", g.ns);
-        let (status, latest) = registry
-            .call(
-                reqwest::Method::GET,
-                &format!("/subjects/{subject}/versions/latest"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{subject}: {latest}");
+        let latest = registry.latest(&format!("{}{topic}-value", g.ns)).await;
         assert_eq!(latest["version"], 1, "{latest}");
         ids.push(latest["id"].as_u64().expect("an id"));
     }
@@ -536,13 +536,8 @@ async fn the_gateway_registers_through_mutual_tls_and_is_refused_without_its_cer
         ),
     ];
     let g = Gateway::start(&settings).await;
-    let subject = format!("{}telegate.trip-log-value", g.ns);
-    let (status, latest) = registry
-        .call(
-            reqwest::Method::GET,
-            &format!("/subjects/{subject}/versions/latest"),
-            None,
-        )
+    let latest = registry
+        .latest(&format!("{}telegate.trip-log-value", g.ns))
         .await;
-    assert_eq!(status, 200, "{subject}: {latest}");
+    assert_eq!(latest["version"], 1, "{latest}");
 }
