@@ -14,7 +14,7 @@ use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
 use telegate_frame::{Frame, FrameKind, RejectReason, Rejection, ValidationConfig, Vin, validate};
 use telegate_kafka::{KafkaSink, Receipt};
-use telegate_mqtt::{Ack, AckOutcome, Denied, Incoming};
+use telegate_mqtt::{Ack, AckOutcome, Denied, Incoming, VehicleMemo};
 use telegate_policy::{
     Admission, DropReason, Keyring, OutRecord, Outcome, Pack, StateKey, Verdict, admit, offline,
     recorded_settings, rejected_record,
@@ -211,6 +211,7 @@ impl Pipeline {
             payload,
             ack,
             denied,
+            memo,
         } = m;
         let now = now_ms();
         if let Some(denied) = denied {
@@ -233,7 +234,11 @@ impl Pipeline {
                         Claim::Copy => return self.counters.copies.increment(1),
                     },
                 };
-                finish(self.accept(&frame, now, receipt.as_ref()).await, receipt);
+                let key = self.state_key(&frame, memo.as_deref());
+                finish(
+                    self.accept(&frame, key, now, receipt.as_ref()).await,
+                    receipt,
+                );
             }
             Err(rej) => {
                 let receipt = ack.map(receipt);
@@ -248,16 +253,19 @@ impl Pipeline {
 
     /// Decides for a valid frame and hands its records to Kafka, each with the frame's
     /// receipt; false if something could not be handed over.
-    async fn accept(&self, frame: &Frame, now: i64, receipt: Option<&Receipt>) -> bool {
-        let admission = self.admit(frame, now);
+    async fn accept(
+        &self,
+        frame: &Frame,
+        key: StateKey,
+        now: i64,
+        receipt: Option<&Receipt>,
+    ) -> bool {
+        let admission = self.admit(frame, key, now);
         // A repeat of settings already in force changes nothing, unless the change
         // it repeats was never confirmed written.
         let settings = match frame.body() {
             Body::Privacy(_) if admission.changes.settings => true,
-            Body::Privacy(_) => self
-                .unconfirmed
-                .remove(&self.state.key_of(frame.vin()))
-                .is_some(),
+            Body::Privacy(_) => self.unconfirmed.remove(&key).is_some(),
             _ => false,
         };
         if admission.changes.any() || settings {
@@ -294,11 +302,23 @@ impl Pipeline {
         self.send(&rec, receipt).await
     }
 
+    /// The name of the frame's vehicle's record: a keyed hash of the VIN, derived once per
+    /// connection and kept in its memo when the connection has one.
+    fn state_key(&self, frame: &Frame, memo: Option<&VehicleMemo>) -> StateKey {
+        let derive = || self.state.key_of(frame.vin());
+        match memo {
+            Some(memo) => {
+                StateKey::from_bytes(memo.get_or_derive(frame.vin(), || derive().to_bytes()))
+            }
+            None => derive(),
+        }
+    }
+
     /// What policy makes of a valid frame, in one access to the vehicle's state, counted.
     /// Synchronous: the state lock is never held across an await.
-    pub fn admit(&self, frame: &Frame, now: i64) -> Admission {
+    pub fn admit(&self, frame: &Frame, key: StateKey, now: i64) -> Admission {
         let horizon = now - self.validation.max_age_ms;
-        let admission = self.state.admit(*frame.vin(), |record| {
+        let admission = self.state.admit(key, |record| {
             admit(
                 &self.pack,
                 &self.label,

@@ -343,16 +343,15 @@ impl StateStore {
     }
 
     /// Admits a frame: runs `admit` (the policy core's [`telegate_policy::admit`]) on the
-    /// vehicle's record under its lock, the only state access a frame makes. What changed
+    /// record named `key` (the vehicle's [`key_of`](Self::key_of)) under its lock, the only state access a frame makes. What changed
     /// (`admission.changes.any()`) is replicated by the caller with [`persist`](Self::persist),
     /// once, and the frame's acknowledgement waits for it. Keep `admit` synchronous and short:
     /// it holds a shard lock.
     pub fn admit(
         &self,
-        vin: Vin,
+        key: StateKey,
         admit: impl FnOnce(&mut SubjectRecord) -> Admission,
     ) -> Admission {
-        let key = self.key_of(&vin);
         let mut record = self.subjects.entry(key).or_default();
         let admission = admit(&mut record);
         if admission.changes.secret_created {

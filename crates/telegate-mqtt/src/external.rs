@@ -208,6 +208,8 @@ async fn read(
                     ack,
                     // The broker enforces its own topic rules.
                     denied: None,
+                    // One connection carries every vehicle's frames.
+                    memo: None,
                 };
                 // A full pipeline holds this loop: the broker's in-flight window (the receive
                 // maximum) fills and it stops sending.

@@ -37,6 +37,8 @@ pub mod fuzzing {
 }
 
 use bytes::Bytes;
+use std::sync::{Arc, OnceLock};
+use telegate_frame::Vin;
 use tokio::sync::oneshot;
 
 /// One publish from a vehicle, as received.
@@ -49,6 +51,30 @@ pub struct Incoming {
     /// The edge refused the publish (a topic the vehicle may not use) and acknowledges it
     /// under [`DenyAction::Acknowledge`]: the pipeline writes its rejection, nothing else.
     pub denied: Option<Denied>,
+    /// The connection's memo of its vehicle, once a vehicle is bound to it.
+    pub memo: Option<Arc<VehicleMemo>>,
+}
+
+/// What the pipeline derives from a connection's vehicle (sixteen bytes: its state key) and
+/// keeps with the connection, so that it is derived once per connection rather than for every
+/// frame. It holds the VIN it was derived for: a frame that names another vehicle derives its
+/// own.
+#[derive(Debug, Default)]
+pub struct VehicleMemo(OnceLock<(Vin, [u8; 16])>);
+
+impl VehicleMemo {
+    /// What `derive` gives for `vin`: kept from the first call for the connection's vehicle.
+    pub fn get_or_derive(&self, vin: &Vin, derive: impl FnOnce() -> [u8; 16]) -> [u8; 16] {
+        if let Some((kept, bytes)) = self.0.get()
+            && kept == vin
+        {
+            return *bytes;
+        }
+        let bytes = derive();
+        // The first vehicle asked for keeps the slot.
+        let _ = self.0.set((*vin, bytes));
+        bytes
+    }
 }
 
 /// Who sent a refused publish: the connection's vehicle, if it has one bound (the topic's
@@ -92,5 +118,35 @@ impl Drop for Ack {
         if let Some(to) = self.0.take() {
             to.send(AckOutcome::Failed);
         }
+    }
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::*;
+
+    #[test]
+    fn a_memo_derives_once_for_its_vehicle_and_never_serves_another() {
+        let memo = VehicleMemo::default();
+        let a = Vin::parse("WVWZZZ1JZXW000001").expect("VIN");
+        let b = Vin::parse("WVWZZZ1JZXW000002").expect("VIN");
+        let mut derived = 0;
+        let mut derive = |byte| {
+            derived += 1;
+            [byte; 16]
+        };
+        assert_eq!(memo.get_or_derive(&a, || derive(1)), [1; 16]);
+        assert_eq!(memo.get_or_derive(&a, || derive(9)), [1; 16], "kept");
+        assert_eq!(
+            memo.get_or_derive(&b, || derive(2)),
+            [2; 16],
+            "another vehicle's own"
+        );
+        assert_eq!(
+            memo.get_or_derive(&a, || derive(9)),
+            [1; 16],
+            "the first stays"
+        );
+        assert_eq!(derived, 2);
     }
 }

@@ -32,6 +32,16 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct StateKey([u8; 16]);
 
 impl StateKey {
+    /// The key's sixteen bytes, to keep with a connection (`telegate_mqtt::VehicleMemo`).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0
+    }
+
+    /// A key kept as its bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

@@ -16,7 +16,7 @@ use crate::edge::Shared;
 use crate::rules::{may_publish, named_vin};
 use crate::sessions::{Owner, SharedSession, lock};
 use crate::signal::Signal;
-use crate::{Ack, Denied, Incoming, Refusal};
+use crate::{Ack, Denied, Incoming, Refusal, VehicleMemo};
 use bytes::{Bytes, BytesMut};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -95,6 +95,8 @@ pub(crate) struct Machine {
     conn_id: u64,
     /// The vehicle this connection speaks for, once known.
     vin: Option<Vin>,
+    /// What the pipeline keeps of that vehicle, handed over with each publish.
+    memo: Option<Arc<VehicleMemo>>,
     session: Option<SharedSession>,
     /// QoS 1 publishes not yet acknowledged, oldest first; the newest has sequence number
     /// `next_seq - 1`.
@@ -128,6 +130,7 @@ impl Machine {
             hello,
             conn_id: ctx.registry.next_conn_id(),
             vin: None,
+            memo: None,
             session: None,
             signal,
             pending: VecDeque::new(),
@@ -284,6 +287,7 @@ impl Machine {
             .registry
             .bind(vin, owner, self.hello.clean_start, expiry);
         self.vin = Some(vin);
+        self.memo = Some(Arc::default());
         self.session = Some(session);
         resumed
     }
@@ -442,6 +446,7 @@ impl Machine {
             payload,
             ack,
             denied: denied.then_some(Denied { by: self.vin }),
+            memo: self.memo.clone(),
         });
         Step::Done
     }
