@@ -4,10 +4,9 @@
 //! write buffer, hands the publishes waiting in the outbox to the pipeline, and closes the
 //! connection when a call returns an [`End`].
 //!
-//! What this touches besides its own fields lives in memory: the edge's settings, counters
-//! and vehicle gate, the registry of sessions (binding a vehicle orders the connection it
-//! takes over closed), the vehicle's session and the connection's [`Signal`]. It reads no
-//! clock: the time is an argument of every call that needs one.
+//! What this touches besides its own fields lives in memory: the edge's settings, counters and
+//! vehicle gate, the registry of sessions (binding a vehicle orders the connection it takes
+//! over closed), the vehicle's session and the connection's [`Signal`]. It reads no clock.
 
 use super::{End, Peer};
 use crate::codec::{AckOutcome, ConnectCode, Encoder, Hello, Inbound, Offer, Version};
@@ -93,9 +92,8 @@ pub(crate) struct Machine {
     enc: Encoder,
     hello: Hello,
     conn_id: u64,
-    /// The vehicle this connection speaks for, once known.
+    /// The vehicle this connection speaks for, once known, and what the pipeline keeps of it.
     vin: Option<Vin>,
-    /// What the pipeline keeps of that vehicle, handed over with each publish.
     memo: Option<Arc<VehicleMemo>>,
     session: Option<SharedSession>,
     /// QoS 1 publishes not yet acknowledged, oldest first; the newest has sequence number
