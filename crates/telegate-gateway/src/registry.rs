@@ -15,8 +15,9 @@ use telegate_frame::schema::{FRAME_PROTO, frame_descriptor};
 use telegate_policy::{Pack, RecordEncoding};
 use url::Url;
 
-/// Where the registry is and how telegate talks to it (`[schema_registry]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where the registry is and how telegate talks to it (`[schema_registry]`). Its `Debug`
+/// leaves the password out.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchemaRegistryConfig {
     /// The Confluent-compatible API's base URL, e.g. `http://registry:8080/apis/ccompat/v7`.
@@ -37,6 +38,22 @@ pub struct SchemaRegistryConfig {
     /// How long one registration may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SchemaRegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistryConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("schema_form", &self.schema_form)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Default for SchemaRegistryConfig {
@@ -76,12 +93,23 @@ impl SchemaForm {
 }
 
 /// A registry ready to take schemas: its URL checked, its credentials and certificates read.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the URL and the user alone.
+#[derive(Clone)]
 pub struct SchemaRegistry {
     base: Url,
     client: reqwest::Client,
     auth: Option<(String, String)>,
     form: SchemaForm,
+}
+
+impl std::fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistry")
+            .field("base", &self.base.as_str())
+            .field("user", &self.auth.as_ref().map(|(user, _)| user))
+            .field("form", &self.form)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The registry's error body in the Confluent API.
@@ -373,6 +401,22 @@ mod tests {
             "what the registry gets decodes to the descriptor"
         );
         assert!(SchemaForm::Text.schema().contains("message VehicleFrame"));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let c = SchemaRegistryConfig {
+            username: Some("telegate".into()),
+            password: Some("s3cret-registry-pw".into()),
+            ..config("http://registry:8081")
+        };
+        let registry = SchemaRegistry::from_config(&c)
+            .expect("valid")
+            .expect("a registry");
+        for text in [format!("{c:?}"), format!("{registry:?}")] {
+            assert!(!text.contains("s3cret-registry-pw"), "{text}");
+            assert!(text.contains("telegate"), "{text}");
+        }
     }
 
     #[test]
