@@ -343,10 +343,10 @@ impl StateStore {
     }
 
     /// Admits a frame: runs `admit` (the policy core's [`telegate_policy::admit`]) on the
-    /// record named `key` (the vehicle's [`key_of`](Self::key_of)) under its lock, the only state access a frame makes. What changed
-    /// (`admission.changes.any()`) is replicated by the caller with [`persist`](Self::persist),
-    /// once, and the frame's acknowledgement waits for it. Keep `admit` synchronous and short:
-    /// it holds a shard lock.
+    /// record named `key` (the vehicle's [`key_of`](Self::key_of)) under its lock, the only
+    /// state access a frame makes. What changed (`admission.changes.any()`) is replicated by the
+    /// caller with [`persist`](Self::persist), once, and the frame's acknowledgement waits for
+    /// it. Keep `admit` synchronous and short: it holds a shard lock.
     pub fn admit(
         &self,
         key: StateKey,
