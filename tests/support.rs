@@ -20,7 +20,23 @@ pub fn kafka() -> String {
     })
 }
 
+/// A loopback address nothing listens on now, for a listener a test or a process it starts will
+/// open. Taken below the kernel's ephemeral range: a port `bind(0)` hands out comes from that
+/// range, and an outgoing connection (the many Kafka clients of a run) may take it as its own
+/// local port before the listener opens ("Address already in use").
 pub fn free_addr() -> SocketAddr {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral > 11_000 {
+        for _ in 0..1_000 {
+            let port = rand::random_range(10_000..ephemeral);
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                return l.local_addr().expect("a bound address");
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
