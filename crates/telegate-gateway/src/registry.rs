@@ -6,6 +6,7 @@
 //! path ever calls the registry. A registry that cannot be reached, or refuses the schema, stops
 //! the start with its message.
 
+use crate::support::{PemKind, error_chain, read_pem};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -156,9 +157,11 @@ impl SchemaRegistry {
                     .to_owned(),
             ));
         }
-        let read = |key: &'static str, path: &PathBuf, problems: &mut Vec<_>| {
-            std::fs::read(path)
-                .map_err(|e| problems.push((key, format!("cannot read {}: {e}", path.display()))))
+        // PEM files are read and checked as the other TLS settings are; a problem names the
+        // file and never quotes it.
+        let pem = |key: &'static str, path: &PathBuf, kind: PemKind, problems: &mut Vec<_>| {
+            read_pem(path, kind)
+                .map_err(|e| problems.push((key, e)))
                 .ok()
         };
         let password = match (&config.password, &config.password_file) {
@@ -170,8 +173,15 @@ impl SchemaRegistry {
                 None
             }
             (Some(p), None) => Some(p.clone()),
-            (None, Some(path)) => read("schema_registry.password_file", path, &mut problems)
-                .map(|b| String::from_utf8_lossy(&b).trim_end().to_owned()),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|p| p.trim_end().to_owned())
+                .map_err(|e| {
+                    problems.push((
+                        "schema_registry.password_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    ))
+                })
+                .ok(),
             (None, None) => None,
         };
         let auth = match (&config.username, password) {
@@ -197,35 +207,44 @@ impl SchemaRegistry {
             .timeout(config.timeout)
             .user_agent(concat!("telegate/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.ca {
-            match read("schema_registry.ca", path, &mut problems)
-                .map(|pem| reqwest::Certificate::from_pem_bundle(&pem))
-            {
-                Some(Ok(certs)) if !certs.is_empty() => {
+            let certs = pem(
+                "schema_registry.ca",
+                path,
+                PemKind::Certificates,
+                &mut problems,
+            )
+            .map(|pem| reqwest::Certificate::from_pem_bundle(&pem));
+            match certs {
+                Some(Ok(certs)) => {
                     builder = builder.tls_built_in_root_certs(false);
                     for c in certs {
                         builder = builder.add_root_certificate(c);
                     }
                 }
-                Some(_) => problems.push((
-                    "schema_registry.ca",
-                    format!("{}: no PEM certificate in it", path.display()),
-                )),
+                Some(Err(e)) => problems.push(("schema_registry.ca", e.to_string())),
                 None => {}
             }
         }
         match (&config.client_cert, &config.client_key) {
             (Some(cert), Some(key)) => {
-                let cert = read("schema_registry.client_cert", cert, &mut problems);
-                let key = read("schema_registry.client_key", key, &mut problems);
-                if let (Some(mut pem), Some(key)) = (cert, key) {
-                    pem.push(b'\n');
-                    pem.extend_from_slice(&key);
-                    match reqwest::Identity::from_pem(&pem) {
+                let cert = pem(
+                    "schema_registry.client_cert",
+                    cert,
+                    PemKind::Certificates,
+                    &mut problems,
+                );
+                let key = pem(
+                    "schema_registry.client_key",
+                    key,
+                    PemKind::PrivateKey,
+                    &mut problems,
+                );
+                if let (Some(mut chain), Some(key)) = (cert, key) {
+                    chain.push(b'\n');
+                    chain.extend_from_slice(&key);
+                    match reqwest::Identity::from_pem(&chain) {
                         Ok(identity) => builder = builder.identity(identity),
-                        Err(e) => problems.push((
-                            "schema_registry.client_cert",
-                            format!("not a PEM certificate chain and key: {e}"),
-                        )),
+                        Err(e) => problems.push(("schema_registry.client_cert", e.to_string())),
                     }
                 }
             }
@@ -324,18 +343,6 @@ impl SchemaRegistry {
                 )
             })
     }
-}
-
-/// An error and its causes, one after the other (reqwest's own text names only the request).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn shorten(message: &str) -> String {
