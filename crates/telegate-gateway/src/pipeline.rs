@@ -269,7 +269,7 @@ impl Pipeline {
             _ => false,
         };
         if admission.changes.any() || settings {
-            self.persist_state(*frame.vin(), receipt.cloned());
+            self.persist_state(key, receipt.cloned());
         }
         let mut handed = true;
         for rec in &admission.records {
@@ -397,14 +397,14 @@ impl Pipeline {
     /// waits for it (a crash must not forget that offline mode went on). A vehicle has one
     /// write in flight at a time: frames that changed its record meanwhile wait for the next
     /// one, which covers them all ([`StateStore::persist`]).
-    fn persist_state(&self, vin: Vin, receipt: Option<Receipt>) {
+    fn persist_state(&self, key: StateKey, receipt: Option<Receipt>) {
         let state = self.state.clone();
         let errors = self.counters.state_errors.clone();
         let unconfirmed = self.unconfirmed.clone();
         self.writes.spawn(async move {
-            if let Err(e) = state.persist(&vin).await {
+            if let Err(e) = state.persist(key).await {
                 errors.increment(1);
-                unconfirmed.insert(state.key_of(&vin));
+                unconfirmed.insert(key);
                 tracing::error!(error = %e, "state change not yet durable; the frame is not acknowledged");
                 if let Some(r) = receipt {
                     r.fail();

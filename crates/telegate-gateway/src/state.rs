@@ -408,17 +408,17 @@ impl StateStore {
         Ok(record)
     }
 
-    /// Writes the vehicle's record now and returns once Kafka has it (or a newer version of
+    /// Writes the record named `key` now and returns once Kafka has it (or a newer version of
     /// it): a frame that changed the record waits for this before it is acknowledged. A
     /// vehicle has one write in flight at a time; calls made meanwhile wait and are covered
     /// by the next write, so a burst of one vehicle's frames costs two writes, not one each.
     /// On failure the record is marked and the background writer retries it, unless Kafka
     /// refuses it for good (counted in `telegate_state_writes_abandoned_total`).
-    pub async fn persist(&self, vin: &Vin) -> anyhow::Result<()> {
+    pub async fn persist(&self, key: StateKey) -> anyhow::Result<()> {
         let Some(rep) = &self.replication else {
             return Ok(());
         };
-        self.write_current(rep, self.key_of(vin))
+        self.write_current(rep, key)
             .await
             .context("writing consent state")
     }
