@@ -42,6 +42,15 @@ pub fn free_addr() -> SocketAddr {
         .expect("a free loopback port")
 }
 
+/// HAProxy, which scripts/test installs from Debian (in /usr/sbin, not always on PATH).
+pub fn haproxy_binary() -> std::path::PathBuf {
+    ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from("haproxy"))
+}
+
 /// A VIN no other test uses (valid structure; check digit not required by default).
 pub fn unique_vin() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKLMNPRSTUVWXYZ";

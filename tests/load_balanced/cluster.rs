@@ -205,14 +205,6 @@ impl Drop for Haproxy {
     }
 }
 
-fn haproxy_binary() -> PathBuf {
-    ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("haproxy"))
-}
-
 type Intercept =
     Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
 pub(crate) type Admin =

@@ -33,7 +33,7 @@ fn python() -> String {
 
 /// The consumer called `name` (`python` or `java`), as a command.
 fn consumer(name: &str) -> Command {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root();
     if name == "python" {
         let mut python = Command::new(python());
         python.arg(root.join("consumers/python/telegate_consume.py"));
@@ -469,11 +469,7 @@ impl MutualTls {
         );
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(&cfg, config).expect("haproxy.cfg");
-        let haproxy = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or("haproxy");
-        let mut child = Command::new(haproxy)
+        let mut child = Command::new(haproxy_binary())
             .args(["-db", "-f"])
             .arg(&cfg)
             .stdout(std::process::Stdio::null())
