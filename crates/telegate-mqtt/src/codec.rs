@@ -41,6 +41,8 @@ pub enum Inbound {
         retain: bool,
         topic: Bytes,
         payload: Bytes,
+        /// MQTT 5: the user property `traceparent` (W3C trace context), as sent, unchecked.
+        traceparent: Option<String>,
     },
     PubAck {
         pkid: u16,
@@ -193,6 +195,13 @@ fn max_u32(max: usize) -> u32 {
 }
 
 /// Reads the next packet after CONNECT.
+/// The first `traceparent` among a publish's user properties: moved out, not copied.
+pub(crate) fn traceparent(properties: Vec<(String, String)>) -> Option<String> {
+    properties
+        .into_iter()
+        .find_map(|(name, value)| (name == "traceparent").then_some(value))
+}
+
 pub fn read(version: Version, buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
     match version {
         Version::V4 => read_v4(buf, max),
@@ -213,6 +222,7 @@ fn read_v4(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
             retain: p.retain,
             topic: Bytes::from(p.topic),
             payload: p.payload,
+            traceparent: None,
         },
         v4::Packet::PubAck(a) => Inbound::PubAck { pkid: a.pkid },
         v4::Packet::Subscribe(s) => Inbound::Subscribe {
@@ -258,6 +268,9 @@ fn read_v5(buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
                 retain: p.retain,
                 topic: p.topic,
                 payload: p.payload,
+                traceparent: p
+                    .properties
+                    .and_then(|props| traceparent(props.user_properties)),
             }
         }
         v5::Packet::PubAck(a) => Inbound::PubAck { pkid: a.pkid },
@@ -557,6 +570,50 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_mqtt5_publish_hands_on_its_traceparent_user_property_and_3_1_1_has_none() {
+        let publish = |properties| {
+            let mut p = v5::Publish::new(
+                "/tenants/x/v1/status",
+                m5::QoS::AtLeastOnce,
+                "f",
+                properties,
+            );
+            p.pkid = 1;
+            let mut buf = BytesMut::new();
+            v5::Packet::Publish(p)
+                .write(&mut buf, None)
+                .expect("encodes");
+            match read(Version::V5, &mut buf, 1024) {
+                Ok(Inbound::Publish { traceparent, .. }) => traceparent,
+                other => panic!("{other:?}"),
+            }
+        };
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let properties = v5::PublishProperties {
+            user_properties: vec![
+                ("tracestate".into(), "vendor=free text".into()),
+                ("traceparent".into(), tp.into()),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(publish(Some(properties)).as_deref(), Some(tp));
+        assert_eq!(publish(None), None);
+        let mut buf = BytesMut::new();
+        let mut p = v4::Publish::new("/tenants/x/v1/status", m4::QoS::AtLeastOnce, "f");
+        p.pkid = 1;
+        v4::Packet::Publish(p)
+            .write(&mut buf, 1024)
+            .expect("encodes");
+        assert!(matches!(
+            read(Version::V4, &mut buf, 1024),
+            Ok(Inbound::Publish {
+                traceparent: None,
+                ..
+            })
+        ));
+    }
 
     fn connect_v4() -> BytesMut {
         let mut buf = BytesMut::new();

@@ -203,6 +203,10 @@ async fn read(
                     stats.resent();
                 }
                 let incoming = Incoming {
+                    received: std::time::Instant::now(),
+                    traceparent: publish
+                        .properties
+                        .and_then(|p| crate::codec::traceparent(p.user_properties)),
                     topic: publish.topic,
                     payload: publish.payload,
                     ack,

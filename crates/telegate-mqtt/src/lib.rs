@@ -53,6 +53,11 @@ pub struct Incoming {
     pub denied: Option<Denied>,
     /// The connection's memo of its vehicle, once a vehicle is bound to it.
     pub memo: Option<Arc<VehicleMemo>>,
+    /// When the edge read it (before any wait of its rate limit).
+    pub received: std::time::Instant,
+    /// MQTT 5: the publish's `traceparent` user property (W3C trace context) as sent,
+    /// unchecked; `None` for MQTT 3.1.1, which has no properties.
+    pub traceparent: Option<String>,
 }
 
 /// What the pipeline derives from a connection's vehicle (sixteen bytes: its state key) and

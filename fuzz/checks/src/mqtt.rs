@@ -114,6 +114,7 @@ fn seen_as(packet: Inbound) -> Seen {
             retain,
             topic,
             payload,
+            traceparent: _,
         } => Seen::Publish {
             qos,
             pkid,

@@ -46,6 +46,9 @@ pub(crate) struct Publish {
     payload: Bytes,
     /// Refused by the topic rules, and acknowledged under [`DenyAction::Acknowledge`].
     denied: bool,
+    traceparent: Option<String>,
+    /// When it was read.
+    received: Instant,
 }
 
 /// A QoS 1 publish waiting for the pipeline, in arrival order, with its outcome once known.
@@ -327,6 +330,7 @@ impl Machine {
                 retain,
                 topic,
                 payload,
+                traceparent,
             } => {
                 if dup {
                     self.ctx.stats.resent();
@@ -337,6 +341,8 @@ impl Machine {
                     topic,
                     payload,
                     denied: false,
+                    traceparent,
+                    received: now,
                 };
                 self.publish(now, retain, publish, out)
             }
@@ -427,6 +433,8 @@ impl Machine {
             topic,
             payload,
             denied,
+            traceparent,
+            received,
         } = publish;
         let ack = (qos == 1).then(|| {
             let ack = Ack::on_connection(self.signal.clone(), self.next_seq);
@@ -445,6 +453,8 @@ impl Machine {
             ack,
             denied: denied.then_some(Denied { by: self.vin }),
             memo: self.memo.clone(),
+            received,
+            traceparent,
         });
         Step::Done
     }

@@ -252,6 +252,7 @@ impl Client {
             retain: false,
             topic: Bytes::copy_from_slice(topic.as_bytes()),
             payload: Bytes::from_static(b"frame"),
+            traceparent: None,
         })
     }
 
@@ -558,6 +559,7 @@ fn packets_the_edge_does_not_serve_close_the_connection() {
         retain: true,
         topic: Bytes::from(status(A)),
         payload: Bytes::new(),
+        traceparent: None,
     };
     let mut c = e.vehicle(A, hello(Version::V5, true));
     assert_eq!(
