@@ -10,9 +10,10 @@ mod config;
 mod sink;
 mod statelog;
 mod topics;
+pub mod trace;
 
 pub use config::KafkaConfig;
-pub use sink::{KafkaSink, Receipt, SinkError, SinkStats};
+pub use sink::{KafkaSink, Receipt, Report, SinkError, SinkStats};
 pub use statelog::{
     Entry, LogWriter, Run, Scanned, Start, assign_all, follow, follow_from, is_roll_marker,
     roll_marker, scan,

@@ -52,6 +52,10 @@ pub struct Receipt(Arc<ReceiptInner>);
 /// What runs when a receipt completes.
 type Done = Box<dyn FnOnce(bool) + Send>;
 
+/// What runs when one record's delivery report arrives (`true`: Kafka holds it), before its
+/// part of the receipt completes; not run for a record purged without a report.
+pub type Report = Box<dyn FnOnce(bool) + Send + Sync>;
+
 struct ReceiptInner {
     failed: AtomicBool,
     done: Mutex<Option<Done>>,
@@ -97,6 +101,7 @@ impl Drop for ReceiptInner {
 /// acknowledged for a record Kafka did not confirm.
 struct Delivery {
     receipt: Option<Receipt>,
+    report: Option<Report>,
     started: Instant,
     delivered: bool,
     /// Returned to the in-flight limit when the report has been handled.
@@ -128,6 +133,9 @@ impl ProducerContext for Reports {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, mut d: Box<Delivery>) {
+        if let Some(report) = d.report.take() {
+            report(result.is_ok());
+        }
         match result {
             Ok(msg) => {
                 d.delivered = true;
@@ -211,8 +219,14 @@ impl KafkaSink {
 
     /// Hands one record to the producer; `receipt` (if any) completes only after Kafka has
     /// acknowledged it. Waits while librdkafka's queue is full or too many deliveries are
-    /// outstanding: that wait is the pipeline's back-pressure.
-    pub async fn send(&self, rec: &OutRecord, receipt: Option<&Receipt>) -> Result<(), SinkError> {
+    /// outstanding: that wait is the pipeline's back-pressure. `report`, if any, hears of the
+    /// record's own delivery.
+    pub async fn send(
+        &self,
+        rec: &OutRecord,
+        receipt: Option<&Receipt>,
+        report: Option<Report>,
+    ) -> Result<(), SinkError> {
         let slot = self
             .in_flight
             .clone()
@@ -228,6 +242,7 @@ impl KafkaSink {
         }
         let delivery = Box::new(Delivery {
             receipt: receipt.cloned(),
+            report,
             started: Instant::now(),
             delivered: false,
             _slot: slot,

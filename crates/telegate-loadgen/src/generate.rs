@@ -224,6 +224,7 @@ async fn kafka_vehicle(
                 payload,
             },
             None,
+            None,
         )
         .await?;
     }
