@@ -11,6 +11,7 @@ use crate::pipeline::Pipeline;
 use crate::requests::{Directory, Requests};
 use crate::roll;
 use crate::state::StateStore;
+use crate::traces::Traces;
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ pub struct Gateway {
     pipeline: Stage,
     /// The HTTP endpoints, stopped last.
     http: Stage,
+    /// The frames' traces: what is left is exported after the pipeline's end.
+    traces: Traces,
     ready: Arc<AtomicBool>,
     sink_stats: Arc<SinkStats>,
     state: Arc<StateStore>,
@@ -246,6 +249,10 @@ impl Gateway {
             }
             _ => None,
         };
+        let trace_config = config.traces.clone();
+        let traces = tokio::task::spawn_blocking(move || Traces::start(&trace_config))
+            .await
+            .context("the trace exporter's start did not finish")??;
         let pipeline = Pipeline::new(
             pack.clone(),
             keys,
@@ -253,7 +260,8 @@ impl Gateway {
             state.clone(),
             ledger.clone(),
             sink,
-        );
+        )
+        .with_traces(traces.clone());
         let running = Stage::default();
         running
             .tasks
@@ -286,6 +294,7 @@ impl Gateway {
             admin,
             pipeline: running,
             http,
+            traces,
             ready,
             sink_stats,
             state,
@@ -342,7 +351,8 @@ impl Gateway {
     /// vehicles (calls under way finish); the MQTT
     /// edge (no new connections, every connection closed; unacknowledged QoS 1 frames stay with
     /// their vehicles); the pipeline (frames already read are processed, records flushed to
-    /// Kafka); the consent state (every change written to its topic); the HTTP endpoints last.
+    /// Kafka); the consent state (every change written to its topic); the traces (the spans
+    /// left are exported); the HTTP endpoints last.
     ///
     /// Each step tells its tasks to stop and waits until every one has ended; when this
     /// returns, no task the gateway started is running.
@@ -353,6 +363,7 @@ impl Gateway {
         self.edge.shutdown().await;
         self.pipeline.stop().await;
         self.state.close(self.shutdown_timeout).await;
+        self.traces.shutdown(self.shutdown_timeout).await;
         self.http.stop().await;
         tracing::info!(
             delivered = self.sink_stats.delivered(),

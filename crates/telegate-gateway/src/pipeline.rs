@@ -5,10 +5,11 @@
 use crate::ledger::{Action, Change, Channel, Ledger};
 use crate::resends::{Claim, Resends};
 use crate::state::{StateStore, fresh_secret};
+use crate::traces::{FrameTrace, Traces};
 use dashmap::DashSet;
 use metrics::Counter;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use strum::VariantArray;
 use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
@@ -45,6 +46,8 @@ pub struct Pipeline {
     /// The state and ledger writes frames wait for, off the pipeline's path; awaited before
     /// the sink is flushed at the end.
     writes: TaskTracker,
+    /// Off unless an OTLP endpoint is configured.
+    traces: Traces,
 }
 
 /// How long a vehicle's recent frames are remembered after its last one.
@@ -153,7 +156,14 @@ impl Pipeline {
             unconfirmed: Arc::default(),
             resends: Arc::new(Resends::new(RESENDS_IDLE)),
             writes: TaskTracker::new(),
+            traces: Traces::default(),
         }
+    }
+
+    /// Traces frames through `traces` (off by default).
+    pub fn with_traces(mut self, traces: Traces) -> Self {
+        self.traces = traces;
+        self
     }
 
     /// Processes frames until `stop` is cancelled or ingress closes, then drains what already
@@ -212,38 +222,57 @@ impl Pipeline {
             ack,
             denied,
             memo,
+            received,
+            traceparent,
         } = m;
         let now = now_ms();
+        let trace = self.traces.frame(received, traceparent.as_deref());
+        let trace = trace.as_ref();
+        if let Some(t) = trace {
+            t.received_qos(u8::from(ack.is_some()));
+        }
         if let Some(denied) = denied {
             let rejection = refused_at_the_edge(denied);
+            trace.inspect(|t| t.refused_at_the_edge());
             let receipt = ack.map(receipt);
             return finish(
-                self.reject(&rejection, payload.len(), now, receipt.as_ref())
+                self.reject(&rejection, payload.len(), now, receipt.as_ref(), trace)
                     .await,
                 receipt,
             );
         }
         // A topic that is not UTF-8 cannot be a vehicle topic; it fails as malformed.
         let topic = std::str::from_utf8(&topic).unwrap_or_default();
-        match validate(topic, &payload, now, &self.validation) {
+        let started = trace.map(|_| SystemTime::now());
+        let validated = validate(topic, &payload, now, &self.validation);
+        if let (Some(t), Some(started)) = (trace, started) {
+            t.validated(
+                started,
+                validated.as_ref().map(|f| f.kind()).map_err(|r| r.reason),
+            );
+        }
+        match validated {
             Ok(frame) => {
                 let receipt = match ack {
                     None => None,
                     Some(ack) => match self.resends.claim(*frame.vin(), frame.seq(), ack, now) {
                         Claim::New(receipt) => Some(receipt),
-                        Claim::Copy => return self.counters.copies.increment(1),
+                        Claim::Copy => {
+                            trace.inspect(|t| t.copy());
+                            return self.counters.copies.increment(1);
+                        }
                     },
                 };
                 let key = self.state_key(&frame, memo.as_deref());
                 finish(
-                    self.accept(&frame, key, now, receipt.as_ref()).await,
+                    self.accept(&frame, key, now, receipt.as_ref(), trace).await,
                     receipt,
                 );
             }
             Err(rej) => {
                 let receipt = ack.map(receipt);
                 finish(
-                    self.reject(&rej, payload.len(), now, receipt.as_ref())
+                    self.reject(&rej, payload.len(), now, receipt.as_ref(), trace)
                         .await,
                     receipt,
                 );
@@ -259,8 +288,16 @@ impl Pipeline {
         key: StateKey,
         now: i64,
         receipt: Option<&Receipt>,
+        trace: Option<&Arc<FrameTrace>>,
     ) -> bool {
-        let admission = self.admit(frame, key, now);
+        let started = trace.map(|_| SystemTime::now());
+        let mut admission = self.admit(frame, key, now);
+        if let (Some(t), Some(started)) = (trace, started) {
+            t.decided(started, &self.pack, &admission);
+            if admission.outcome == Outcome::Offline {
+                t.offline();
+            }
+        }
         // A repeat of settings already in force changes nothing, unless the change
         // it repeats was never confirmed written.
         let settings = match frame.body() {
@@ -269,14 +306,14 @@ impl Pipeline {
             _ => false,
         };
         if admission.changes.any() || settings {
-            self.persist_state(key, receipt.cloned());
+            self.persist_state(key, receipt.cloned(), trace);
         }
         let mut handed = true;
-        for rec in &admission.records {
-            handed &= self.send(rec, receipt).await;
+        for rec in &mut admission.records {
+            handed &= self.send(rec, receipt, trace).await;
         }
         if settings {
-            self.record_settings_change(frame, receipt.cloned());
+            self.record_settings_change(frame, receipt.cloned(), trace);
         }
         handed
     }
@@ -289,6 +326,7 @@ impl Pipeline {
         payload_bytes: usize,
         now: i64,
         receipt: Option<&Receipt>,
+        trace: Option<&Arc<FrameTrace>>,
     ) -> bool {
         self.counters.rejected[rej.reason.index()].increment(1);
         // Offline mode means nothing of the frame is kept, not even its rejection.
@@ -296,10 +334,11 @@ impl Pipeline {
         let at = rej.captured_at_ms.unwrap_or(now);
         if vin.is_some_and(|v| self.state.with(&v, |s| offline(at, s).is_some())) {
             self.counters.rejected_offline.increment(1);
+            trace.inspect(|t| t.offline());
             return true;
         }
-        let rec = rejected_record(&self.pack, &self.label, rej, now, payload_bytes, &self.keys);
-        self.send(&rec, receipt).await
+        let mut rec = rejected_record(&self.pack, &self.label, rej, now, payload_bytes, &self.keys);
+        self.send(&mut rec, receipt, trace).await
     }
 
     /// The name of the frame's vehicle's record: a keyed hash of the VIN, derived once per
@@ -361,7 +400,12 @@ impl Pipeline {
     /// recorded (the toggles the pack names); a repeat is no change and no entry. Off the
     /// pipeline's path like the state write: the frame's receipt waits for it, other
     /// vehicles' frames do not.
-    fn record_settings_change(&self, frame: &Frame, receipt: Option<Receipt>) {
+    fn record_settings_change(
+        &self,
+        frame: &Frame,
+        receipt: Option<Receipt>,
+        trace: Option<&Arc<FrameTrace>>,
+    ) {
         let Body::Privacy(settings) = frame.body() else {
             return;
         };
@@ -381,8 +425,13 @@ impl Pipeline {
             self.counters.ledger_errors.clone(),
             self.unconfirmed.clone(),
         );
+        let traced = trace.map(|t| t.write("telegate.ledger_write"));
         self.writes.spawn(async move {
-            if let Err(e) = ledger.append(&vin, change).await {
+            let written = ledger.append(&vin, change).await;
+            if let Some(end) = traced {
+                end(written.is_ok());
+            }
+            if let Err(e) = written {
                 errors.increment(1);
                 unconfirmed.insert(state.key_of(&vin));
                 tracing::error!(error = %e, "settings change not written to the consent ledger");
@@ -397,12 +446,22 @@ impl Pipeline {
     /// waits for it (a crash must not forget that offline mode went on). A vehicle has one
     /// write in flight at a time: frames that changed its record meanwhile wait for the next
     /// one, which covers them all ([`StateStore::persist`]).
-    fn persist_state(&self, key: StateKey, receipt: Option<Receipt>) {
+    fn persist_state(
+        &self,
+        key: StateKey,
+        receipt: Option<Receipt>,
+        trace: Option<&Arc<FrameTrace>>,
+    ) {
         let state = self.state.clone();
         let errors = self.counters.state_errors.clone();
         let unconfirmed = self.unconfirmed.clone();
+        let traced = trace.map(|t| t.write("telegate.state_write"));
         self.writes.spawn(async move {
-            if let Err(e) = state.persist(key).await {
+            let written = state.persist(key).await;
+            if let Some(end) = traced {
+                end(written.is_ok());
+            }
+            if let Err(e) = written {
                 errors.increment(1);
                 unconfirmed.insert(key);
                 tracing::error!(error = %e, "state change not yet durable; the frame is not acknowledged");
@@ -413,8 +472,15 @@ impl Pipeline {
         });
     }
 
-    async fn send(&self, rec: &OutRecord, receipt: Option<&Receipt>) -> bool {
-        match self.sink.send(rec, receipt).await {
+    /// Hands `rec` to Kafka; a traced frame's record gets its `traceparent` first.
+    async fn send(
+        &self,
+        rec: &mut OutRecord,
+        receipt: Option<&Receipt>,
+        trace: Option<&Arc<FrameTrace>>,
+    ) -> bool {
+        let report = trace.map(|t| t.record(rec));
+        match self.sink.send(rec, receipt, report).await {
             Ok(_) => true,
             Err(e) => {
                 self.counters.sink_errors.increment(1);

@@ -21,6 +21,7 @@ use telegate_policy::{
 mod access;
 
 use crate::registry::{SchemaRegistry, SchemaRegistryConfig};
+use crate::traces::TraceConfig;
 
 pub use access::{
     AdminAccess, AdminConfig, AdminTls, ConsoleAccess, ConsoleConfig, Operator, Role, token_hash,
@@ -62,6 +63,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// The schema registry `confluent-protobuf` services register their record schema in.
     pub schema_registry: SchemaRegistryConfig,
+    /// Frames' traces over OTLP: off unless an endpoint is given.
+    pub traces: TraceConfig,
 }
 
 /// Roll markers more often than this would be load for nothing.
@@ -90,6 +93,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             console: ConsoleConfig::default(),
             schema_registry: SchemaRegistryConfig::default(),
+            traces: TraceConfig::default(),
         }
     }
 }
@@ -234,6 +238,9 @@ impl Config {
         let registry = self.registry(pack.as_ref(), &mut errors);
         self.check_listeners(&mut errors);
         for (key, message) in self.mqtt.problems() {
+            errors.push(key, message);
+        }
+        for (key, message) in self.traces.problems() {
             errors.push(key, message);
         }
         if let Err(e) = telegate_mqtt::check_tls(&self.mqtt) {
