@@ -30,6 +30,7 @@ fn member(kafka: &telegate_kafka::KafkaConfig, ns: &str, group: &str) -> Member 
         tick: Duration::from_millis(500),
         output_retention: service.output_retention(),
         from_beginning: true,
+        tracer: None,
     };
     let (stop, stopped) = watch::channel(false);
     let stats = Arc::new(ConsumerStats::default());

@@ -38,6 +38,7 @@ async fn consumers_agree_with_what_the_fleet_did() {
             tick: Duration::from_millis(500),
             output_retention: service.output_retention(),
             from_beginning: true,
+            tracer: None,
         };
         let stats = Arc::new(ConsumerStats::default());
         let run = telegate_consumers::run(

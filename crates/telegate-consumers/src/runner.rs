@@ -4,13 +4,16 @@
 
 use crate::record::Record;
 use anyhow::Context;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer as _};
+use opentelemetry_sdk::trace::SdkTracer;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use telegate_frame::now_ms;
 use telegate_kafka::{KafkaConfig, LogWriter, ensure_topics};
 use telegate_policy::TopicSpec;
@@ -48,6 +51,8 @@ pub struct RunnerConfig {
     pub output_retention: Duration,
     /// Where a new consumer group starts: the beginning of its topics, or their end.
     pub from_beginning: bool,
+    /// Continues the traces records carry (`traceparent`, sampled): a span per record.
+    pub tracer: Option<SdkTracer>,
 }
 
 /// What the runner did, live.
@@ -142,18 +147,21 @@ pub async fn run<S: Service>(
                         continue;
                     }
                 };
+                let received = SystemTime::now();
                 let headers: Vec<(String, String)> = msg
                     .headers()
                     .map(|h| h.iter().map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
                     .unwrap_or_default();
-                match Record::parse(msg.topic(), msg.key(), &headers, msg.payload().unwrap_or_default()) {
+                let outcome = match Record::parse(msg.topic(), msg.key(), &headers, msg.payload().unwrap_or_default()) {
                     Err(e) => {
                         stats.malformed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "record refused");
+                        "malformed"
                     }
                     Ok(rec) if !service.purposes().contains(&rec.purpose) => {
                         stats.refused.fetch_add(1, Ordering::Relaxed);
                         refused_c.increment(1);
+                        "refused"
                     }
                     Ok(rec) => {
                         // Per purpose: one frame reaches several purposes (a breakdown call's
@@ -164,13 +172,18 @@ pub async fn run<S: Service>(
                         };
                         if repeat {
                             stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            "duplicate"
                         } else {
                             stats.processed.fetch_add(1, Ordering::Relaxed);
                             for out in service.handle(&rec, now_ms()) {
                                 emit(&writer, &cfg.output, &out, &stats).await?;
                             }
+                            "processed"
                         }
                     }
+                };
+                if let Some(tracer) = &cfg.tracer {
+                    continue_trace(tracer, &cfg.group, msg.topic(), &headers, received, outcome);
                 }
                 // Only now is the record's work done: its results are in Kafka.
                 consumer.commit_message(&msg, CommitMode::Async).context("commit")?;
@@ -187,6 +200,45 @@ pub async fn run<S: Service>(
         tracing::debug!(error = %e, "nothing left to commit");
     }
     Ok(service)
+}
+
+/// The consumer's span of a record whose `traceparent` says it is sampled: from its receipt
+/// until its work was done, a child of the gateway's span that produced it. Its attributes
+/// name the topic, the group and what became of the record, nothing of its subject.
+fn continue_trace(
+    tracer: &SdkTracer,
+    group: &str,
+    topic: &str,
+    headers: &[(String, String)],
+    received: SystemTime,
+    outcome: &'static str,
+) {
+    let Some(parent) = headers
+        .iter()
+        .find(|(name, _)| name == telegate_kafka::trace::TRACEPARENT)
+        .and_then(|(_, value)| telegate_kafka::trace::parse_traceparent(value))
+        .filter(|p| p.is_sampled())
+    else {
+        return;
+    };
+    let cx = opentelemetry::Context::new().with_remote_span_context(parent);
+    tracer
+        .build_with_context(
+            SpanBuilder {
+                span_kind: Some(SpanKind::Consumer),
+                start_time: Some(received),
+                attributes: Some(vec![
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.operation.type", "process"),
+                    KeyValue::new("messaging.destination.name", topic.to_owned()),
+                    KeyValue::new("messaging.consumer.group.name", group.to_owned()),
+                    KeyValue::new("telegate.outcome", outcome),
+                ]),
+                ..SpanBuilder::from_name("telegate.consume")
+            },
+            &cx,
+        )
+        .end();
 }
 
 async fn emit(

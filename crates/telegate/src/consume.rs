@@ -31,6 +31,10 @@ pub struct Args {
     /// product-insights: minimum number of vehicles in a released group.
     #[arg(long, default_value_t = 10)]
     k: u64,
+    /// Continue the traces records carry (sampled `traceparent` headers): a span per record,
+    /// exported over OTLP/HTTP to this collector (e.g. http://jaeger:4318).
+    #[arg(long, value_name = "URL", env = "TELEGATE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -46,6 +50,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     } else {
         a.purpose
     };
+    let provider = match a.otlp_endpoint {
+        Some(endpoint) => Some(
+            tokio::task::spawn_blocking(move || {
+                telegate_kafka::trace::otlp_provider(&endpoint, "telegate-consumer")
+            })
+            .await??,
+        ),
+        None => None,
+    };
     let cfg = RunnerConfig {
         kafka: telegate_kafka::KafkaConfig {
             bootstrap: a.kafka_bootstrap,
@@ -60,6 +73,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         tick: Duration::from_secs(1),
         output_retention: service.output_retention(),
         from_beginning: true,
+        tracer: provider
+            .as_ref()
+            .map(|p| opentelemetry::trace::TracerProvider::tracer(p, "telegate-consumer")),
     };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stats = Arc::new(ConsumerStats::default());
@@ -72,6 +88,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     crate::process::shutdown_signal().await;
     let _ = stop.send(true);
     runner.await??;
+    if let Some(provider) = provider {
+        // Exports the spans still batched.
+        let stopped = tokio::task::spawn_blocking(move || provider.shutdown()).await?;
+        if let Err(e) = stopped {
+            tracing::warn!(error = %e, "spans not all exported");
+        }
+    }
     println!(
         "{}: {} processed, {} refused (other purpose), {} duplicates, {} malformed, {} results",
         service.name(),

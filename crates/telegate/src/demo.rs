@@ -169,6 +169,7 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
             output_retention: service.output_retention(),
             // A real cluster may hold earlier runs' records: this run's only.
             from_beginning: mock.is_some(),
+            tracer: None,
         };
         let stats = Arc::new(ConsumerStats::default());
         let service_impl = service.build(service.purposes(), args.k, Duration::from_secs(3));

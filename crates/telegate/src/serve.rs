@@ -48,6 +48,8 @@ pub struct Args {
     console: ConsoleArgs,
     #[command(flatten)]
     schema_registry: SchemaRegistryArgs,
+    #[command(flatten)]
+    traces: TracesArgs,
 }
 
 #[derive(clap::Args, Serialize, Debug)]
@@ -247,6 +249,28 @@ struct SchemaRegistryArgs {
     url: Option<String>,
 }
 
+#[derive(clap::Args, Serialize, Debug)]
+struct TracesArgs {
+    /// Export frames' traces over OTLP/HTTP to this collector (e.g. http://jaeger:4318;
+    /// /v1/traces is added). Off without one.
+    #[arg(
+        long = "otlp-endpoint",
+        value_name = "URL",
+        env = "TELEGATE_OTLP_ENDPOINT"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp_endpoint: Option<String>,
+    /// The share of frames traced, 0 to 1; rejected and failed frames are traced whatever it
+    /// is [default: 0.01]
+    #[arg(
+        long = "trace-sample-ratio",
+        value_name = "R",
+        env = "TELEGATE_TRACE_SAMPLE_RATIO"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample_ratio: Option<f64>,
+}
+
 /// The config key a flag of `telegate serve` sets: `--mqtt-listen` is `mqtt.listen`,
 /// `--state-roll-interval` is `state_roll_interval`.
 pub fn config_key(flag: &str) -> String {
@@ -254,6 +278,8 @@ pub fn config_key(flag: &str) -> String {
     let key = match name {
         "mqtt5-listen" => "mqtt.listen_v5".to_owned(),
         "schema-registry" => "schema_registry.url".to_owned(),
+        "otlp-endpoint" => "traces.otlp_endpoint".to_owned(),
+        "trace-sample-ratio" => "traces.sample_ratio".to_owned(),
         n => match n.split_once('-') {
             Some((section @ ("mqtt" | "kafka" | "admin" | "console"), rest)) => {
                 format!("{section}.{rest}")

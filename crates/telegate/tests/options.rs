@@ -41,6 +41,7 @@ const EXAMPLES: &[&str] = &[
     "schema_registry.ca",
     "schema_registry.client_cert",
     "schema_registry.client_key",
+    "traces.otlp_endpoint",
 ];
 
 /// Keys the config file in operations.md leaves out, each documented in its own section.
