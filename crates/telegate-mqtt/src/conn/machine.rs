@@ -8,6 +8,7 @@
 //! vehicle gate, the registry of sessions (binding a vehicle orders the connection it takes
 //! over closed), the vehicle's session and the connection's [`Signal`]. It reads no clock.
 
+use super::rate::Rate;
 use super::{End, Peer};
 use crate::codec::{AckOutcome, ConnectCode, Encoder, Hello, Inbound, Offer, Version};
 use crate::config::{DenyAction, Listener};
@@ -17,13 +18,8 @@ use crate::sessions::{Owner, SharedSession, lock};
 use crate::signal::Signal;
 use crate::{Ack, Denied, Incoming, Refusal, VehicleMemo};
 use bytes::{Bytes, BytesMut};
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use std::collections::VecDeque;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use telegate_frame::Vin;
 
@@ -60,33 +56,6 @@ struct Waiting {
     denied: bool,
 }
 
-/// The rate limiter's clock: the time last passed in, in nanoseconds since the connection
-/// began. The limiter reads its clock through `&self`, hence the atomic; only the
-/// connection's task sets and reads it.
-#[derive(Debug)]
-struct Given {
-    born: Instant,
-    nanos: AtomicU64,
-}
-
-impl Given {
-    fn set(&self, now: Instant) {
-        let since = now.saturating_duration_since(self.born).as_nanos();
-        self.nanos
-            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-}
-
-impl governor::clock::Clock for Given {
-    type Instant = Duration;
-
-    fn now(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
-    }
-}
-
-type Limiter = RateLimiter<NotKeyed, InMemoryState, Given, NoOpMiddleware<Duration>>;
-
 /// One connection's protocol state, from its CONNECT on.
 pub(crate) struct Machine {
     ctx: Arc<Shared>,
@@ -107,7 +76,7 @@ pub(crate) struct Machine {
     done: Vec<(u64, AckOutcome)>,
     /// Publishes read but not yet in the pipeline's channel.
     outbox: VecDeque<Incoming>,
-    limiter: Limiter,
+    limiter: Rate,
     /// Silence after which the client is gone: 1.5 keep-alive intervals.
     keep_alive: Duration,
     /// When the last whole packet came (or the edge last stopped reading).
@@ -119,12 +88,6 @@ pub(crate) struct Machine {
 impl Machine {
     /// A connection whose CONNECT asked for `hello`, read at `now`.
     pub(crate) fn new(ctx: Arc<Shared>, signal: Arc<Signal>, hello: Hello, now: Instant) -> Self {
-        let rate = NonZeroU32::new(ctx.cfg.publish_rate).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(ctx.cfg.publish_burst).unwrap_or(NonZeroU32::MIN);
-        let clock = Given {
-            born: now,
-            nanos: AtomicU64::new(0),
-        };
         Self {
             enc: Encoder(hello.version),
             window: usize::from(hello.receive_maximum.unwrap_or(16).clamp(1, 16)),
@@ -138,10 +101,7 @@ impl Machine {
             next_seq: 0,
             done: Vec::new(),
             outbox: VecDeque::new(),
-            limiter: RateLimiter::direct_with_clock(
-                Quota::per_second(rate).allow_burst(burst),
-                clock,
-            ),
+            limiter: Rate::new(ctx.cfg.publish_rate, ctx.cfg.publish_burst, now),
             keep_alive: ctx.cfg.max_keep_alive,
             last_heard: now,
             ctx,
@@ -421,10 +381,7 @@ impl Machine {
     }
 
     fn admit(&mut self, now: Instant, publish: Publish) -> Step {
-        let clock = self.limiter.clock();
-        clock.set(now);
-        if let Err(not_until) = self.limiter.check() {
-            let until = clock.born + not_until.earliest_possible();
+        if let Err(until) = self.limiter.take(now) {
             return Step::Throttled { publish, until };
         }
         let Publish {

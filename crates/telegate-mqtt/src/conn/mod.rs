@@ -7,6 +7,7 @@
 
 mod driver;
 mod machine;
+mod rate;
 
 use crate::Refusal;
 use crate::config::Listener;
