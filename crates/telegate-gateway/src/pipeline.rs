@@ -9,7 +9,7 @@ use crate::traces::{FrameTrace, Traces};
 use dashmap::DashSet;
 use metrics::Counter;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use strum::VariantArray;
 use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
@@ -226,7 +226,9 @@ impl Pipeline {
             traceparent,
         } = m;
         let now = now_ms();
-        let trace = self.traces.frame(received, traceparent.as_deref());
+        let trace = self
+            .traces
+            .frame(received, traceparent.as_deref(), &self.pack);
         let trace = trace.as_ref();
         if let Some(t) = trace {
             t.received_qos(u8::from(ack.is_some()));
@@ -243,9 +245,9 @@ impl Pipeline {
         }
         // A topic that is not UTF-8 cannot be a vehicle topic; it fails as malformed.
         let topic = std::str::from_utf8(&topic).unwrap_or_default();
-        let started = trace.map(|_| SystemTime::now());
+        let started = trace.and_then(|t| t.clock());
         let validated = validate(topic, &payload, now, &self.validation);
-        if let (Some(t), Some(started)) = (trace, started) {
+        if let Some(t) = trace {
             t.validated(
                 started,
                 validated.as_ref().map(|f| f.kind()).map_err(|r| r.reason),
@@ -290,10 +292,10 @@ impl Pipeline {
         receipt: Option<&Receipt>,
         trace: Option<&Arc<FrameTrace>>,
     ) -> bool {
-        let started = trace.map(|_| SystemTime::now());
+        let started = trace.and_then(|t| t.clock());
         let mut admission = self.admit(frame, key, now);
-        if let (Some(t), Some(started)) = (trace, started) {
-            t.decided(started, &self.pack, &admission);
+        if let Some(t) = trace {
+            t.decided(started, &admission);
             if admission.outcome == Outcome::Offline {
                 t.offline();
             }
@@ -309,8 +311,14 @@ impl Pipeline {
             self.persist_state(key, receipt.cloned(), trace);
         }
         let mut handed = true;
+        // One record per forwarded purpose, in the verdicts' order.
+        let mut forwarded = admission
+            .verdicts
+            .iter()
+            .filter(|(_, v)| matches!(v, Verdict::Forward(_)))
+            .map(|&(purpose, _)| purpose);
         for rec in &mut admission.records {
-            handed &= self.send(rec, receipt, trace).await;
+            handed &= self.send(rec, forwarded.next(), receipt, trace).await;
         }
         if settings {
             self.record_settings_change(frame, receipt.cloned(), trace);
@@ -338,7 +346,7 @@ impl Pipeline {
             return true;
         }
         let mut rec = rejected_record(&self.pack, &self.label, rej, now, payload_bytes, &self.keys);
-        self.send(&mut rec, receipt, trace).await
+        self.send(&mut rec, None, receipt, trace).await
     }
 
     /// The name of the frame's vehicle's record: a keyed hash of the VIN, derived once per
@@ -472,14 +480,16 @@ impl Pipeline {
         });
     }
 
-    /// Hands `rec` to Kafka; a traced frame's record gets its `traceparent` first.
+    /// Hands `rec`, the record of the pack's `purpose` (`None`: a rejection), to Kafka; a
+    /// traced frame's record gets its `traceparent` first.
     async fn send(
         &self,
         rec: &mut OutRecord,
+        purpose: Option<usize>,
         receipt: Option<&Receipt>,
         trace: Option<&Arc<FrameTrace>>,
     ) -> bool {
-        let report = trace.map(|t| t.record(rec));
+        let report = trace.map(|t| t.record(rec, purpose));
         match self.sink.send(rec, receipt, report).await {
             Ok(_) => true,
             Err(e) => {

@@ -5,8 +5,9 @@
 //! gets one (ids and a few clock readings); its spans are built and exported only when it
 //! ends, for the frames head sampling picked (`traces.sample_ratio`, drawn on the gateway's own
 //! random span id, so a vehicle cannot choose to be traced) and for every rejected or failed
-//! frame. Spans are built after the fact with the times recorded on the way, so an unexported
-//! frame costs no span, attribute or allocation beyond its own record.
+//! frame. On the way a frame's trace records only ids, indices into the pack and times; spans
+//! and their attributes are built after the fact, so an unexported frame costs no span, no
+//! attribute and no string beyond its records' `traceparent` headers.
 //!
 //! What a trace may hold: kinds, purposes, services, verdicts, reasons, topics, subject forms,
 //! timings. Never a VIN, a position or a pseudonym, and never a vehicle's `tracestate` (free
@@ -23,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use telegate_frame::{FrameKind, RejectReason};
-use telegate_kafka::Report;
 use telegate_kafka::trace::{otlp_provider, otlp_traces_url, parse_traceparent, traceparent};
-use telegate_policy::{Admission, Identity, OutRecord, Pack, Verdict, header};
+use telegate_kafka::{Report, Reported};
+use telegate_policy::{Admission, Identity, OutRecord, Pack, Verdict};
 
 /// `[traces]`: where spans go and how many frames are traced.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -89,19 +90,27 @@ impl Traces {
         let Some(endpoint) = &cfg.otlp_endpoint else {
             return Ok(Self(None));
         };
-        let provider = otlp_provider(endpoint, "telegate")?;
+        Ok(Self::exporting(
+            otlp_provider(endpoint, "telegate")?,
+            cfg.sample_ratio,
+        ))
+    }
+
+    /// Traces sampled at `ratio`, exported through `provider`.
+    fn exporting(provider: SdkTracerProvider, ratio: f64) -> Self {
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "telegate");
-        let counter = |outcome: &'static str| metrics::counter!("telegate_traces_exported_total", "kept" => outcome);
-        Ok(Self(Some(Arc::new(Exporter {
+        let kept =
+            |why: &'static str| metrics::counter!("telegate_traces_exported_total", "kept" => why);
+        Self(Some(Arc::new(Exporter {
             provider,
             tracer,
             ids: RandomIdGenerator::default(),
-            threshold: threshold(cfg.sample_ratio),
-            exported: counter("sampled"),
-            kept_rejected: counter("rejected"),
-            kept_failed: counter("failed"),
+            threshold: threshold(ratio),
+            exported: kept("sampled"),
+            kept_rejected: kept("rejected"),
+            kept_failed: kept("failed"),
             invalid_context: metrics::counter!("telegate_trace_context_invalid_total"),
-        }))))
+        })))
     }
 
     pub fn is_on(&self) -> bool {
@@ -114,6 +123,7 @@ impl Traces {
         &self,
         received: Instant,
         vehicle: Option<&str>,
+        pack: &Arc<Pack>,
     ) -> Option<Arc<FrameTrace>> {
         let exporter = self.0.as_ref()?;
         let parent = vehicle.and_then(|v| {
@@ -128,14 +138,14 @@ impl Traces {
             Some(p) => p.trace_id(),
             None => exporter.ids.new_trace_id(),
         };
-        let now = SystemTime::now();
         Some(Arc::new(FrameTrace {
             sampled: u64::from_be_bytes(span.to_bytes()) < exporter.threshold,
             exporter: exporter.clone(),
             trace,
             span,
             parent: parent.map(|p| p.span_id()),
-            received: now.checked_sub(received.elapsed()).unwrap_or(now),
+            pack: pack.clone(),
+            received,
             steps: Mutex::default(),
         }))
     }
@@ -165,7 +175,8 @@ fn threshold(ratio: f64) -> u64 {
     }
 }
 
-/// One frame's trace while it is under way: its ids and the times of its steps.
+/// One frame's trace while it is under way: its ids and, when it is sampled, the times of its
+/// steps (an unsampled frame reads no clock until it is known to be kept).
 #[derive(Debug)]
 pub(crate) struct FrameTrace {
     exporter: Arc<Exporter>,
@@ -175,7 +186,9 @@ pub(crate) struct FrameTrace {
     /// The vehicle's span, when its publish carried trace context.
     parent: Option<SpanId>,
     sampled: bool,
-    received: SystemTime,
+    /// What the indices below refer to.
+    pack: Arc<Pack>,
+    received: Instant,
     steps: Mutex<Steps>,
 }
 
@@ -183,10 +196,11 @@ pub(crate) struct FrameTrace {
 struct Steps {
     kind: Option<FrameKind>,
     qos: u8,
-    validate: Option<(SystemTime, SystemTime)>,
+    validate: Option<(Instant, Instant)>,
     rejected: Option<RejectReason>,
-    decide: Option<(SystemTime, SystemTime)>,
-    verdicts: Vec<Vec<KeyValue>>,
+    decide: Option<(Instant, Instant)>,
+    /// Each routed purpose's index in the pack, and its verdict.
+    verdicts: Vec<(usize, Verdict)>,
     records: Vec<Produce>,
     writes: Vec<Write>,
     /// A copy of a frame already written: acknowledged with the first.
@@ -197,20 +211,23 @@ struct Steps {
 
 #[derive(Debug)]
 struct Produce {
+    /// The purpose's index in the pack; `None` for the frame's rejection record.
+    purpose: Option<usize>,
     /// `Some`: the record's own trace (a subject form other than the VIN).
     own_trace: Option<TraceId>,
     span: SpanId,
-    attributes: Vec<KeyValue>,
-    start: SystemTime,
-    /// The delivery report: when, and whether Kafka holds it.
-    report: Option<(SystemTime, bool)>,
+    /// Sampled frames: when it was handed to the producer.
+    start: Option<Instant>,
+    /// The delivery report: whether Kafka holds it, and when it came (sampled frames, and
+    /// failures).
+    report: Option<(bool, Option<Instant>)>,
 }
 
 #[derive(Debug)]
 struct Write {
     name: &'static str,
-    start: SystemTime,
-    end: Option<(SystemTime, bool)>,
+    start: Instant,
+    end: Option<(Instant, bool)>,
 }
 
 impl FrameTrace {
@@ -222,10 +239,20 @@ impl FrameTrace {
         self.steps().qos = qos;
     }
 
-    /// Validation ran from `start` to now, and accepted a frame of `kind` or refused it.
-    pub(crate) fn validated(&self, start: SystemTime, outcome: Result<FrameKind, RejectReason>) {
+    /// Now, for a sampled frame's steps; `None` otherwise.
+    pub(crate) fn clock(&self) -> Option<Instant> {
+        self.sampled.then(Instant::now)
+    }
+
+    /// Validation ran from `start` ([`FrameTrace::clock`]) to now, and accepted a frame of
+    /// `kind` or refused it.
+    pub(crate) fn validated(
+        &self,
+        start: Option<Instant>,
+        outcome: Result<FrameKind, RejectReason>,
+    ) {
         let mut steps = self.steps();
-        steps.validate = Some((start, SystemTime::now()));
+        steps.validate = start.map(|start| (start, Instant::now()));
         match outcome {
             Ok(kind) => steps.kind = Some(kind),
             Err(reason) => steps.rejected = Some(reason),
@@ -246,59 +273,23 @@ impl FrameTrace {
         self.steps().offline = true;
     }
 
-    /// Policy decided from `start` to now: one verdict per routed purpose.
-    pub(crate) fn decided(&self, start: SystemTime, pack: &Pack, admission: &Admission) {
-        let verdicts = admission
-            .verdicts
-            .iter()
-            .map(|&(index, verdict)| {
-                let purpose = &pack.purposes[index];
-                let mut kv = vec![
-                    KeyValue::new("telegate.service", pack.service_of(purpose).id.to_string()),
-                    KeyValue::new("telegate.purpose", purpose.id.to_string()),
-                    KeyValue::new("telegate.legal_basis", purpose.legal_basis.as_str()),
-                ];
-                match verdict {
-                    Verdict::Forward(consent) => {
-                        kv.push(KeyValue::new("telegate.verdict", "forward"));
-                        kv.push(KeyValue::new("telegate.consent", consent.as_str()));
-                        kv.push(KeyValue::new(
-                            "telegate.subject_form",
-                            purpose.identity.as_str(),
-                        ));
-                    }
-                    Verdict::Drop(reason) => {
-                        kv.push(KeyValue::new("telegate.verdict", "drop"));
-                        kv.push(KeyValue::new("telegate.drop_reason", reason.as_str()));
-                    }
-                }
-                kv
-            })
-            .collect();
-        let mut steps = self.steps();
-        steps.decide = Some((start, SystemTime::now()));
-        steps.verdicts = verdicts;
+    /// Policy decided from `start` ([`FrameTrace::clock`]) to now: one verdict per routed
+    /// purpose, kept for sampled frames.
+    pub(crate) fn decided(&self, start: Option<Instant>, admission: &Admission) {
+        if let Some(start) = start {
+            let mut steps = self.steps();
+            steps.decide = Some((start, Instant::now()));
+            steps.verdicts.clone_from(&admission.verdicts);
+        }
     }
 
-    /// Writes `rec`'s `traceparent` and returns what its delivery report must tell the trace.
-    /// A VIN-keyed record continues the frame's trace; any other starts its own.
-    pub(crate) fn record(self: &Arc<Self>, rec: &mut OutRecord) -> Report {
-        let joins = rec.header(header::SUBJECT) == Some(Identity::Vin.as_str());
+    /// Writes the `traceparent` of `rec`, the record of the pack's `purpose` (`None`: the
+    /// frame's rejection), and returns what its delivery report must tell the trace. A
+    /// VIN-keyed record continues the frame's trace; any other starts its own.
+    pub(crate) fn record(self: &Arc<Self>, rec: &mut OutRecord, purpose: Option<usize>) -> Report {
+        let joins = purpose.is_some_and(|p| self.pack.purposes[p].identity == Identity::Vin);
         let own_trace = (!joins).then(|| self.exporter.ids.new_trace_id());
         let span = self.exporter.ids.new_span_id();
-        let attributes = vec![
-            KeyValue::new("messaging.system", "kafka"),
-            KeyValue::new("messaging.operation.type", "send"),
-            KeyValue::new("messaging.destination.name", rec.topic.clone()),
-            KeyValue::new(
-                "telegate.purpose",
-                rec.header(header::PURPOSE).unwrap_or("").to_owned(),
-            ),
-            KeyValue::new(
-                "telegate.subject_form",
-                rec.header(header::SUBJECT).unwrap_or("none").to_owned(),
-            ),
-        ];
         rec.headers.push((
             telegate_kafka::trace::TRACEPARENT,
             traceparent(own_trace.unwrap_or(self.trace), span, self.sampled),
@@ -306,18 +297,15 @@ impl FrameTrace {
         let index = {
             let mut steps = self.steps();
             steps.records.push(Produce {
+                purpose,
                 own_trace,
                 span,
-                attributes,
-                start: SystemTime::now(),
+                start: self.clock(),
                 report: None,
             });
             steps.records.len() - 1
         };
-        let trace = self.clone();
-        Box::new(move |ok| {
-            trace.steps().records[index].report = Some((SystemTime::now(), ok));
-        })
+        (self.clone(), index)
     }
 
     /// A write the frame waits for (`telegate.state_write`, `telegate.ledger_write`) starts;
@@ -330,20 +318,20 @@ impl FrameTrace {
             let mut steps = self.steps();
             steps.writes.push(Write {
                 name,
-                start: SystemTime::now(),
+                start: Instant::now(),
                 end: None,
             });
             steps.writes.len() - 1
         };
         let trace = self.clone();
-        move |ok| trace.steps().writes[index].end = Some((SystemTime::now(), ok))
+        move |ok| trace.steps().writes[index].end = Some((Instant::now(), ok))
     }
 
     /// The frame's end, once everything it waited for has reported (the last reference is
     /// gone): acknowledged, or failed if a record or a write did not succeed. Its spans are
     /// exported if it was sampled, rejected or failed.
     fn finish(&self) {
-        let end = SystemTime::now();
+        let end = Instant::now();
         let steps = self.steps();
         if steps.offline {
             return;
@@ -351,7 +339,7 @@ impl FrameTrace {
         let ok = steps
             .records
             .iter()
-            .all(|r| matches!(r.report, Some((_, true))))
+            .all(|r| matches!(r.report, Some((true, _))))
             && steps
                 .writes
                 .iter()
@@ -367,8 +355,14 @@ impl FrameTrace {
         self.export(&steps, end, ok);
     }
 
-    fn export(&self, steps: &Steps, end: SystemTime, ok: bool) {
+    fn export(&self, steps: &Steps, end: Instant, ok: bool) {
         let tracer = &self.exporter.tracer;
+        // The steps' instants on the wall clock spans carry.
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let at = |i: Instant| {
+            wall.checked_sub(now.saturating_duration_since(i))
+                .unwrap_or(wall)
+        };
         let outcome = match (steps.rejected, steps.copy, ok) {
             (Some(_), ..) => "rejected",
             (None, true, _) => "copy",
@@ -398,7 +392,7 @@ impl FrameTrace {
                 trace_id: Some(self.trace),
                 span_id: Some(self.span),
                 span_kind: Some(SpanKind::Consumer),
-                start_time: Some(self.received),
+                start_time: Some(at(self.received)),
                 attributes: Some(attributes),
                 status: if ok {
                     Status::Unset
@@ -410,17 +404,17 @@ impl FrameTrace {
             &parent,
         );
         let inside = context(self.trace, self.span, false);
-        let child = |name: &'static str, (start, stop): (SystemTime, SystemTime), kv| {
+        let child = |name: &'static str, (start, stop): (Instant, Instant), kv| {
             tracer
                 .build_with_context(
                     SpanBuilder {
-                        start_time: Some(start),
+                        start_time: Some(at(start)),
                         attributes: Some(kv),
                         ..SpanBuilder::from_name(name)
                     },
                     &inside,
                 )
-                .end_with_timestamp(stop);
+                .end_with_timestamp(at(stop));
         };
         if let Some(validate) = steps.validate {
             child("telegate.validate", validate, Vec::new());
@@ -434,8 +428,8 @@ impl FrameTrace {
                     steps.verdicts.len() as i64,
                 )],
             );
-            for verdict in &steps.verdicts {
-                child("telegate.purpose", decide, verdict.clone());
+            for &(purpose, verdict) in &steps.verdicts {
+                child("telegate.purpose", decide, self.verdict(purpose, verdict));
             }
         }
         for w in &steps.writes {
@@ -447,8 +441,11 @@ impl FrameTrace {
             );
         }
         for r in &steps.records {
-            let (stop, held) = r.report.unwrap_or((end, false));
-            let mut kv = r.attributes.clone();
+            let (held, stop) = match r.report {
+                Some((held, reported)) => (held, reported.unwrap_or(end)),
+                None => (false, end),
+            };
+            let mut kv = self.produced(r.purpose);
             kv.push(KeyValue::new("telegate.delivered", held));
             let (cx, trace) = match r.own_trace {
                 Some(own) => (Context::new(), own),
@@ -460,7 +457,7 @@ impl FrameTrace {
                         trace_id: Some(trace),
                         span_id: Some(r.span),
                         span_kind: Some(SpanKind::Producer),
-                        start_time: Some(r.start),
+                        start_time: Some(at(r.start.unwrap_or(self.received))),
                         attributes: Some(kv),
                         status: if held {
                             Status::Unset
@@ -471,9 +468,66 @@ impl FrameTrace {
                     },
                     &cx,
                 )
-                .end_with_timestamp(stop);
+                .end_with_timestamp(at(stop));
         }
-        frame.end_with_timestamp(end);
+        frame.end_with_timestamp(at(end));
+    }
+}
+
+impl FrameTrace {
+    /// A verdict's attributes: who decided what, in the pack's words.
+    fn verdict(&self, purpose: usize, verdict: Verdict) -> Vec<KeyValue> {
+        let pack = &self.pack;
+        let purpose = &pack.purposes[purpose];
+        let mut kv = vec![
+            KeyValue::new("telegate.service", pack.service_of(purpose).id.to_string()),
+            KeyValue::new("telegate.purpose", purpose.id.to_string()),
+            KeyValue::new("telegate.legal_basis", purpose.legal_basis.as_str()),
+        ];
+        match verdict {
+            Verdict::Forward(consent) => {
+                kv.push(KeyValue::new("telegate.verdict", "forward"));
+                kv.push(KeyValue::new("telegate.consent", consent.as_str()));
+                kv.push(KeyValue::new(
+                    "telegate.subject_form",
+                    purpose.identity.as_str(),
+                ));
+            }
+            Verdict::Drop(reason) => {
+                kv.push(KeyValue::new("telegate.verdict", "drop"));
+                kv.push(KeyValue::new("telegate.drop_reason", reason.as_str()));
+            }
+        }
+        kv
+    }
+
+    /// A record's production's attributes: its topic, purpose and subject form.
+    fn produced(&self, purpose: Option<usize>) -> Vec<KeyValue> {
+        let pack = &self.pack;
+        let (topic, purpose, form) = match purpose.map(|p| &pack.purposes[p]) {
+            Some(p) => (
+                pack.service_of(p).topic.clone(),
+                p.id.to_string(),
+                p.identity.as_str(),
+            ),
+            None => (pack.rejected_topic.clone(), String::new(), "none"),
+        };
+        vec![
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", topic),
+            KeyValue::new("telegate.purpose", purpose),
+            KeyValue::new("telegate.subject_form", form),
+        ]
+    }
+}
+
+impl Reported for FrameTrace {
+    fn reported(&self, record: usize, delivered: bool) {
+        let at = (self.sampled || !delivered).then(Instant::now);
+        if let Some(r) = self.steps().records.get_mut(record) {
+            r.report = Some((delivered, at));
+        }
     }
 }
 
@@ -509,6 +563,189 @@ mod tests {
             .filter(|_| u64::from_be_bytes(ids.new_span_id().to_bytes()) < bound)
             .count();
         assert!((9_000..11_000).contains(&sampled), "{sampled}");
+    }
+
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+    use telegate_frame::FrameKind;
+
+    fn pack() -> Arc<Pack> {
+        Arc::new(Pack::from_toml(crate::REFERENCE_PACK).expect("the reference pack"))
+    }
+
+    fn purpose(pack: &Pack, id: &str) -> usize {
+        pack.purposes
+            .iter()
+            .position(|p| p.id.as_str() == id)
+            .expect("a purpose of the pack")
+    }
+
+    /// Traces at `ratio` into memory, exported as each span ends.
+    fn in_memory(ratio: f64) -> (Traces, InMemorySpanExporter) {
+        let spans = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        (Traces::exporting(provider, ratio), spans)
+    }
+
+    fn record(topic: &str) -> OutRecord {
+        OutRecord {
+            topic: topic.to_owned(),
+            key: None,
+            headers: Vec::new(),
+            payload: Vec::new(),
+        }
+    }
+
+    fn traceparent_of(rec: &OutRecord) -> SpanContext {
+        let value = rec
+            .header(telegate_kafka::trace::TRACEPARENT)
+            .expect("a traceparent");
+        parse_traceparent(value).expect("valid trace context")
+    }
+
+    fn attribute(span: &SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    /// What the sink does with a record's report when Kafka answers.
+    fn reported((to, record): Report, delivered: bool) {
+        to.reported(record, delivered);
+    }
+
+    fn finished(spans: &InMemorySpanExporter) -> Vec<SpanData> {
+        spans.get_finished_spans().expect("spans")
+    }
+
+    #[test]
+    fn an_unsampled_frame_is_exported_only_when_it_is_rejected_or_fails() {
+        let (traces, spans) = in_memory(0.0);
+        let pack = pack();
+        let component = purpose(&pack, "component-status");
+        let frame = |delivered: bool, offline: bool| {
+            let t = traces.frame(Instant::now(), None, &pack).expect("on");
+            t.validated(t.clock(), Ok(FrameKind::Status));
+            if offline {
+                t.offline();
+            }
+            let mut rec = record("telegate.smart-service");
+            let report = t.record(&mut rec, Some(component));
+            assert!(!traceparent_of(&rec).is_sampled());
+            reported(report, delivered);
+        };
+        frame(true, false);
+        assert!(
+            finished(&spans).is_empty(),
+            "an acknowledged frame at ratio 0"
+        );
+        frame(false, true);
+        assert!(
+            finished(&spans).is_empty(),
+            "a frame from an offline vehicle"
+        );
+        frame(false, false);
+        let failed = finished(&spans);
+        let span = |name: &str| {
+            failed
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{name} in {failed:#?}"))
+        };
+        let root = span("telegate.frame");
+        assert_eq!(
+            attribute(root, "telegate.outcome").as_deref(),
+            Some("failed")
+        );
+        assert_eq!(
+            attribute(root, "telegate.sampled").as_deref(),
+            Some("false")
+        );
+        assert!(matches!(root.status, Status::Error { .. }));
+        let produce = span("telegate.produce");
+        assert_eq!(
+            attribute(produce, "telegate.delivered").as_deref(),
+            Some("false")
+        );
+        assert_eq!(produce.parent_span_id, root.span_context.span_id());
+        spans.reset();
+
+        let t = traces.frame(Instant::now(), None, &pack).expect("on");
+        t.validated(t.clock(), Err(RejectReason::DecodeFailed));
+        let mut rejection = record("telegate.rejected");
+        reported(t.record(&mut rejection, None), true);
+        drop(t);
+        let rejected = finished(&spans);
+        let root = rejected
+            .iter()
+            .find(|s| s.name == "telegate.frame")
+            .expect("the rejected frame's span");
+        assert_eq!(
+            attribute(root, "telegate.outcome").as_deref(),
+            Some("rejected")
+        );
+        assert_eq!(
+            attribute(root, "telegate.reject_reason").as_deref(),
+            Some("decode-failed")
+        );
+        // The rejection record is in a trace of its own.
+        assert_ne!(
+            traceparent_of(&rejection).trace_id(),
+            root.span_context.trace_id()
+        );
+    }
+
+    #[test]
+    fn a_vin_record_continues_the_vehicles_trace_and_any_other_starts_its_own() {
+        let (traces, spans) = in_memory(1.0);
+        let pack = pack();
+        let vehicle = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = traces
+            .frame(Instant::now(), Some(vehicle), &pack)
+            .expect("on");
+        let [mut vin, mut trips] = [record("a"), record("b")];
+        reported(
+            t.record(&mut vin, Some(purpose(&pack, "component-status"))),
+            true,
+        );
+        reported(t.record(&mut trips, Some(purpose(&pack, "trip-log"))), true);
+        drop(t);
+        let all = finished(&spans);
+        let root = all
+            .iter()
+            .find(|s| s.name == "telegate.frame")
+            .expect("frame");
+        let vehicle = parse_traceparent(vehicle).expect("valid");
+        assert_eq!(root.span_context.trace_id(), vehicle.trace_id());
+        assert_eq!(root.parent_span_id, vehicle.span_id());
+        let (vin, trips) = (traceparent_of(&vin), traceparent_of(&trips));
+        assert_eq!(vin.trace_id(), vehicle.trace_id());
+        assert!(vin.is_sampled());
+        assert_ne!(trips.trace_id(), vehicle.trace_id());
+        let produced = |sc: &SpanContext| {
+            all.iter()
+                .find(|s| s.span_context.span_id() == sc.span_id())
+                .expect("the record's production")
+        };
+        assert_eq!(produced(&vin).parent_span_id, root.span_context.span_id());
+        assert_eq!(produced(&trips).parent_span_id, SpanId::INVALID);
+        assert_eq!(produced(&trips).span_context.trace_id(), trips.trace_id());
+        assert_eq!(
+            attribute(produced(&trips), "telegate.subject_form").as_deref(),
+            Some("pseudonym")
+        );
+        spans.reset();
+
+        // Not trace context: a trace of the gateway's own.
+        let t = traces
+            .frame(Instant::now(), Some("00-not-trace-context"), &pack)
+            .expect("on");
+        drop(t);
+        let root = finished(&spans).pop().expect("the frame's span");
+        assert_eq!(root.parent_span_id, SpanId::INVALID);
+        assert_ne!(root.span_context.trace_id(), vehicle.trace_id());
     }
 
     #[test]

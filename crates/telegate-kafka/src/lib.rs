@@ -13,7 +13,7 @@ mod topics;
 pub mod trace;
 
 pub use config::KafkaConfig;
-pub use sink::{KafkaSink, Receipt, Report, SinkError, SinkStats};
+pub use sink::{KafkaSink, Receipt, Report, Reported, SinkError, SinkStats};
 pub use statelog::{
     Entry, LogWriter, Run, Scanned, Start, assign_all, follow, follow_from, is_roll_marker,
     roll_marker, scan,

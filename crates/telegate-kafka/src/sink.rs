@@ -52,9 +52,15 @@ pub struct Receipt(Arc<ReceiptInner>);
 /// What runs when a receipt completes.
 type Done = Box<dyn FnOnce(bool) + Send>;
 
-/// What runs when one record's delivery report arrives (`true`: Kafka holds it), before its
-/// part of the receipt completes; not run for a record purged without a report.
-pub type Report = Box<dyn FnOnce(bool) + Send + Sync>;
+/// Hears of records' delivery reports: `record` is the number the sender gave with the record,
+/// `delivered` whether Kafka holds it. Called on librdkafka's polling thread before the
+/// record's part of its receipt completes; not called for a record purged without a report.
+pub trait Reported: Send + Sync {
+    fn reported(&self, record: usize, delivered: bool);
+}
+
+/// Who hears of one record's delivery report, and the record's number for it.
+pub type Report = (Arc<dyn Reported>, usize);
 
 struct ReceiptInner {
     failed: AtomicBool,
@@ -133,8 +139,8 @@ impl ProducerContext for Reports {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, mut d: Box<Delivery>) {
-        if let Some(report) = d.report.take() {
-            report(result.is_ok());
+        if let Some((to, record)) = d.report.take() {
+            to.reported(record, result.is_ok());
         }
         match result {
             Ok(msg) => {

@@ -3,7 +3,7 @@
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -13,14 +13,17 @@ use std::time::Duration;
 /// The record header (and MQTT 5 user property) that carries W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The `traceparent` value naming `span` of `trace`.
+/// The `traceparent` value naming `span` of `trace`: written on every record of a traced
+/// frame, so without the formatting machinery.
 pub fn traceparent(trace: TraceId, span: SpanId, sampled: bool) -> String {
-    let flags = if sampled {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
-    };
-    format!("00-{trace}-{span}-{:02x}", flags.to_u8())
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let ids = hex::encode_to_slice(trace.to_bytes(), &mut text[3..35])
+        .and_then(|()| hex::encode_to_slice(span.to_bytes(), &mut text[36..52]));
+    debug_assert!(ids.is_ok(), "the slices fit the ids");
+    if sampled {
+        text[54] = b'1';
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// The span a `traceparent` value names, if it is valid W3C trace context (the propagator's
