@@ -133,13 +133,15 @@ impl Traces {
             }
             parsed
         });
+        // The frame's span id, random: it is also the draw that samples the frame.
         let span = exporter.ids.new_span_id();
+        let sampled = u64::from_be_bytes(span.to_bytes()) < exporter.threshold;
         let trace = match &parent {
-            Some(p) => p.trace_id(),
-            None => exporter.ids.new_trace_id(),
+            Some(p) => Some(p.trace_id()),
+            None => sampled.then(|| exporter.ids.new_trace_id()),
         };
         Some(Arc::new(FrameTrace {
-            sampled: u64::from_be_bytes(span.to_bytes()) < exporter.threshold,
+            sampled,
             exporter: exporter.clone(),
             trace,
             span,
@@ -180,7 +182,8 @@ fn threshold(ratio: f64) -> u64 {
 #[derive(Debug)]
 pub(crate) struct FrameTrace {
     exporter: Arc<Exporter>,
-    trace: TraceId,
+    /// The vehicle's trace, or a new one; made at export for a frame not sampled.
+    trace: Option<TraceId>,
     /// The frame's own span.
     span: SpanId,
     /// The vehicle's span, when its publish carried trace context.
@@ -213,9 +216,9 @@ struct Steps {
 struct Produce {
     /// The purpose's index in the pack; `None` for the frame's rejection record.
     purpose: Option<usize>,
-    /// `Some`: the record's own trace (a subject form other than the VIN).
-    own_trace: Option<TraceId>,
-    span: SpanId,
+    /// What its `traceparent` names (sampled frames): the record's own trace, if it has one
+    /// (a subject form other than the VIN), and its production's span.
+    named: Option<(Option<TraceId>, SpanId)>,
     /// Sampled frames: when it was handed to the producer.
     start: Option<Instant>,
     /// The delivery report: whether Kafka holds it, and when it came (sampled frames, and
@@ -283,29 +286,39 @@ impl FrameTrace {
         }
     }
 
-    /// Writes the `traceparent` of `rec`, the record of the pack's `purpose` (`None`: the
-    /// frame's rejection), and returns what its delivery report must tell the trace. A
-    /// VIN-keyed record continues the frame's trace; any other starts its own.
+    /// Notes `rec`, the record of the pack's `purpose` (`None`: the frame's rejection), and
+    /// returns what its delivery report must tell the trace. A sampled frame's record gets
+    /// its `traceparent`: a VIN-keyed record continues the frame's trace, any other starts
+    /// its own. A record of a frame not sampled carries none: its trace is exported only if
+    /// the frame fails, and no consumer would continue it.
     pub(crate) fn record(self: &Arc<Self>, rec: &mut OutRecord, purpose: Option<usize>) -> Report {
-        let joins = purpose.is_some_and(|p| self.pack.purposes[p].identity == Identity::Vin);
-        let own_trace = (!joins).then(|| self.exporter.ids.new_trace_id());
-        let span = self.exporter.ids.new_span_id();
-        rec.headers.push((
-            telegate_kafka::trace::TRACEPARENT,
-            traceparent(own_trace.unwrap_or(self.trace), span, self.sampled),
-        ));
+        let named = self.sampled.then(|| {
+            let (own, span) = self.ids_of(purpose);
+            rec.headers.push((
+                telegate_kafka::trace::TRACEPARENT,
+                traceparent(own.or(self.trace).unwrap_or(TraceId::INVALID), span, true),
+            ));
+            (own, span)
+        });
         let index = {
             let mut steps = self.steps();
             steps.records.push(Produce {
                 purpose,
-                own_trace,
-                span,
+                named,
                 start: self.clock(),
                 report: None,
             });
             steps.records.len() - 1
         };
         (self.clone(), index)
+    }
+
+    /// New ids for the production of the record of `purpose`: a trace of its own unless its
+    /// subject is the VIN, and its span.
+    fn ids_of(&self, purpose: Option<usize>) -> (Option<TraceId>, SpanId) {
+        let joins = purpose.is_some_and(|p| self.pack.purposes[p].identity == Identity::Vin);
+        let ids = &self.exporter.ids;
+        ((!joins).then(|| ids.new_trace_id()), ids.new_span_id())
     }
 
     /// A write the frame waits for (`telegate.state_write`, `telegate.ledger_write`) starts;
@@ -383,13 +396,16 @@ impl FrameTrace {
         if let Some(reason) = steps.rejected {
             attributes.push(KeyValue::new("telegate.reject_reason", reason.as_str()));
         }
+        let trace = self
+            .trace
+            .unwrap_or_else(|| self.exporter.ids.new_trace_id());
         let parent = match self.parent {
-            Some(vehicle) => context(self.trace, vehicle, true),
+            Some(vehicle) => context(trace, vehicle, true),
             None => Context::new(),
         };
         let mut frame = tracer.build_with_context(
             SpanBuilder {
-                trace_id: Some(self.trace),
+                trace_id: Some(trace),
                 span_id: Some(self.span),
                 span_kind: Some(SpanKind::Consumer),
                 start_time: Some(at(self.received)),
@@ -403,7 +419,7 @@ impl FrameTrace {
             },
             &parent,
         );
-        let inside = context(self.trace, self.span, false);
+        let inside = context(trace, self.span, false);
         let child = |name: &'static str, (start, stop): (Instant, Instant), kv| {
             tracer
                 .build_with_context(
@@ -447,15 +463,16 @@ impl FrameTrace {
             };
             let mut kv = self.produced(r.purpose);
             kv.push(KeyValue::new("telegate.delivered", held));
-            let (cx, trace) = match r.own_trace {
+            let (own, span) = r.named.unwrap_or_else(|| self.ids_of(r.purpose));
+            let (cx, in_trace) = match own {
                 Some(own) => (Context::new(), own),
-                None => (inside.clone(), self.trace),
+                None => (inside.clone(), trace),
             };
             tracer
                 .build_with_context(
                     SpanBuilder {
-                        trace_id: Some(trace),
-                        span_id: Some(r.span),
+                        trace_id: Some(in_trace),
+                        span_id: Some(span),
                         span_kind: Some(SpanKind::Producer),
                         start_time: Some(at(r.start.unwrap_or(self.received))),
                         attributes: Some(kv),
@@ -633,7 +650,7 @@ mod tests {
             }
             let mut rec = record("telegate.smart-service");
             let report = t.record(&mut rec, Some(component));
-            assert!(!traceparent_of(&rec).is_sampled());
+            assert_eq!(rec.header(telegate_kafka::trace::TRACEPARENT), None);
             reported(report, delivered);
         };
         frame(true, false);
@@ -691,10 +708,16 @@ mod tests {
             Some("decode-failed")
         );
         // The rejection record is in a trace of its own.
+        assert_eq!(rejection.header(telegate_kafka::trace::TRACEPARENT), None);
+        let produce = rejected
+            .iter()
+            .find(|s| s.name == "telegate.produce")
+            .expect("the rejection record's production");
         assert_ne!(
-            traceparent_of(&rejection).trace_id(),
+            produce.span_context.trace_id(),
             root.span_context.trace_id()
         );
+        assert_eq!(produce.parent_span_id, SpanId::INVALID);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn traceparent(trace: TraceId, span: SpanId, sampled: bool) -> String {
     if sampled {
         text[54] = b'1';
     }
-    String::from_utf8_lossy(&text).into_owned()
+    String::from_utf8(text.to_vec()).expect("hex digits and dashes are ASCII")
 }
 
 /// The span a `traceparent` value names, if it is valid W3C trace context (the propagator's
