@@ -11,6 +11,14 @@ pub use telegate_frame::now_ms;
 
 /// The broker the suite runs against. `scripts/test` starts one and sets the variable; a
 /// run without it fails here rather than skipping.
+/// The repository's root directory (scripts/, consumers/, docs/).
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
 pub fn kafka() -> String {
     std::env::var("TELEGATE_TEST_KAFKA").unwrap_or_else(|_| {
         panic!(

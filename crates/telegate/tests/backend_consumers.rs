@@ -184,10 +184,6 @@ impl Drop for Registry {
     }
 }
 
-fn root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 impl Registry {
     /// Starts one, demanding `user:password` when given.
     fn start(basic_auth: Option<&str>) -> Self {
