@@ -249,8 +249,8 @@ impl Gateway {
             }
             _ => None,
         };
-        let trace_config = config.traces.clone();
-        let traces = tokio::task::spawn_blocking(move || Traces::start(&trace_config))
+        let (trace_config, traced_pack) = (config.traces.clone(), pack.clone());
+        let traces = tokio::task::spawn_blocking(move || Traces::start(&trace_config, traced_pack))
             .await
             .context("the trace exporter's start did not finish")??;
         let pipeline = Pipeline::new(

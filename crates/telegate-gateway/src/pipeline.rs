@@ -226,9 +226,7 @@ impl Pipeline {
             traceparent,
         } = m;
         let now = now_ms();
-        let trace = self
-            .traces
-            .frame(received, traceparent.as_deref(), &self.pack);
+        let trace = self.traces.frame(received, traceparent.as_deref());
         let trace = trace.as_ref();
         if let Some(t) = trace {
             t.received_qos(u8::from(ack.is_some()));

@@ -21,6 +21,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use telegate_frame::{FrameKind, RejectReason};
@@ -74,6 +75,8 @@ pub struct Traces(Option<Arc<Exporter>>);
 struct Exporter {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// What the purposes' indices in frames' traces refer to.
+    pack: Arc<Pack>,
     ids: RandomIdGenerator,
     /// A frame is sampled when its span id, as a number, is below this.
     threshold: u64,
@@ -86,24 +89,26 @@ struct Exporter {
 impl Traces {
     /// Starts the exporter named in `cfg`, or nothing. Blocking (the exporter's HTTP client
     /// is a blocking one): call it off the async runtime's threads.
-    pub fn start(cfg: &TraceConfig) -> anyhow::Result<Self> {
+    pub fn start(cfg: &TraceConfig, pack: Arc<Pack>) -> anyhow::Result<Self> {
         let Some(endpoint) = &cfg.otlp_endpoint else {
             return Ok(Self(None));
         };
         Ok(Self::exporting(
             otlp_provider(endpoint, "telegate")?,
             cfg.sample_ratio,
+            pack,
         ))
     }
 
-    /// Traces sampled at `ratio`, exported through `provider`.
-    fn exporting(provider: SdkTracerProvider, ratio: f64) -> Self {
+    /// Traces of frames under `pack`, sampled at `ratio`, exported through `provider`.
+    fn exporting(provider: SdkTracerProvider, ratio: f64, pack: Arc<Pack>) -> Self {
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "telegate");
         let kept =
             |why: &'static str| metrics::counter!("telegate_traces_exported_total", "kept" => why);
         Self(Some(Arc::new(Exporter {
             provider,
             tracer,
+            pack,
             ids: RandomIdGenerator::default(),
             threshold: threshold(ratio),
             exported: kept("sampled"),
@@ -123,7 +128,6 @@ impl Traces {
         &self,
         received: Instant,
         vehicle: Option<&str>,
-        pack: &Arc<Pack>,
     ) -> Option<Arc<FrameTrace>> {
         let exporter = self.0.as_ref()?;
         let parent = vehicle.and_then(|v| {
@@ -146,7 +150,6 @@ impl Traces {
             trace,
             span,
             parent: parent.map(|p| p.span_id()),
-            pack: pack.clone(),
             received,
             steps: Mutex::default(),
         }))
@@ -189,8 +192,6 @@ pub(crate) struct FrameTrace {
     /// The vehicle's span, when its publish carried trace context.
     parent: Option<SpanId>,
     sampled: bool,
-    /// What the indices below refer to.
-    pack: Arc<Pack>,
     received: Instant,
     steps: Mutex<Steps>,
 }
@@ -204,7 +205,8 @@ struct Steps {
     decide: Option<(Instant, Instant)>,
     /// Each routed purpose's index in the pack, and its verdict.
     verdicts: Vec<(usize, Verdict)>,
-    records: Vec<Produce>,
+    /// One or two records a frame, as a rule: kept inline.
+    records: SmallVec<[Produce; 2]>,
     writes: Vec<Write>,
     /// A copy of a frame already written: acknowledged with the first.
     copy: bool,
@@ -316,7 +318,8 @@ impl FrameTrace {
     /// New ids for the production of the record of `purpose`: a trace of its own unless its
     /// subject is the VIN, and its span.
     fn ids_of(&self, purpose: Option<usize>) -> (Option<TraceId>, SpanId) {
-        let joins = purpose.is_some_and(|p| self.pack.purposes[p].identity == Identity::Vin);
+        let joins =
+            purpose.is_some_and(|p| self.exporter.pack.purposes[p].identity == Identity::Vin);
         let ids = &self.exporter.ids;
         ((!joins).then(|| ids.new_trace_id()), ids.new_span_id())
     }
@@ -344,7 +347,6 @@ impl FrameTrace {
     /// gone): acknowledged, or failed if a record or a write did not succeed. Its spans are
     /// exported if it was sampled, rejected or failed.
     fn finish(&self) {
-        let end = Instant::now();
         let steps = self.steps();
         if steps.offline {
             return;
@@ -365,7 +367,7 @@ impl FrameTrace {
             (false, false, true) => return,
         };
         kept.increment(1);
-        self.export(&steps, end, ok);
+        self.export(&steps, Instant::now(), ok);
     }
 
     fn export(&self, steps: &Steps, end: Instant, ok: bool) {
@@ -494,7 +496,7 @@ impl FrameTrace {
 impl FrameTrace {
     /// A verdict's attributes: who decided what, in the pack's words.
     fn verdict(&self, purpose: usize, verdict: Verdict) -> Vec<KeyValue> {
-        let pack = &self.pack;
+        let pack = &self.exporter.pack;
         let purpose = &pack.purposes[purpose];
         let mut kv = vec![
             KeyValue::new("telegate.service", pack.service_of(purpose).id.to_string()),
@@ -520,7 +522,7 @@ impl FrameTrace {
 
     /// A record's production's attributes: its topic, purpose and subject form.
     fn produced(&self, purpose: Option<usize>) -> Vec<KeyValue> {
-        let pack = &self.pack;
+        let pack = &self.exporter.pack;
         let (topic, purpose, form) = match purpose.map(|p| &pack.purposes[p]) {
             Some(p) => (
                 pack.service_of(p).topic.clone(),
@@ -602,7 +604,7 @@ mod tests {
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(spans.clone())
             .build();
-        (Traces::exporting(provider, ratio), spans)
+        (Traces::exporting(provider, ratio, pack()), spans)
     }
 
     fn record(topic: &str) -> OutRecord {
@@ -643,7 +645,7 @@ mod tests {
         let pack = pack();
         let component = purpose(&pack, "component-status");
         let frame = |delivered: bool, offline: bool| {
-            let t = traces.frame(Instant::now(), None, &pack).expect("on");
+            let t = traces.frame(Instant::now(), None).expect("on");
             t.validated(t.clock(), Ok(FrameKind::Status));
             if offline {
                 t.offline();
@@ -689,7 +691,7 @@ mod tests {
         assert_eq!(produce.parent_span_id, root.span_context.span_id());
         spans.reset();
 
-        let t = traces.frame(Instant::now(), None, &pack).expect("on");
+        let t = traces.frame(Instant::now(), None).expect("on");
         t.validated(t.clock(), Err(RejectReason::DecodeFailed));
         let mut rejection = record("telegate.rejected");
         reported(t.record(&mut rejection, None), true);
@@ -725,9 +727,7 @@ mod tests {
         let (traces, spans) = in_memory(1.0);
         let pack = pack();
         let vehicle = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let t = traces
-            .frame(Instant::now(), Some(vehicle), &pack)
-            .expect("on");
+        let t = traces.frame(Instant::now(), Some(vehicle)).expect("on");
         let [mut vin, mut trips] = [record("a"), record("b")];
         reported(
             t.record(&mut vin, Some(purpose(&pack, "component-status"))),
@@ -763,7 +763,7 @@ mod tests {
 
         // Not trace context: a trace of the gateway's own.
         let t = traces
-            .frame(Instant::now(), Some("00-not-trace-context"), &pack)
+            .frame(Instant::now(), Some("00-not-trace-context"))
             .expect("on");
         drop(t);
         let root = finished(&spans).pop().expect("the frame's span");
