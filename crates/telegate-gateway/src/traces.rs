@@ -2,12 +2,12 @@
 //! to its acknowledgement, and the `traceparent` each record carries to its consumers.
 //!
 //! Off (no endpoint), nothing here runs: the pipeline holds no [`FrameTrace`]. On, every frame
-//! gets one (ids and a few clock readings); its spans are built and exported only when it
-//! ends, for the frames head sampling picked (`traces.sample_ratio`, drawn on the gateway's own
-//! random span id, so a vehicle cannot choose to be traced) and for every rejected or failed
-//! frame. On the way a frame's trace records only ids, indices into the pack and times; spans
-//! and their attributes are built after the fact, so an unexported frame costs no span, no
-//! attribute and no string beyond its records' `traceparent` headers.
+//! gets one; its spans are built and exported only when it ends, for the frames head sampling
+//! picked (`traces.sample_ratio`, drawn on the gateway's own random span id, so a vehicle
+//! cannot choose to be traced) and for every rejected or failed frame. On the way a frame's
+//! trace records only ids, indices into the pack and, for a sampled frame, times; spans and
+//! their attributes are built after the fact. A frame not sampled makes no span, attribute,
+//! string or clock reading unless it is kept, and its records carry no `traceparent`.
 //!
 //! What a trace may hold: kinds, purposes, services, verdicts, reasons, topics, subject forms,
 //! timings. Never a VIN, a position or a pseudonym, and never a vehicle's `tracestate` (free
@@ -116,10 +116,6 @@ impl Traces {
             kept_failed: kept("failed"),
             invalid_context: metrics::counter!("telegate_trace_context_invalid_total"),
         })))
-    }
-
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
     }
 
     /// A frame's trace, when traces are on: it continues the vehicle's `traceparent` when that
