@@ -290,25 +290,42 @@ pub fn config_key(flag: &str) -> String {
     key.replace('-', "_")
 }
 
+/// Each option that has a flag, as `(flag's variable, key's variable)`: `TELEGATE_MQTT_LISTEN`
+/// and `TELEGATE__MQTT__LISTEN`.
+fn variable_pairs() -> Vec<(String, String)> {
+    let cmd = <Args as clap::Args>::augment_args(clap::Command::new("serve"));
+    cmd.get_arguments()
+        .filter_map(|arg| {
+            let own = arg.get_env()?.to_str()?.to_owned();
+            let key = format!(
+                "TELEGATE__{}",
+                config_key(arg.get_long()?)
+                    .to_uppercase()
+                    .replace('.', "__")
+            );
+            Some((own, key))
+        })
+        .collect()
+}
+
 /// Options given twice with different values: a flag's own variable (`TELEGATE_MQTT_LISTEN`)
 /// and the variable of its key (`TELEGATE__MQTT__LISTEN`) both set. Each is `(flag's
 /// variable, key's variable)`. The flag's wins by precedence, but an operator who set both
 /// meant one of them: `serve` refuses to guess.
 pub fn conflicting_variables(env: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
-    let cmd = <Args as clap::Args>::augment_args(clap::Command::new("serve"));
-    cmd.get_arguments()
-        .filter_map(|arg| {
-            let own = arg.get_env()?.to_str()?.to_owned();
-            let flag = arg.get_long()?;
-            let key = format!(
-                "TELEGATE__{}",
-                config_key(flag).to_uppercase().replace('.', "__")
-            );
-            match (env(&own), env(&key)) {
-                (Some(a), Some(b)) if a != b => Some((own, key)),
-                _ => None,
-            }
-        })
+    variable_pairs()
+        .into_iter()
+        .filter(|(own, key)| matches!((env(own), env(key)), (Some(a), Some(b)) if a != b))
+        .collect()
+}
+
+/// Options that have a flag but were set through their key's variable
+/// (`TELEGATE__MQTT__LISTEN` for `--mqtt-listen`): each option has one variable, the flag's
+/// (`TELEGATE_MQTT_LISTEN`), and `serve` says so. Each is `(flag's variable, key's variable)`.
+pub fn variables_of_flagged_keys(env: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    variable_pairs()
+        .into_iter()
+        .filter(|(_, key)| env(key).is_some())
         .collect()
 }
 
@@ -321,6 +338,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             "options set twice, to different values: {} (set one of each pair)",
             names.join(", ")
         );
+    }
+    for (own, key) in variables_of_flagged_keys(|name| std::env::var(name).ok()) {
+        tracing::warn!("{key} is read, but this option's variable is {own}: set that one instead");
     }
     let config = Config::load(a.config.as_deref(), &a)?;
     // Each vehicle is a connection: hold as many as the system allows.

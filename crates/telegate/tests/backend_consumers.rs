@@ -326,7 +326,7 @@ fn serve_refused(settings: &[(&str, String)]) -> String {
         .args(["--mqtt-listen", &free_addr().to_string()])
         .args(["--mqtt5-listen", &free_addr().to_string()])
         .args(["--metrics-listen", &free_addr().to_string()])
-        .env("TELEGATE__MQTT__ALLOW_ANONYMOUS", "true")
+        .env("TELEGATE_MQTT_ALLOW_ANONYMOUS", "true")
         .env("TELEGATE_KAFKA_BOOTSTRAP", kafka())
         .env("TELEGATE__KAFKA__TOPIC_NAMESPACE", "refused.")
         .env("RUST_BACKTRACE", "0")

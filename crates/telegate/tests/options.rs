@@ -11,7 +11,7 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::Command;
-use telegate::serve::{config_key, conflicting_variables};
+use telegate::serve::{config_key, conflicting_variables, variables_of_flagged_keys};
 use telegate_gateway::Config;
 
 const OPERATIONS: &str = include_str!("../../../docs/operations.md");
@@ -253,7 +253,8 @@ fn the_config_file_in_operations_md_shows_every_key_and_its_default() {
 }
 
 #[test]
-fn a_flags_variable_and_its_keys_variable_set_to_different_values_are_refused() {
+fn a_flags_variable_and_its_keys_variable_set_to_different_values_are_refused_and_a_key_variable_for_a_flag_is_named()
+ {
     let env = |set: &'static [(&'static str, &'static str)]| {
         move |name: &str| {
             set.iter()
@@ -274,6 +275,18 @@ fn a_flags_variable_and_its_keys_variable_set_to_different_values_are_refused() 
             "TELEGATE__MQTT__LISTEN".to_owned()
         )],
         "the same value twice, or one of the two, is no conflict"
+    );
+    assert_eq!(
+        variables_of_flagged_keys(env(&[
+            ("TELEGATE__MQTT__LISTEN", "0.0.0.0:2883"),
+            ("TELEGATE__KAFKA__LINGER_MS", "10"),
+            ("TELEGATE_STATE_ROLL_INTERVAL", "5m"),
+        ])),
+        [(
+            "TELEGATE_MQTT_LISTEN".to_owned(),
+            "TELEGATE__MQTT__LISTEN".to_owned()
+        )],
+        "a key without a flag has one variable, its TELEGATE__ one"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_telegate"))
         .arg("serve")
