@@ -4,7 +4,8 @@
 //! reference consumer (`telegate consume`) continues the trace from the record's header. The
 //! trace is read back through Jaeger's query API: the gateway's spans and the consumer's, in
 //! order, under the vehicle's span, and nothing personal in any of them. Anonymous and
-//! pseudonymous records start traces of their own; at ratio 0 only rejected frames are traced.
+//! pseudonymous records start traces of their own; at ratio 0 only rejected frames are traced;
+//! a collector that is away holds no frame back and is named in the gateway's log.
 //!
 //! Needs mosquitto-clients and Go (scripts/jaeger builds Jaeger once): scripts/test provides
 //! them.
@@ -469,4 +470,34 @@ async fn at_ratio_zero_only_rejected_frames_are_traced() {
             r.headers
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_away_holds_no_frame_back_and_the_log_says_so() {
+    // Nothing listens there: every export fails.
+    let away = format!("http://{}", free_addr());
+    let g = Gateway::start(&[
+        ("TELEGATE_OTLP_ENDPOINT", away.as_str()),
+        ("TELEGATE_TRACE_SAMPLE_RATIO", "1"),
+    ])
+    .await;
+    let vin = unique_vin();
+    g.issue(&vin);
+    for seq in 1..=3 {
+        // mosquitto_pub returns once the PUBACK came: Kafka holds the frame.
+        publish(&g, &vin, "status", &status_frame(&vin, seq), None);
+    }
+    assert_eq!(
+        g.metric("telegate_traces_exported_total", "kept=\"sampled\""),
+        3.0
+    );
+    assert!(
+        g.eventually(Duration::from_secs(30), |g| g
+            .log_text()
+            .contains("BatchSpanProcessor.ExportError"))
+            .await,
+        "no export error in the log: {}",
+        g.log_text()
+    );
+    assert!(!g.log_text().contains(&vin));
 }
