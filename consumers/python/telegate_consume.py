@@ -4,7 +4,7 @@ with --registry, the schema the gateway registered in a Confluent-compatible sch
 
     python telegate_consume.py --bootstrap HOST:PORT --topic telegate.smart-service \
         [--max N] [--timeout SECONDS] [--group NAME] \
-        [--registry URL [--registry-auth USER:PASSWORD]]
+        [--registry URL [--registry-auth USER:PASSWORD]] [--otlp-endpoint URL]
 
 Each record becomes one JSON line on stdout: the topic, the key, the purpose, legal basis,
 consent and subject form from the headers, the value's encoding (the telegate-encoding header)
@@ -33,6 +33,12 @@ Where the VehicleFrame class comes from, one way or the other, never both:
     values are parsed with the class from the registry too.
     --registry-auth (default: the environment variable TELEGATE_REGISTRY_AUTH) gives HTTP basic
     credentials for the registry.
+
+With --otlp-endpoint URL (an OTLP/HTTP collector's base URL, e.g. http://jaeger:4318), a record
+whose W3C traceparent header says it is sampled gets a span of this consumer's
+("telegate.consume", service telegate-consume-python) continuing the gateway's trace, exported
+with OpenTelemetry's Python SDK; its attributes name the topic and the group, nothing of the
+record's subject. The line then also carries the record's trace id.
 
 A record that cannot be read (a bad framing, a schema the registry does not have, a value that
 does not parse) ends the run: a message on stderr, exit status 1.
@@ -289,6 +295,57 @@ def headers_of(message):
     return {k: (v or b"").decode() for k, v in (message.headers() or [])}
 
 
+class Tracing:
+    """Continues the traces records carry: one consumer span per sampled record."""
+
+    def __init__(self, endpoint, group):
+        # Imported only when asked for: reading a topic needs none of it.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace import SpanKind
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.provider = TracerProvider(
+            resource=Resource.create({"service.name": "telegate-consume-python"})
+        )
+        url = endpoint.rstrip("/")
+        if not url.endswith("/v1/traces"):
+            url += "/v1/traces"
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+        self.tracer = self.provider.get_tracer("telegate_consume")
+        self.propagator = TraceContextTextMapPropagator()
+        self.kind = SpanKind.CONSUMER
+        self.group = group
+
+    def span(self, headers, topic):
+        """A span for a record whose traceparent is sampled, or None."""
+        from opentelemetry import trace
+
+        if "traceparent" not in headers:
+            return None
+        # Only traceparent is read: tracestate is free text, and the gateway writes none.
+        context = self.propagator.extract({"traceparent": headers["traceparent"]})
+        parent = trace.get_current_span(context).get_span_context()
+        if not parent.is_valid or not parent.trace_flags.sampled:
+            return None
+        return self.tracer.start_span(
+            "telegate.consume",
+            context=context,
+            kind=self.kind,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": topic,
+                "messaging.consumer.group.name": self.group,
+            },
+        )
+
+    def close(self):
+        self.provider.shutdown()
+
+
 def main():
     args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     args.add_argument("--bootstrap", required=True)
@@ -307,6 +364,12 @@ def main():
         metavar="USER:PASSWORD",
         default=os.environ.get("TELEGATE_REGISTRY_AUTH"),
         help="HTTP basic credentials for --registry (default: $TELEGATE_REGISTRY_AUTH)",
+    )
+    args.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="continue the traces records carry: a span per sampled record, exported over "
+        "OTLP/HTTP to this collector",
     )
     a = args.parse_args()
     if a.registry_auth and ":" not in a.registry_auth:
@@ -328,6 +391,7 @@ def main():
         }
     )
     consumer.subscribe([a.topic])
+    tracing = Tracing(a.otlp_endpoint, a.group) if a.otlp_endpoint else None
     seen, deadline = 0, time.monotonic() + a.timeout
     try:
         while time.monotonic() < deadline and (a.max == 0 or seen < a.max):
@@ -340,13 +404,20 @@ def main():
                 continue
             h = headers_of(m)
             encoding = h.get("telegate-encoding")
+            span = tracing.span(h, m.topic()) if tracing else None
             try:
                 schema_id, frame = read_value(reader, m, encoding)
             except RecordError as e:
+                if span is not None:
+                    span.end()
                 sys.exit(
                     f"telegate_consume: {m.topic()} partition {m.partition()} offset "
                     f"{m.offset()}: {e}"
                 )
+            trace_id = None
+            if span is not None:
+                trace_id = format(span.get_span_context().trace_id, "032x")
+                span.end()
             print(
                 json.dumps(
                     {
@@ -362,6 +433,7 @@ def main():
                         "vin": frame.vin,
                         "seq": frame.seq,
                         "captured_at_ms": frame.captured_at_ms,
+                        "trace_id": trace_id,
                     }
                 ),
                 flush=True,
@@ -369,6 +441,8 @@ def main():
             seen += 1
     finally:
         consumer.close()
+        if tracing is not None:
+            tracing.close()
 
 
 if __name__ == "__main__":

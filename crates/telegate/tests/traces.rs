@@ -3,12 +3,14 @@
 //! on Apache Kafka, which exports its spans over OTLP to Jaeger (scripts/jaeger); the
 //! reference consumer (`telegate consume`) continues the trace from the record's header. The
 //! trace is read back through Jaeger's query API: the gateway's spans and the consumer's, in
-//! order, under the vehicle's span, and nothing personal in any of them. Anonymous and
+//! order, under the vehicle's span, and nothing personal in any of them; the Python consumer
+//! (consumers/python, OpenTelemetry's Python SDK) continues the same trace. Anonymous and
 //! pseudonymous records start traces of their own; at ratio 0 only rejected frames are traced;
 //! a collector that is away holds no frame back and is named in the gateway's log.
 //!
-//! Needs mosquitto-clients and Go (scripts/jaeger builds Jaeger once): scripts/test provides
-//! them.
+//! Needs mosquitto-clients, Go (scripts/jaeger builds Jaeger once) and
+//! consumers/python/requirements.txt in the Python of TELEGATE_TEST_PYTHON: scripts/test
+//! provides them.
 
 mod tls_gateway;
 
@@ -296,6 +298,34 @@ async fn one_frame_is_followed_from_the_vehicle_through_the_gateway_to_the_consu
     assert_eq!(consume.parent.as_deref(), Some(produce.id.as_str()));
     assert_eq!(consume.tag("telegate.outcome"), Some("processed"));
     assert!(produce.start_us <= consume.start_us);
+
+    // Another stack continues the same trace: the Python consumer a backend team would write
+    // (OpenTelemetry's Python SDK), reading the VIN-keyed record.
+    let python = std::env::var("TELEGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(root().join("consumers/python/telegate_consume.py"))
+        .args(["--bootstrap", &kafka(), "--topic", &smart, "--max", "1"])
+        .args(["--timeout", "60", "--otlp-endpoint", &jaeger.otlp])
+        .output()
+        .expect("the Python consumer runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(line["trace_id"], trace_id.as_str());
+    let trace = jaeger
+        .trace_with(&trace_id, |s| s.service == "telegate-consume-python")
+        .await;
+    let all = spans(&trace);
+    let python_span = all
+        .iter()
+        .find(|s| s.service == "telegate-consume-python")
+        .expect("the Python consumer's span");
+    assert_eq!(python_span.name, "telegate.consume");
+    assert_eq!(python_span.parent.as_deref(), Some(produce.id.as_str()));
+    assert!(produce.start_us <= python_span.start_us);
 
     // The records: the VIN-keyed one carries the frame's trace, the pseudonymous one a trace
     // of its own; neither a tracestate.
