@@ -215,6 +215,17 @@ fn reference_consumer(g: &Gateway, otlp: &str) -> Child {
         .expect("telegate consume runs")
 }
 
+/// A Jaeger of the test's own, and a gateway exporting to it with this sample ratio.
+async fn traced(ratio: &str) -> (Jaeger, Gateway) {
+    let jaeger = Jaeger::start();
+    let g = Gateway::start(&[
+        ("TELEGATE_OTLP_ENDPOINT", jaeger.otlp.as_str()),
+        ("TELEGATE_TRACE_SAMPLE_RATIO", ratio),
+    ])
+    .await;
+    (jaeger, g)
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -226,12 +237,7 @@ impl Drop for Killed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_frame_is_followed_from_the_vehicle_through_the_gateway_to_the_consumer() {
-    let jaeger = Jaeger::start();
-    let g = Gateway::start(&[
-        ("TELEGATE_OTLP_ENDPOINT", jaeger.otlp.as_str()),
-        ("TELEGATE_TRACE_SAMPLE_RATIO", "1"),
-    ])
-    .await;
+    let (jaeger, g) = traced("1").await;
     let _consumer = Killed(reference_consumer(&g, &jaeger.otlp));
     let vin = unique_vin();
     g.issue(&vin);
@@ -425,12 +431,7 @@ async fn one_frame_is_followed_from_the_vehicle_through_the_gateway_to_the_consu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_ratio_zero_only_rejected_frames_are_traced() {
-    let jaeger = Jaeger::start();
-    let g = Gateway::start(&[
-        ("TELEGATE_OTLP_ENDPOINT", jaeger.otlp.as_str()),
-        ("TELEGATE_TRACE_SAMPLE_RATIO", "0"),
-    ])
-    .await;
+    let (jaeger, g) = traced("0").await;
     let vin = unique_vin();
     g.issue(&vin);
     let valid = hex(32);
