@@ -226,11 +226,10 @@ impl Pipeline {
             traceparent,
         } = m;
         let now = now_ms();
-        let trace = self.traces.frame(received, traceparent.as_deref());
+        let trace = self
+            .traces
+            .frame(received, u8::from(ack.is_some()), traceparent.as_deref());
         let trace = trace.as_ref();
-        if let Some(t) = trace {
-            t.received_qos(u8::from(ack.is_some()));
-        }
         if let Some(denied) = denied {
             let rejection = refused_at_the_edge(denied);
             trace.inspect(|t| t.refused_at_the_edge());

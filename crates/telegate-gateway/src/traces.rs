@@ -118,11 +118,13 @@ impl Traces {
         })))
     }
 
-    /// A frame's trace, when traces are on: it continues the vehicle's `traceparent` when that
-    /// is valid W3C trace context, and starts a new trace otherwise.
+    /// A frame's trace, when traces are on, for a publish of `qos` read at `received`: it
+    /// continues the vehicle's `traceparent` when that is valid W3C trace context, and starts
+    /// a new trace otherwise.
     pub(crate) fn frame(
         &self,
         received: Instant,
+        qos: u8,
         vehicle: Option<&str>,
     ) -> Option<Arc<FrameTrace>> {
         let exporter = self.0.as_ref()?;
@@ -147,6 +149,7 @@ impl Traces {
             span,
             parent: parent.map(|p| p.span_id()),
             received,
+            qos,
             steps: Mutex::default(),
         }))
     }
@@ -189,13 +192,13 @@ pub(crate) struct FrameTrace {
     parent: Option<SpanId>,
     sampled: bool,
     received: Instant,
+    qos: u8,
     steps: Mutex<Steps>,
 }
 
 #[derive(Debug, Default)]
 struct Steps {
     kind: Option<FrameKind>,
-    qos: u8,
     validate: Option<(Instant, Instant)>,
     rejected: Option<RejectReason>,
     decide: Option<(Instant, Instant)>,
@@ -234,10 +237,6 @@ struct Write {
 impl FrameTrace {
     fn steps(&self) -> std::sync::MutexGuard<'_, Steps> {
         self.steps.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn received_qos(&self, qos: u8) {
-        self.steps().qos = qos;
     }
 
     /// Now, for a sampled frame's steps; `None` otherwise.
@@ -385,7 +384,7 @@ impl FrameTrace {
             KeyValue::new("messaging.operation.type", "receive"),
             KeyValue::new("telegate.outcome", outcome),
             KeyValue::new("telegate.sampled", self.sampled),
-            KeyValue::new("mqtt.qos", i64::from(steps.qos)),
+            KeyValue::new("mqtt.qos", i64::from(self.qos)),
             KeyValue::new("telegate.records", steps.records.len() as i64),
         ];
         if let Some(kind) = steps.kind {
@@ -641,7 +640,7 @@ mod tests {
         let pack = pack();
         let component = purpose(&pack, "component-status");
         let frame = |delivered: bool, offline: bool| {
-            let t = traces.frame(Instant::now(), None).expect("on");
+            let t = traces.frame(Instant::now(), 1, None).expect("on");
             t.validated(t.clock(), Ok(FrameKind::Status));
             if offline {
                 t.offline();
@@ -687,7 +686,7 @@ mod tests {
         assert_eq!(produce.parent_span_id, root.span_context.span_id());
         spans.reset();
 
-        let t = traces.frame(Instant::now(), None).expect("on");
+        let t = traces.frame(Instant::now(), 1, None).expect("on");
         t.validated(t.clock(), Err(RejectReason::DecodeFailed));
         let mut rejection = record("telegate.rejected");
         reported(t.record(&mut rejection, None), true);
@@ -723,7 +722,7 @@ mod tests {
         let (traces, spans) = in_memory(1.0);
         let pack = pack();
         let vehicle = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let t = traces.frame(Instant::now(), Some(vehicle)).expect("on");
+        let t = traces.frame(Instant::now(), 1, Some(vehicle)).expect("on");
         let [mut vin, mut trips] = [record("a"), record("b")];
         reported(
             t.record(&mut vin, Some(purpose(&pack, "component-status"))),
@@ -759,7 +758,7 @@ mod tests {
 
         // Not trace context: a trace of the gateway's own.
         let t = traces
-            .frame(Instant::now(), Some("00-not-trace-context"))
+            .frame(Instant::now(), 1, Some("00-not-trace-context"))
             .expect("on");
         drop(t);
         let root = finished(&spans).pop().expect("the frame's span");
