@@ -625,6 +625,14 @@ mod tests {
             .map(|kv| kv.value.to_string())
     }
 
+    /// The span called `name` among `spans`.
+    fn named<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name} in {spans:#?}"))
+    }
+
     /// What the sink does with a record's report when Kafka answers.
     fn reported((to, record): Report, delivered: bool) {
         to.reported(record, delivered);
@@ -662,12 +670,7 @@ mod tests {
         );
         frame(false, false);
         let failed = finished(&spans);
-        let span = |name: &str| {
-            failed
-                .iter()
-                .find(|s| s.name == name)
-                .unwrap_or_else(|| panic!("{name} in {failed:#?}"))
-        };
+        let span = |name| named(&failed, name);
         let root = span("telegate.frame");
         assert_eq!(
             attribute(root, "telegate.outcome").as_deref(),
@@ -692,10 +695,7 @@ mod tests {
         reported(t.record(&mut rejection, None), true);
         drop(t);
         let rejected = finished(&spans);
-        let root = rejected
-            .iter()
-            .find(|s| s.name == "telegate.frame")
-            .expect("the rejected frame's span");
+        let root = named(&rejected, "telegate.frame");
         assert_eq!(
             attribute(root, "telegate.outcome").as_deref(),
             Some("rejected")
@@ -706,10 +706,7 @@ mod tests {
         );
         // The rejection record is in a trace of its own.
         assert_eq!(rejection.header(telegate_kafka::trace::TRACEPARENT), None);
-        let produce = rejected
-            .iter()
-            .find(|s| s.name == "telegate.produce")
-            .expect("the rejection record's production");
+        let produce = named(&rejected, "telegate.produce");
         assert_ne!(
             produce.span_context.trace_id(),
             root.span_context.trace_id()
@@ -731,10 +728,7 @@ mod tests {
         reported(t.record(&mut trips, Some(purpose(&pack, "trip-log"))), true);
         drop(t);
         let all = finished(&spans);
-        let root = all
-            .iter()
-            .find(|s| s.name == "telegate.frame")
-            .expect("frame");
+        let root = named(&all, "telegate.frame");
         let vehicle = parse_traceparent(vehicle).expect("valid");
         assert_eq!(root.span_context.trace_id(), vehicle.trace_id());
         assert_eq!(root.parent_span_id, vehicle.span_id());
