@@ -66,14 +66,15 @@ impl Jaeger {
         v["data"].get(0).cloned()
     }
 
-    /// Waits up to a minute for trace `id` to hold a span that `done` accepts.
-    async fn trace_with(&self, id: &str, done: impl Fn(&Span) -> bool) -> Value {
+    /// Waits up to a minute for trace `id` to hold a span that `done` accepts: the trace, and
+    /// that span.
+    async fn trace_with(&self, id: &str, done: impl Fn(&Span) -> bool) -> (Value, Span) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(t) = self.trace(id)
-                && spans(&t).iter().any(&done)
+                && let Some(found) = spans(&t).into_iter().find(&done)
             {
-                return t;
+                return (t, found);
             }
             assert!(
                 Instant::now() < deadline,
@@ -246,7 +247,7 @@ async fn one_frame_is_followed_from_the_vehicle_through_the_gateway_to_the_consu
     // A vendor's tracestate would be free text; none is sent, and none may appear.
     publish(&g, &vin, "status", &status_frame(&vin, 1), Some(&tp));
 
-    let trace = jaeger
+    let (trace, _) = jaeger
         .trace_with(&trace_id, |s| s.name == "telegate.consume")
         .await;
     let all = spans(&trace);
@@ -321,14 +322,9 @@ async fn one_frame_is_followed_from_the_vehicle_through_the_gateway_to_the_consu
     );
     let line: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     assert_eq!(line["trace_id"], trace_id.as_str());
-    let trace = jaeger
+    let (_, python_span) = jaeger
         .trace_with(&trace_id, |s| s.service == "telegate-consume-python")
         .await;
-    let all = spans(&trace);
-    let python_span = all
-        .iter()
-        .find(|s| s.service == "telegate-consume-python")
-        .expect("the Python consumer's span");
     assert_eq!(python_span.name, "telegate.consume");
     assert_eq!(python_span.parent.as_deref(), Some(produce.id.as_str()));
     assert!(produce.start_us <= python_span.start_us);
@@ -368,7 +364,7 @@ async fn one_frame_is_followed_from_the_vehicle_through_the_gateway_to_the_consu
     }
     // The pseudonymous record's trace holds its production alone.
     let own_trace = own.split('-').nth(1).expect("trace id").to_owned();
-    let separate = jaeger
+    let (separate, _) = jaeger
         .trace_with(&own_trace, |s| s.name == "telegate.produce")
         .await;
     let separate = spans(&separate);
@@ -405,14 +401,10 @@ async fn one_frame_is_followed_from_the_vehicle_through_the_gateway_to_the_consu
         ),
         Some(&format!("00-{settings_trace}-{}-01", hex(16))),
     );
-    let trace = jaeger
+    let (trace, frame) = jaeger
         .trace_with(&settings_trace, |s| s.name == "telegate.frame")
         .await;
     let all = spans(&trace);
-    let frame = all
-        .iter()
-        .find(|s| s.name == "telegate.frame")
-        .expect("frame");
     assert_eq!(frame.tag("telegate.frame.kind"), Some("privacy"));
     for write in ["telegate.state_write", "telegate.ledger_write"] {
         let w = all
@@ -459,13 +451,9 @@ async fn at_ratio_zero_only_rejected_frames_are_traced() {
         Some(&format!("00-{rejected}-{}-01", hex(16))),
     );
 
-    let trace = jaeger
+    let (_, frame) = jaeger
         .trace_with(&rejected, |s| s.name == "telegate.frame")
         .await;
-    let frame = spans(&trace)
-        .into_iter()
-        .find(|s| s.name == "telegate.frame")
-        .expect("frame span");
     assert_eq!(frame.tag("telegate.outcome"), Some("rejected"));
     assert_eq!(frame.tag("telegate.reject_reason"), Some("decode-failed"));
     assert_eq!(frame.tag("telegate.sampled"), Some("false"));
