@@ -156,15 +156,8 @@ impl Traces {
 
     /// Exports what is left and stops the exporter, within `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
-        let Some(exporter) = self.0.clone() else {
-            return;
-        };
-        let done =
-            tokio::task::spawn_blocking(move || exporter.provider.shutdown_with_timeout(timeout));
-        match done.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "spans not all exported at shutdown"),
-            Err(e) => tracing::warn!(error = %e, "the span exporter did not stop"),
+        if let Some(exporter) = &self.0 {
+            telegate_kafka::trace::shutdown(exporter.provider.clone(), timeout).await;
         }
     }
 }

@@ -74,6 +74,17 @@ pub fn otlp_provider(
         .build())
 }
 
+/// Sends the spans `provider` still holds and stops it, within `timeout`, off the async
+/// runtime's threads (the exporter blocks); what it could not send is logged.
+pub async fn shutdown(provider: SdkTracerProvider, timeout: Duration) {
+    let done = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(timeout));
+    match done.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "spans not all exported at shutdown"),
+        Err(e) => tracing::warn!(error = %e, "the span exporter did not stop"),
+    }
+}
+
 /// The traces URL of a collector named by its base URL (or by its traces URL itself).
 pub fn otlp_traces_url(endpoint: &str) -> Result<String, OtlpError> {
     let refused = || OtlpError::Endpoint(redacted(endpoint));

@@ -90,10 +90,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     runner.await??;
     if let Some(provider) = provider {
         // Exports the spans still batched.
-        let stopped = tokio::task::spawn_blocking(move || provider.shutdown()).await?;
-        if let Err(e) = stopped {
-            tracing::warn!(error = %e, "spans not all exported");
-        }
+        telegate_kafka::trace::shutdown(provider, Duration::from_secs(10)).await;
     }
     println!(
         "{}: {} processed, {} refused (other purpose), {} duplicates, {} malformed, {} results",
