@@ -300,6 +300,7 @@ class Tracing:
 
     def __init__(self, endpoint, group):
         # Imported only when asked for: reading a topic needs none of it.
+        from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -317,17 +318,16 @@ class Tracing:
         self.tracer = self.provider.get_tracer("telegate_consume")
         self.propagator = TraceContextTextMapPropagator()
         self.kind = SpanKind.CONSUMER
+        self.current_span = trace.get_current_span
         self.group = group
 
     def span(self, headers, topic):
         """A span for a record whose traceparent is sampled, or None."""
-        from opentelemetry import trace
-
         if "traceparent" not in headers:
             return None
         # Only traceparent is read: tracestate is free text, and the gateway writes none.
         context = self.propagator.extract({"traceparent": headers["traceparent"]})
-        parent = trace.get_current_span(context).get_span_context()
+        parent = self.current_span(context).get_span_context()
         if not parent.is_valid or not parent.trace_flags.sampled:
             return None
         return self.tracer.start_span(
