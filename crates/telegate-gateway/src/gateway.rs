@@ -5,6 +5,7 @@
 use crate::admin::{self, AdminContext};
 use crate::config::{Checked, Config, PackSource};
 use crate::console::{self, timeline::LedgerIndex};
+use crate::frame_stats::FrameStats;
 use crate::http;
 use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
@@ -70,6 +71,7 @@ pub struct Gateway {
     traces: Traces,
     ready: Arc<AtomicBool>,
     sink_stats: Arc<SinkStats>,
+    frame_stats: Arc<FrameStats>,
     state: Arc<StateStore>,
     ledger: Arc<Ledger>,
     ephemeral_keys: bool,
@@ -168,6 +170,7 @@ impl Gateway {
         let ledger = Arc::new(ledger);
         let sink = KafkaSink::new(&config.kafka).context("Kafka producer")?;
         let sink_stats = sink.stats();
+        let frame_stats = Arc::new(FrameStats::register(&pack));
         // A blocked vehicle may not connect; its live connection is closed when it is blocked.
         let gate_state = state.clone();
         let gate: VehicleGate = Arc::new(move |vin: &Vin| {
@@ -202,6 +205,7 @@ impl Gateway {
                 state: state.clone(),
                 ledger: ledger.clone(),
                 edge: edge.clone(),
+                frames: frame_stats.clone(),
                 requests: requests.clone(),
                 kafka: config.kafka.clone(),
                 keys: keys.clone(),
@@ -260,6 +264,7 @@ impl Gateway {
             state.clone(),
             ledger.clone(),
             sink,
+            frame_stats.clone(),
         )
         .with_traces(traces.clone());
         let running = Stage::default();
@@ -297,6 +302,7 @@ impl Gateway {
             traces,
             ready,
             sink_stats,
+            frame_stats,
             state,
             ledger,
             ephemeral_keys,
@@ -325,6 +331,11 @@ impl Gateway {
     /// What the Kafka sink delivered and lost; shared, so it can be watched from elsewhere.
     pub fn sink_stats(&self) -> Arc<SinkStats> {
         self.sink_stats.clone()
+    }
+
+    /// What the pipeline made of the frames since this gateway started.
+    pub fn frame_stats(&self) -> &FrameStats {
+        &self.frame_stats
     }
 
     /// Where the console listens, if it does.

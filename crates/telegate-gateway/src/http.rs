@@ -82,7 +82,9 @@ pub async fn serve(
     Ok(addr)
 }
 
-/// `(labels, value)` of every sample of a counter in Prometheus text format.
+/// `(labels, value)` of every sample of a counter in Prometheus text format: for the tests and
+/// tools that scrape a gateway's `/metrics` from outside. The gateway itself reads its counts
+/// typed ([`crate::FrameStats`], the edge's and the sink's stats).
 pub fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod console;
+pub mod frame_stats;
 pub mod gateway;
 pub mod http;
 pub mod ledger;
@@ -23,6 +24,7 @@ pub mod traces;
 
 pub use config::Config;
 pub use config::PackSource;
+pub use frame_stats::FrameStats;
 pub use gateway::Gateway;
 pub use state::StateStore;
 

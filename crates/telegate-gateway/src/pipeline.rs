@@ -2,6 +2,7 @@
 //! hand to Kafka. Every outcome is counted with a bounded label; the counters are
 //! registered once, so the hot path never allocates a label.
 
+use crate::frame_stats::FrameStats;
 use crate::ledger::{Action, Change, Channel, Ledger};
 use crate::resends::{Claim, Resends};
 use crate::state::{StateStore, fresh_secret};
@@ -10,14 +11,13 @@ use dashmap::DashSet;
 use metrics::Counter;
 use std::sync::Arc;
 use std::time::Duration;
-use strum::VariantArray;
 use telegate_frame::now_ms;
 use telegate_frame::pb::vehicle_frame::Body;
-use telegate_frame::{Frame, FrameKind, RejectReason, Rejection, ValidationConfig, Vin, validate};
+use telegate_frame::{Frame, RejectReason, Rejection, ValidationConfig, Vin, validate};
 use telegate_kafka::{KafkaSink, Receipt};
 use telegate_mqtt::{Ack, AckOutcome, Denied, Incoming, VehicleMemo};
 use telegate_policy::{
-    Admission, DropReason, Keyring, OutRecord, Outcome, Pack, StateKey, Verdict, admit, offline,
+    Admission, Keyring, OutRecord, Outcome, Pack, StateKey, Verdict, admit, offline,
     recorded_settings, rejected_record,
 };
 use tokio::sync::mpsc;
@@ -34,6 +34,8 @@ pub struct Pipeline {
     state: Arc<StateStore>,
     ledger: Arc<Ledger>,
     sink: KafkaSink,
+    /// What became of the frames, by kind, verdict and purpose; shared with the gateway's readers.
+    frames: Arc<FrameStats>,
     counters: Counters,
     /// Vehicles whose last settings change is not known to be in the state topic and the
     /// consent ledger (a write failed, so the frame was not acknowledged): the vehicle's
@@ -53,17 +55,9 @@ pub struct Pipeline {
 /// How long a vehicle's recent frames are remembered after its last one.
 const RESENDS_IDLE: Duration = Duration::from_secs(600);
 
+/// The pipeline's other counters: errors, settings frames, resent copies (`/metrics` only).
 #[derive(Debug)]
 struct Counters {
-    valid: Vec<Counter>,
-    unrouted: Vec<Counter>,
-    rejected: Vec<Counter>,
-    /// Per purpose index.
-    forwarded: Vec<Counter>,
-    /// Per purpose index, then per drop reason.
-    dropped: Vec<Vec<Counter>>,
-    /// Frames captured in offline mode: counted, nothing else kept.
-    offline: Counter,
     /// Rejections whose record was withheld because the vehicle was offline.
     rejected_offline: Counter,
     sink_errors: Counter,
@@ -80,48 +74,8 @@ struct Counters {
 }
 
 impl Counters {
-    fn register(pack: &Pack) -> Self {
-        let per_kind = |name: &'static str| {
-            FrameKind::VARIANTS
-                .iter()
-                .map(|k| metrics::counter!(name, "kind" => k.as_str()))
-                .collect()
-        };
-        let purpose_labels = |p: &telegate_policy::Purpose| {
-            [
-                ("service", pack.service_of(p).id.to_string()),
-                ("purpose", p.id.to_string()),
-            ]
-        };
+    fn register() -> Self {
         Self {
-            valid: per_kind("telegate_frames_valid_total"),
-            unrouted: per_kind("telegate_frames_unrouted_total"),
-            rejected: RejectReason::VARIANTS
-                .iter()
-                .map(
-                    |r| metrics::counter!("telegate_frames_rejected_total", "reason" => r.as_str()),
-                )
-                .collect(),
-            forwarded: pack
-                .purposes
-                .iter()
-                .map(|p| metrics::counter!("telegate_records_forwarded_total", &purpose_labels(p)))
-                .collect(),
-            dropped: pack
-                .purposes
-                .iter()
-                .map(|p| {
-                    DropReason::VARIANTS
-                        .iter()
-                        .map(|r| {
-                            let mut labels = purpose_labels(p).to_vec();
-                            labels.push(("reason", r.as_str().to_owned()));
-                            metrics::counter!("telegate_records_dropped_total", &labels)
-                        })
-                        .collect()
-                })
-                .collect(),
-            offline: metrics::counter!("telegate_frames_offline_total"),
             rejected_offline: metrics::counter!("telegate_rejected_withheld_offline_total"),
             sink_errors: metrics::counter!("telegate_sink_errors_total"),
             ledger_errors: metrics::counter!("telegate_ledger_write_errors_total"),
@@ -142,8 +96,8 @@ impl Pipeline {
         state: Arc<StateStore>,
         ledger: Arc<Ledger>,
         sink: KafkaSink,
+        frames: Arc<FrameStats>,
     ) -> Self {
-        let counters = Counters::register(&pack);
         Self {
             label: pack.label(),
             pack,
@@ -152,7 +106,8 @@ impl Pipeline {
             state,
             ledger,
             sink,
-            counters,
+            frames,
+            counters: Counters::register(),
             unconfirmed: Arc::default(),
             resends: Arc::new(Resends::new(RESENDS_IDLE)),
             writes: TaskTracker::new(),
@@ -333,7 +288,7 @@ impl Pipeline {
         receipt: Option<&Receipt>,
         trace: Option<&Arc<FrameTrace>>,
     ) -> bool {
-        self.counters.rejected[rej.reason.index()].increment(1);
+        self.frames.count_rejected(rej.reason);
         // Offline mode means nothing of the frame is kept, not even its rejection.
         let vin = rej.subject.as_deref().and_then(|s| Vin::parse(s).ok());
         let at = rej.captured_at_ms.unwrap_or(now);
@@ -373,8 +328,8 @@ impl Pipeline {
                 fresh_secret,
             )
         });
-        let kind = frame.kind().index();
-        self.counters.valid[kind].increment(1);
+        let kind = frame.kind();
+        self.frames.count_valid(kind);
         if matches!(frame.body(), Body::Privacy(_)) {
             match admission.changes.settings {
                 true => self.counters.settings_changed.increment(1),
@@ -385,15 +340,13 @@ impl Pipeline {
                 .increment(admission.toggles_ignored as u64);
         }
         match admission.outcome {
-            Outcome::Offline => self.counters.offline.increment(1),
-            Outcome::Unrouted => self.counters.unrouted[kind].increment(1),
+            Outcome::Offline => self.frames.count_offline(),
+            Outcome::Unrouted => self.frames.count_unrouted(kind),
             Outcome::Routed => {
                 for &(purpose, verdict) in &admission.verdicts {
                     match verdict {
-                        Verdict::Forward(_) => self.counters.forwarded[purpose].increment(1),
-                        Verdict::Drop(reason) => {
-                            self.counters.dropped[purpose][reason.index()].increment(1)
-                        }
+                        Verdict::Forward(_) => self.frames.count_forwarded(purpose),
+                        Verdict::Drop(reason) => self.frames.count_dropped(purpose, reason),
                     }
                 }
             }

@@ -282,6 +282,12 @@ impl StateStore {
         }
     }
 
+    /// The newest broker timestamp (ms) among the records applied from the topic; 0 before
+    /// the first.
+    pub fn newest_applied_ms(&self) -> i64 {
+        self.newest_applied_ms.load(Ordering::Relaxed)
+    }
+
     /// Gateways that follow the same topic agree on the newest record they have applied,
     /// unless one of them is behind: the gauge's spread across gateways is the consent
     /// state's replication lag, and it stays 0 while nothing is written.

@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strum::VariantArray;
 use telegate_consumers::{ConsumerStats, Reference, RunnerConfig};
+use telegate_frame::{FrameKind, RejectReason};
 use telegate_gateway::config::{Operator, Role};
-use telegate_gateway::http::{metrics_handle, samples};
 use telegate_gateway::{Config, Gateway, PackSource, REFERENCE_PACK};
+use telegate_policy::DropReason;
 use telegate_sim::{Behaviour, Fleet, FleetConfig};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -68,8 +69,9 @@ pub struct DemoSummary {
     pub failed: u64,
     /// Connections, packets and subscriptions the MQTT edge refused.
     pub refused_at_edge: u64,
+    /// Frames the pipeline's validation rejected (the deliberately broken ones).
+    pub rejected: u64,
     pub topics: BTreeMap<String, TopicView>,
-    pub metrics: String,
     /// Each reference consumer's results (its view) at the end.
     pub consumers: BTreeMap<String, serde_json::Value>,
 }
@@ -81,9 +83,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let summary = summarize(args).await?;
     println!(
-        "\ndemo finished: {} frames published (+{} broken), {} records delivered to Kafka, {} failed, {} refused at the MQTT edge",
+        "\ndemo finished: {} frames published (+{} broken), {} rejected by validation, {} records delivered to Kafka, {} failed, {} refused at the MQTT edge",
         summary.published,
         summary.broken_published,
+        summary.rejected,
         summary.delivered,
         summary.failed,
         summary.refused_at_edge
@@ -242,7 +245,6 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
                 )
             })
             .collect();
-        let metrics = metrics_handle().render();
         let topic_view = view.lock().map(|v| v.clone()).unwrap_or_default();
         let screen = render(&Screen {
             header: &header,
@@ -255,7 +257,6 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
                 .load(std::sync::atomic::Ordering::Relaxed),
             gateway: &gateway,
             topics: &topic_view,
-            metrics: &metrics,
             consumers: &consumer_views,
         });
         if tty {
@@ -279,6 +280,11 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
     let delivered = gateway.sink_stats().delivered();
     let failed = gateway.sink_stats().failed();
     let refused_at_edge = refused_at_edge(&gateway);
+    let frames = gateway.frame_stats();
+    let rejected = RejectReason::VARIANTS
+        .iter()
+        .map(|r| frames.rejected(*r))
+        .sum();
     gateway.shutdown().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let _ = stop_consumers.send(true);
@@ -297,8 +303,8 @@ pub async fn summarize(args: Args) -> anyhow::Result<DemoSummary> {
         delivered,
         failed,
         refused_at_edge,
+        rejected,
         topics: view.lock().map(|v| v.clone()).unwrap_or_default(),
-        metrics: metrics_handle().render(),
         consumers: results,
     };
     drop(mock);
@@ -393,7 +399,6 @@ struct Screen<'a> {
     broken: u64,
     gateway: &'a Gateway,
     topics: &'a BTreeMap<String, TopicView>,
-    metrics: &'a str,
     consumers: &'a [(Reference, serde_json::Value)],
 }
 
@@ -423,38 +428,47 @@ fn render(v: &Screen<'_>) -> String {
             t.name, tv.records, tv.last_purpose, tv.last_subject, tv.last_key
         );
     }
-    let offline: f64 = samples(v.metrics, "telegate_frames_offline_total")
-        .iter()
-        .map(|(_, n)| n)
-        .sum();
+    let frames = v.gateway.frame_stats();
+    let pack = v.gateway.pack();
     let _ = writeln!(
         s,
-        "\nCAPTURED IN OFFLINE MODE (sent nowhere, nothing kept): {offline}"
+        "\nCAPTURED IN OFFLINE MODE (sent nowhere, nothing kept): {}",
+        frames.offline()
     );
-    for (title, name) in [
-        (
-            "DROPPED BY POLICY (service, purpose, reason)",
-            "telegate_records_dropped_total",
-        ),
-        (
-            "REJECTED BY VALIDATION (reason)",
-            "telegate_frames_rejected_total",
-        ),
-        (
-            "VALID BUT ROUTED NOWHERE (kind)",
-            "telegate_frames_unrouted_total",
-        ),
+    let dropped: Vec<(String, u64)> = pack
+        .purposes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            DropReason::VARIANTS.iter().map(move |r| {
+                let service = &pack.service_of(p).id;
+                (
+                    format!("{service}, {}, {}", p.id, r.as_str()),
+                    frames.dropped(i, *r),
+                )
+            })
+        })
+        .collect();
+    let rejected = RejectReason::VARIANTS
+        .iter()
+        .map(|r| (r.as_str().to_owned(), frames.rejected(*r)))
+        .collect();
+    let unrouted = FrameKind::VARIANTS
+        .iter()
+        .map(|k| (k.as_str().to_owned(), frames.unrouted(*k)))
+        .collect();
+    for (title, rows) in [
+        ("DROPPED BY POLICY (service, purpose, reason)", dropped),
+        ("REJECTED BY VALIDATION (reason)", rejected),
+        ("VALID BUT ROUTED NOWHERE (kind)", unrouted),
     ] {
         let _ = writeln!(s, "\n{title}");
-        let rows: Vec<_> = samples(v.metrics, name)
-            .into_iter()
-            .filter(|(_, n)| *n > 0.0)
-            .collect();
+        let rows: Vec<_> = rows.into_iter().filter(|(_, n)| *n > 0).collect();
         if rows.is_empty() {
             let _ = writeln!(s, "  (none yet)");
         }
-        for (labels, value) in rows {
-            let _ = writeln!(s, "  {value:>8}  {labels}");
+        for (what, n) in rows {
+            let _ = writeln!(s, "  {n:>8}  {what}");
         }
     }
     let _ = writeln!(

@@ -23,6 +23,8 @@ async fn the_demo_moves_frames_to_every_contract_topic() {
     assert!(summary.published > 50, "{summary:?}");
     assert_eq!(summary.failed, 0);
     assert_eq!(summary.refused_at_edge, 0);
+    // The deliberately broken frames reached the pipeline and were counted there.
+    assert!(summary.rejected > 0, "{summary:?}");
     for topic in [
         "telegate.smart-service",
         "telegate.trip-log",

@@ -7,6 +7,7 @@ mod grpc;
 
 pub use grpc::{AdminService, serve};
 
+use crate::frame_stats::FrameStats;
 use crate::ledger::{Action, Change, Channel, Ledger, LedgerEntry};
 use crate::requests::Requests;
 use crate::state::StateStore;
@@ -28,6 +29,8 @@ pub struct AdminContext {
     pub state: Arc<StateStore>,
     pub ledger: Arc<Ledger>,
     pub edge: Arc<Edge>,
+    /// What the pipeline made of the frames (the console's flows page).
+    pub frames: Arc<FrameStats>,
     /// Requests to vehicles, whichever instance holds their connection.
     pub requests: Arc<Requests>,
     pub kafka: KafkaConfig,

@@ -7,7 +7,6 @@
 use super::Shared;
 use super::access::Operator;
 use super::page::{layout, respond};
-use crate::http::{metrics_handle, samples};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,7 +19,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Mutex;
 use std::time::Duration;
+use strum::VariantArray;
 use telegate_frame::now_ms;
+use telegate_frame::{FrameKind, RejectReason};
+use telegate_mqtt::Refusal;
+use telegate_policy::DropReason;
 use tokio_util::sync::CancellationToken;
 
 /// One group of series, e.g. frames by kind.
@@ -38,98 +41,69 @@ struct Snapshot {
     groups: Vec<Group>,
 }
 
-/// The value of `key` in a Prometheus label set (`a="x",b="y"`).
-fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
-    labels.split("\",").find_map(|pair| {
-        let (k, v) = pair.split_once("=\"")?;
-        (k.trim_start_matches(',') == key).then(|| v.trim_end_matches('"'))
-    })
+/// The series of a group, leaving out those still at 0.
+fn counted(series: impl IntoIterator<Item = (String, u64)>) -> BTreeMap<String, f64> {
+    let mut kept = BTreeMap::new();
+    for (name, n) in series.into_iter().filter(|(_, n)| *n > 0) {
+        *kept.entry(name).or_insert(0.0) += n as f64;
+    }
+    kept
 }
 
 fn snapshot(console: &Shared) -> Snapshot {
-    let text = metrics_handle().render();
-    let pack = &console.admin.pack;
-    let by = |metric: &str, key: &dyn Fn(&str) -> Option<String>| {
-        let mut series = BTreeMap::new();
-        for (labels, v) in samples(&text, metric) {
-            if let Some(k) = key(labels) {
-                *series.entry(k).or_insert(0.0) += v;
-            }
-        }
-        series
-    };
-    let topic_of = |labels: &str| {
-        let service = label(labels, "service")?;
-        pack.services
+    let ctx = &console.admin;
+    let (pack, frames) = (&ctx.pack, &ctx.frames);
+    let purposes = || pack.purposes.iter().enumerate();
+    let kinds = FrameKind::VARIANTS
+        .iter()
+        .map(|k| (k.as_str().to_owned(), frames.valid(*k)));
+    let records = purposes().map(|(i, p)| (pack.service_of(p).topic.clone(), frames.forwarded(i)));
+    let drops = purposes().flat_map(|(i, p)| {
+        DropReason::VARIANTS
             .iter()
-            .find(|s| s.id.as_str() == service)
-            .map(|s| s.topic.clone())
-    };
-    let mut drops = by("telegate_records_dropped_total", &|l| {
-        Some(format!(
-            "{} / {}",
-            label(l, "purpose")?,
-            label(l, "reason")?
-        ))
+            .map(move |r| (format!("{} / {}", p.id, r.as_str()), frames.dropped(i, *r)))
     });
-    drops.retain(|_, v| *v > 0.0);
-    let mut rejected = by("telegate_frames_rejected_total", &|l| {
-        label(l, "reason").map(str::to_owned)
-    });
-    rejected.retain(|_, v| *v > 0.0);
-    let mut refused = by("telegate_mqtt_refused_total", &|l| {
-        label(l, "reason").map(str::to_owned)
-    });
-    refused.retain(|_, v| *v > 0.0);
-    let newest = samples(&text, "telegate_state_newest_record_timestamp_seconds")
-        .first()
-        .map(|(_, v)| *v);
+    let rejected = RejectReason::VARIANTS
+        .iter()
+        .map(|r| (r.as_str().to_owned(), frames.rejected(*r)));
+    let edge = ctx.edge.stats();
+    let refused = Refusal::VARIANTS
+        .iter()
+        .map(|r| (r.as_str().to_owned(), edge.refused(*r)));
     let mut state = BTreeMap::new();
-    if let Some(newest) = newest.filter(|v| *v > 0.0) {
+    let newest = ctx.state.newest_applied_ms();
+    if newest > 0 {
         state.insert(
             "seconds since the last change read".to_owned(),
-            ((now_ms() as f64 / 1000.0) - newest).max(0.0).round(),
+            ((now_ms() - newest) as f64 / 1000.0).max(0.0).round(),
         );
     }
     state.insert(
         "vehicles in the consent state".to_owned(),
-        console.admin.state.len() as f64,
+        ctx.state.len() as f64,
     );
+    let group = |id, title, series| Group { id, title, series };
     Snapshot {
         at_ms: now_ms(),
         groups: vec![
-            Group {
-                id: "frames",
-                title: "Frames accepted, by kind",
-                series: by("telegate_frames_valid_total", &|l| {
-                    label(l, "kind").map(str::to_owned)
-                }),
-            },
-            Group {
-                id: "records",
-                title: "Records written, by topic",
-                series: by("telegate_records_forwarded_total", &topic_of),
-            },
-            Group {
-                id: "drops",
-                title: "Records dropped by policy, by purpose and reason",
-                series: drops,
-            },
-            Group {
-                id: "rejections",
-                title: "Frames rejected, by reason",
-                series: rejected,
-            },
-            Group {
-                id: "refusals",
-                title: "Refusals at the edge, by reason",
-                series: refused,
-            },
-            Group {
-                id: "state",
-                title: "Consent state",
-                series: state,
-            },
+            group("frames", "Frames accepted, by kind", counted(kinds)),
+            group("records", "Records written, by topic", counted(records)),
+            group(
+                "drops",
+                "Records dropped by policy, by purpose and reason",
+                counted(drops),
+            ),
+            group(
+                "rejections",
+                "Frames rejected, by reason",
+                counted(rejected),
+            ),
+            group(
+                "refusals",
+                "Refusals at the edge, by reason",
+                counted(refused),
+            ),
+            group("state", "Consent state", state),
         ],
     }
 }
@@ -244,15 +218,5 @@ mod tests {
         assert_eq!(kept.len(), super::HISTORY);
         assert_eq!(kept[0]["at_ms"], 5);
         assert_eq!(kept[super::HISTORY - 1]["at_ms"], super::HISTORY + 4);
-    }
-
-    #[test]
-    fn labels_are_read_by_name() {
-        let l = "service=\"insights\",purpose=\"fleet-stats\",reason=\"private-mode\"";
-        assert_eq!(super::label(l, "service"), Some("insights"));
-        assert_eq!(super::label(l, "purpose"), Some("fleet-stats"));
-        assert_eq!(super::label(l, "reason"), Some("private-mode"));
-        assert_eq!(super::label(l, "kind"), None);
-        assert_eq!(super::label("kind=\"status\"", "kind"), Some("status"));
     }
 }
