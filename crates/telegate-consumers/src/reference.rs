@@ -10,17 +10,9 @@ use std::time::Duration;
 
 /// Each is named by its kebab-case name (`smart-service`, …): a topic segment and a
 /// command-line value.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    strum::EnumCount,
-    strum::VariantArray,
-    strum::IntoStaticStr,
-    strum::EnumString,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(strum::EnumCount, strum::VariantArray)]
+#[derive(strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "kebab-case")]
 pub enum Reference {
     SmartService,

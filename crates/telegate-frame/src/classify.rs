@@ -7,19 +7,8 @@ use strum::VariantArray;
 
 /// The closed set of data categories (the notices' "Kennungen", "Zustandsdaten", …); each is
 /// named by its kebab-case name, as packs write it.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::EnumCount,
-    strum::VariantArray,
-    strum::IntoStaticStr,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(strum::EnumCount, strum::VariantArray, strum::IntoStaticStr)]
 #[strum(serialize_all = "kebab-case")]
 pub enum DataCategory {
     /// The VIN and anything else that identifies the vehicle.

@@ -4,7 +4,8 @@ use crate::pb::VehicleFrame;
 use prost::Message;
 
 /// How a payload was (or is to be) encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadFormat {
     Protobuf,

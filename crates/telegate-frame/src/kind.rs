@@ -4,20 +4,9 @@ use crate::pb::vehicle_frame::Body;
 
 /// The closed set of frame kinds, one per `VehicleFrame.body` variant; each is named by its
 /// kebab-case name, the topic segment and label value.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::EnumCount,
-    strum::VariantArray,
-    strum::IntoStaticStr,
-    strum::EnumString,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(strum::EnumCount, strum::VariantArray)]
+#[derive(strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "kebab-case")]
 pub enum FrameKind {
     Status,

@@ -54,19 +54,8 @@ mod duration_ms {
 
 /// The closed set of rejection reasons; `as_str`, the kebab-case name, is the metric label and
 /// the `reason` field of `telegate.rejected`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::EnumCount,
-    strum::VariantArray,
-    strum::IntoStaticStr,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(strum::EnumCount, strum::VariantArray, strum::IntoStaticStr)]
 #[strum(serialize_all = "kebab-case")]
 pub enum RejectReason {
     TopicMalformed,

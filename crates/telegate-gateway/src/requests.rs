@@ -43,9 +43,8 @@ const SWEEP_GRACE: Duration = Duration::from_secs(10);
 
 /// What became of a request, counted in `telegate_vehicle_requests_total{result}` under its
 /// kebab-case name.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(strum::EnumCount, strum::VariantArray, strum::IntoStaticStr)]
 #[strum(serialize_all = "kebab-case")]
 pub enum Outcome {
     /// Taken by this instance, the vehicle connected here: handed to this edge, whose own

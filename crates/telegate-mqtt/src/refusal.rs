@@ -3,9 +3,8 @@
 /// Why the edge refused a connection, a packet or a subscription, or closed a connection.
 /// Each is counted in `telegate_mqtt_refused_total{reason}` under its kebab-case name; none
 /// names a vehicle.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(strum::EnumCount, strum::VariantArray, strum::IntoStaticStr)]
 #[strum(serialize_all = "kebab-case")]
 pub enum Refusal {
     /// No client certificate, and anonymous clients are not allowed.

@@ -10,17 +10,8 @@ use telegate_frame::{Categories, FrameKind};
 
 /// GDPR Art. 6(1) basis of a purpose; the `telegate-legal-basis` header and what packs write,
 /// in kebab-case.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::EnumCount,
-    strum::VariantArray,
-    strum::IntoStaticStr,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(strum::EnumCount, strum::VariantArray, strum::IntoStaticStr)]
 #[strum(serialize_all = "kebab-case")]
 pub enum LegalBasis {
     Consent,
@@ -37,17 +28,8 @@ impl LegalBasis {
 
 /// How a service may see the subject; the `telegate-subject` header and what packs write, in
 /// kebab-case.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::EnumCount,
-    strum::VariantArray,
-    strum::IntoStaticStr,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(strum::EnumCount, strum::VariantArray, strum::IntoStaticStr)]
 #[strum(serialize_all = "kebab-case")]
 pub enum Identity {
     /// The raw VIN, as record key and in the payload.
@@ -110,9 +92,8 @@ impl EventScope {
 }
 
 /// A vehicle setting that switches a purpose off; packs write it in kebab-case.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(strum::EnumCount, strum::VariantArray, strum::IntoStaticStr)]
 #[strum(serialize_all = "kebab-case")]
 pub enum OffCondition {
     /// Private mode is on (Porsche "Privatmodus").
@@ -133,7 +114,8 @@ impl OffCondition {
 
 /// How a service's records are encoded; the `telegate-encoding` header and what packs write,
 /// in kebab-case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray, strum::IntoStaticStr)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(strum::VariantArray, strum::IntoStaticStr)]
 #[strum(serialize_all = "kebab-case")]
 pub enum RecordEncoding {
     /// Binary protobuf, `telegate.v1.VehicleFrame`.
