@@ -100,25 +100,10 @@ pub struct Reconnect {
     pub resumed_handshakes: usize,
 }
 
+/// A clean-session CONNECT: an idle connection keeps nothing at the target.
 fn connect_packet(client_id: &str, keep_alive_s: u16) -> Vec<u8> {
-    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
-    var.extend_from_slice(&keep_alive_s.to_be_bytes());
-    var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    var.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10];
-    let mut len = var.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend(var);
+    let mut packet = Vec::new();
+    crate::lean::wire::connect(&mut packet, client_id, keep_alive_s, true);
     packet
 }
 

@@ -151,7 +151,16 @@ pub async fn run(
                     vins.len()
                 );
             }
-            crate::lean::run(cfg, *addr, tls.clone(), vins, tracker, start).await
+            crate::lean::run(
+                crate::lean::LIMITS,
+                cfg,
+                *addr,
+                tls.clone(),
+                vins,
+                tracker,
+                start,
+            )
+            .await
         }
         Sink::Kafka { kafka, topic } => {
             // One sink shared by every vehicle: telegate's own, with its producer settings.

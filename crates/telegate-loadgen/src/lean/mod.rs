@@ -16,7 +16,7 @@ mod conn;
 mod session;
 mod shard;
 pub(crate) mod subscriber;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -32,7 +32,7 @@ use telegate_sim::DeliveryStats;
 
 /// How much each vehicle keeps and waits for.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
+pub(crate) struct Limits {
     /// Frames a vehicle keeps unacknowledged before it stops making new ones.
     outbox: usize,
     /// Publishes awaiting their PUBACK at once.
@@ -42,7 +42,7 @@ struct Limits {
     drain_idle: Duration,
 }
 
-const LIMITS: Limits = Limits {
+pub(crate) const LIMITS: Limits = Limits {
     // 100 s of a Kafka outage at 10 frames/s.
     outbox: 1_000,
     // The gateway's window: a 3.1.1 vehicle beyond it would write into a connection nobody
@@ -118,19 +118,8 @@ impl Counts {
 
 /// Runs one lean vehicle per VIN against the MQTT target at `addr` until `start` + warm-up +
 /// duration and then their drain; returns the frames made. `tls`, if given, has one identity
-/// per VIN.
+/// per VIN; `limits` are each vehicle's (the load generator's own: [`LIMITS`]).
 pub(crate) async fn run(
-    cfg: &LoadConfig,
-    addr: SocketAddr,
-    tls: Option<Arc<FleetTls>>,
-    vins: &[String],
-    tracker: Arc<Tracker>,
-    start: Instant,
-) -> anyhow::Result<u64> {
-    run_with(LIMITS, cfg, addr, tls, vins, tracker, start).await
-}
-
-async fn run_with(
     limits: Limits,
     cfg: &LoadConfig,
     addr: SocketAddr,

@@ -2,7 +2,7 @@
 //! before acknowledging what it got, or never acknowledge: what the vehicles promise is
 //! checked from both sides, the acceptor's log and the tracker.
 
-use super::{Limits, run_with};
+use super::{Limits, run};
 use crate::generate::{LoadConfig, Mix};
 use crate::tracker::Tracker;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -170,7 +170,7 @@ async fn drive(cfg: &LoadConfig, addr: SocketAddr, limits: Limits) -> (u64, Arc<
     let vins = crate::vins(cfg.vehicles);
     let start = Instant::now();
     let tracker = Arc::new(Tracker::new(&vins, start));
-    let made = run_with(limits, cfg, addr, None, &vins, tracker.clone(), start)
+    let made = run(limits, cfg, addr, None, &vins, tracker.clone(), start)
         .await
         .expect("the run");
     (made, tracker)
