@@ -170,7 +170,15 @@ impl Gateway {
         let ledger = Arc::new(ledger);
         let sink = KafkaSink::new(&config.kafka).context("Kafka producer")?;
         let sink_stats = sink.stats();
-        let frame_stats = Arc::new(FrameStats::register(&pack));
+        let pipeline = Pipeline::new(
+            pack.clone(),
+            keys.clone(),
+            config.validation.clone(),
+            state.clone(),
+            ledger.clone(),
+            sink,
+        );
+        let frame_stats = pipeline.frame_stats();
         // A blocked vehicle may not connect; its live connection is closed when it is blocked.
         let gate_state = state.clone();
         let gate: VehicleGate = Arc::new(move |vin: &Vin| {
@@ -257,16 +265,7 @@ impl Gateway {
         let traces = tokio::task::spawn_blocking(move || Traces::start(&trace_config, traced_pack))
             .await
             .context("the trace exporter's start did not finish")??;
-        let pipeline = Pipeline::new(
-            pack.clone(),
-            keys,
-            config.validation.clone(),
-            state.clone(),
-            ledger.clone(),
-            sink,
-            frame_stats.clone(),
-        )
-        .with_traces(traces.clone());
+        let pipeline = pipeline.with_traces(traces.clone());
         let running = Stage::default();
         running
             .tasks

@@ -96,9 +96,9 @@ impl Pipeline {
         state: Arc<StateStore>,
         ledger: Arc<Ledger>,
         sink: KafkaSink,
-        frames: Arc<FrameStats>,
     ) -> Self {
         Self {
+            frames: Arc::new(FrameStats::register(&pack)),
             label: pack.label(),
             pack,
             keys,
@@ -106,13 +106,17 @@ impl Pipeline {
             state,
             ledger,
             sink,
-            frames,
             counters: Counters::register(),
             unconfirmed: Arc::default(),
             resends: Arc::new(Resends::new(RESENDS_IDLE)),
             writes: TaskTracker::new(),
             traces: Traces::default(),
         }
+    }
+
+    /// What the pipeline made of the frames, by kind, verdict and purpose.
+    pub fn frame_stats(&self) -> Arc<FrameStats> {
+        self.frames.clone()
     }
 
     /// Traces frames through `traces` (off by default).
