@@ -195,28 +195,32 @@ fn purposes(console: &Shared, vin: &Vin, record: Option<&SubjectRecord>) -> Mark
 }
 
 fn activations(record: Option<&SubjectRecord>) -> Markup {
+    let activations = record.filter(|r| !r.activations.is_empty()).map(|r| {
+        html! { @for (f, t) in &r.activations {
+            tr data-feature=(f) { th scope="row" { (f) } td.value { (on_off(t.latest().copied().unwrap_or(false))) } }
+        } }
+    });
+    let contributions = record.filter(|r| !r.contributions.is_empty()).map(|r| {
+        html! { @for (k, at) in &r.contributions {
+            tr { th scope="row" { (k) } td { (time(*at)) } }
+        } }
+    });
     html! {
-        section #activations aria-labelledby="activations-h" {
-            h2 #activations-h { "Activations" }
-            @match record.filter(|r| !r.activations.is_empty()) {
-                None => p { "No service was activated for this vehicle." },
-                Some(r) => table {
-                    thead { tr { th scope="col" { "Feature" } th scope="col" { "Value" } } }
-                    tbody { @for (f, t) in &r.activations {
-                        tr data-feature=(f) { th scope="row" { (f) } td.value { (on_off(t.latest().copied().unwrap_or(false))) } }
-                    } }
-                },
-            }
-        }
-        section #contributions aria-labelledby="contributions-h" {
-            h2 #contributions-h { "Contributions" }
-            @match record.filter(|r| !r.contributions.is_empty()) {
-                None => p { "No contribution to a once-per-vehicle statistic is recorded." },
-                Some(r) => table {
-                    thead { tr { th scope="col" { "Purpose / kind" } th scope="col" { "Last period contributed to, from" } } }
-                    tbody { @for (k, at) in &r.contributions {
-                        tr { th scope="row" { (k) } td { (time(*at)) } }
-                    } }
+        (listing("activations", "Activations", ["Feature", "Value"], activations, "No service was activated for this vehicle."))
+        (listing("contributions", "Contributions", ["Purpose / kind", "Last period contributed to, from"], contributions, "No contribution to a once-per-vehicle statistic is recorded."))
+    }
+}
+
+/// A section `id` of two-column rows under `head`, or the sentence `none` when there are none.
+fn listing(id: &str, title: &str, head: [&str; 2], rows: Option<Markup>, none: &str) -> Markup {
+    html! {
+        section id=(id) aria-labelledby={ (id) "-h" } {
+            h2 id={ (id) "-h" } { (title) }
+            @match rows {
+                None => p { (none) },
+                Some(rows) => table {
+                    thead { tr { th scope="col" { (head[0]) } th scope="col" { (head[1]) } } }
+                    tbody { (rows) }
                 },
             }
         }
