@@ -73,6 +73,9 @@ struct Metrics {
     buffered: Gauge,
     refused: Vec<Counter>,
     requests: [Counter; 4],
+    /// Client CRL files read after a change: in force, or refused (the previous one stays).
+    crl_loaded: Counter,
+    crl_failed: Counter,
 }
 
 impl EdgeStats {
@@ -88,6 +91,8 @@ impl EdgeStats {
             open: metrics::gauge!("telegate_mqtt_connections_open"),
             handshakes: metrics::gauge!("telegate_mqtt_handshakes_waiting"),
             buffered: metrics::gauge!("telegate_mqtt_partial_packet_bytes"),
+            crl_loaded: metrics::counter!("telegate_mqtt_crl_reloads_total", "result" => "loaded"),
+            crl_failed: metrics::counter!("telegate_mqtt_crl_reloads_total", "result" => "failed"),
             refused: Refusal::VARIANTS
                 .iter()
                 .map(|r| metrics::counter!("telegate_mqtt_refused_total", "reason" => r.as_str()))
@@ -106,6 +111,8 @@ impl EdgeStats {
         m.received.increment(0);
         m.resent.increment(0);
         m.overran.increment(0);
+        m.crl_loaded.increment(0);
+        m.crl_failed.increment(0);
         Self {
             received: AtomicU64::new(0),
             open: AtomicUsize::new(0),
@@ -513,10 +520,12 @@ async fn housekeeping(ctx: Arc<Shared>) {
         match tls.reload_if_changed() {
             Ok(None) => {}
             Ok(Some(revoked)) => {
+                ctx.stats.m.crl_loaded.increment(1);
                 let closed = ctx.registry.close_revoked(&revoked);
                 tracing::info!(revoked = revoked.len(), closed, "client CRL reloaded");
             }
             Err(e) => {
+                ctx.stats.m.crl_failed.increment(1);
                 tracing::error!(error = %e, "client CRL not reloaded; the previous one stays in force")
             }
         }
