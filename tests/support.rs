@@ -9,8 +9,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 pub use telegate_frame::now_ms;
 
-/// The broker the suite runs against. `scripts/test` starts one and sets the variable; a
-/// run without it fails here rather than skipping.
 /// The repository's root directory (scripts/, consumers/, docs/).
 pub fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -19,6 +17,8 @@ pub fn root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// The broker the suite runs against. `scripts/test` starts one and sets the variable; a
+/// run without it fails here rather than skipping.
 pub fn kafka() -> String {
     std::env::var("TELEGATE_TEST_KAFKA").unwrap_or_else(|_| {
         panic!(
@@ -202,6 +202,16 @@ pub async fn collect(
         }
     }
     out
+}
+
+/// Waits until `ready` holds, looking every 50 ms; fails naming `what` once `within` has
+/// passed. For a test that waits on something it can observe, instead of a fixed sleep.
+pub async fn wait_until(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A minimal HTTP GET on loopback: (status, body).

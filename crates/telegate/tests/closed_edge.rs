@@ -2,6 +2,7 @@
 //! `telegate serve` with only its TLS listener, and independent MQTT clients as vehicles:
 //! mosquitto_pub/mosquitto_sub (libmosquitto) and paho (Python).
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -147,9 +148,9 @@ impl Fleet {
             .unwrap_or_else(|e| panic!("mosquitto_pub is needed (scripts/test installs it): {e}"))
     }
 
-    /// A mosquitto_sub that prints whatever it receives within `secs`.
-    fn mosquitto_sub(&self, vehicle: &str, version: &str, filter: &str, secs: u64) -> Child {
-        Command::new("mosquitto_sub")
+    /// A mosquitto_sub that listens for `secs`, in the background.
+    fn mosquitto_sub(&self, vehicle: &str, version: &str, filter: &str, secs: u64) -> Listener {
+        let mut child = Command::new("mosquitto_sub")
             .args(self.tls_args(Some(vehicle)))
             .args([
                 "-V",
@@ -161,11 +162,29 @@ impl Fleet {
                 "-W",
                 &secs.to_string(),
                 "-v",
+                "-d",
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("mosquitto_sub is needed (scripts/test installs it): {e}"))
+            .unwrap_or_else(|e| panic!("mosquitto_sub is needed (scripts/test installs it): {e}"));
+        let stdout = child.stdout.take().expect("piped");
+        let (answered, on_answer) = std::sync::mpsc::channel();
+        let lines = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("Subscribed (") {
+                    let _ = answered.send(());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        Listener {
+            child,
+            lines,
+            on_answer,
+        }
     }
 
     /// The sum of a metric's series whose labels contain `labels`.
@@ -176,6 +195,35 @@ impl Fleet {
             .filter(|(l, _)| l.contains(labels))
             .map(|(_, v)| v)
             .sum()
+    }
+}
+
+/// A mosquitto_sub in the background (`-d`): its lines, gathered by a thread until it ends.
+struct Listener {
+    child: Child,
+    lines: std::thread::JoinHandle<Vec<String>>,
+    /// Hears once the gateway answered the SUBSCRIBE, granted or refused.
+    on_answer: std::sync::mpsc::Receiver<()>,
+}
+
+impl Listener {
+    /// Waits for the gateway's SUBACK.
+    fn answered(&self) {
+        self.on_answer
+            .recv_timeout(Duration::from_secs(20))
+            .expect("mosquitto_sub got a SUBACK");
+    }
+
+    /// Waits for its end; the messages it received, `topic payload` a line (debug lines left
+    /// out).
+    fn received(mut self) -> String {
+        let _ = self.child.wait();
+        let lines = self.lines.join().expect("mosquitto_sub's reader");
+        lines
+            .into_iter()
+            .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed ("))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -203,7 +251,7 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
     // Other vehicles listen wherever they may, in both versions (one vehicle each: a second
     // connection of the same vehicle would take over the first). Wildcards are granted but
     // match only the listener's own request topic; A's topics are refused.
-    let listeners: Vec<Child> = [
+    let listeners: Vec<Listener> = [
         ("mqttv311", "#"),
         ("mqttv5", "#"),
         ("mqttv311", "/tenants/+/v1/+"),
@@ -217,7 +265,9 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
         f.mosquitto_sub(&listener, version, filter, 8)
     })
     .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    for l in &listeners {
+        l.answered();
+    }
 
     // B cannot publish as A, in either version.
     for version in ["mqttv311", "mqttv5"] {
@@ -250,8 +300,7 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
     );
 
     for l in listeners {
-        let out = l.wait_with_output().expect("mosquitto_sub ends");
-        let received = String::from_utf8_lossy(&out.stdout);
+        let received = l.received();
         assert!(
             !received.contains(&a) && !received.contains("12.5"),
             "another vehicle received A's data: {received}"
@@ -282,8 +331,15 @@ async fn a_vehicle_certificate_opens_only_that_vehicles_topics() {
     drop(stalled);
 
     // A revoked certificate is refused, without a restart; B is not affected.
+    let loaded = || f.metric("telegate_mqtt_crl_reloads_total", "result=\"loaded\"");
+    let before = loaded();
     pki(&["revoke", f.pki.to_str().expect("UTF-8"), &a]);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until(
+        "the edge reads the changed CRL",
+        Duration::from_secs(20),
+        || loaded() > before,
+    )
+    .await;
     let out = f.mosquitto_pub(Some(&a), "mqttv311", &topic(&a), &status(&a, 3, 13.0));
     assert!(!out.status.success(), "a revoked certificate connected");
     assert!(
