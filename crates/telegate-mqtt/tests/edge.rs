@@ -762,7 +762,14 @@ async fn a_throttled_vehicle_is_closed_at_once_when_blocked() {
             .expect("encodes");
     }
     raw.write_all(&publishes).await.expect("publishes");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Blocked once the edge has taken the first and waits for the rate to take the next.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while edge.stats().received() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the edge takes the first publish");
     assert!(edge.close(&vin(A), Refusal::VehicleBlocked));
     let closed = tokio::time::timeout(Duration::from_secs(2), async {
         loop {

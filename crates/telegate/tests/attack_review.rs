@@ -418,8 +418,16 @@ async fn a_vehicle_connects_while_unauthenticated_connections_flood_the_edge() {
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
         .collect();
     let attack = tokio::spawn(flood(addr, sources, 2 * FD_LIMIT as usize, stop.clone()));
-    // Let the flood fill the budget first.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The vehicles come once the flood has filled the budget: the edge closes its
+    // connections to make room.
+    let evicted =
+        |g: &Gateway| g.refused("too-many-handshakes") + g.refused("too-many-from-source");
+    wait_until(
+        "the flood fills the handshake budget",
+        Duration::from_secs(30),
+        || evicted(&g) > 0.0,
+    )
+    .await;
     let mut took = Vec::new();
     for _ in 0..8 {
         let (certs, vin) = (certs.clone(), unique_vin());
@@ -439,7 +447,7 @@ async fn a_vehicle_connects_while_unauthenticated_connections_flood_the_edge() {
     }
     stop.store(true, Ordering::Relaxed);
     let opened = attack.await.expect("flood");
-    let evicted = g.refused("too-many-handshakes") + g.refused("too-many-from-source");
+    let evicted = evicted(&g);
     println!(
         "flood: {opened} connections opened from 8 addresses at a gateway limited to {FD_LIMIT} files, {evicted} closed to make room; the vehicle connected in {took:?}"
     );
