@@ -31,7 +31,7 @@ pub struct Hello {
 }
 
 /// A packet from a vehicle, after CONNECT.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
     Publish {
         qos: u8,

@@ -3,7 +3,7 @@
 //! vehicle's publishes and subscriptions meet.
 
 use crate::fixtures::{OTHER_VIN, VIN};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rumqttc::mqttbytes::{matches, valid_filter};
 use telegate_frame::Vin;
 use telegate_mqtt::fuzzing::{
@@ -36,19 +36,11 @@ pub fn mqtt_codec(data: &[u8]) {
     );
 }
 
-/// One thing a connection read: publishes in full (topic and payload are cheap to keep and
-/// compare), other packets as their `Debug`.
+/// One thing a connection read: the CONNECT (as its `Debug`), then each packet as read.
 #[derive(Debug, PartialEq)]
 enum Seen {
-    Packet(String),
-    Publish {
-        qos: u8,
-        pkid: u16,
-        dup: bool,
-        retain: bool,
-        topic: Bytes,
-        payload: Bytes,
-    },
+    Connect(String),
+    Packet(Inbound),
     Waiting,
     Refused(Refusal),
 }
@@ -66,12 +58,12 @@ fn connection(stream: &[u8], piece: usize, max: usize) -> Vec<Seen> {
         let read = match version {
             None => read_connect(&mut buf, max).map(|hello| {
                 version = Some(hello.version);
-                (Seen::Packet(format!("{hello:?}")), false)
+                (Seen::Connect(format!("{hello:?}")), false)
             }),
             Some(v) => read(v, &mut buf, max).map(|packet| {
                 judge(&packet);
                 let last = matches!(packet, Inbound::Disconnect | Inbound::Unexpected);
-                (seen_as(packet), last)
+                (Seen::Packet(packet), last)
             }),
         };
         match read {
@@ -102,28 +94,6 @@ fn connection(stream: &[u8], piece: usize, max: usize) -> Vec<Seen> {
                 return seen;
             }
         }
-    }
-}
-
-fn seen_as(packet: Inbound) -> Seen {
-    match packet {
-        Inbound::Publish {
-            qos,
-            pkid,
-            dup,
-            retain,
-            topic,
-            payload,
-            traceparent: _,
-        } => Seen::Publish {
-            qos,
-            pkid,
-            dup,
-            retain,
-            topic,
-            payload,
-        },
-        other => Seen::Packet(format!("{other:?}")),
     }
 }
 
