@@ -25,16 +25,19 @@ use telegate_sim::{Behaviour, Fleet, FleetConfig};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Simulated vehicles.
     #[arg(long, default_value_t = 20)]
     pub vehicles: usize,
     /// Stop after this long (e.g. 30s); runs until Ctrl-C otherwise.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Use a real Kafka cluster instead of the in-process stand-in.
+    /// A real Kafka cluster's bootstrap servers, instead of librdkafka's in-process mock cluster.
     #[arg(long)]
     pub kafka_bootstrap: Option<String>,
+    /// The gateway's MQTT listener the fleet connects to (plain, anonymous: a demo only).
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
+    /// /metrics, /healthz, /readyz.
     #[arg(long, default_value = "127.0.0.1:9898")]
     pub metrics_listen: Option<SocketAddr>,
     /// The privacy office's console, on loopback; its sign-in tokens are printed at start.

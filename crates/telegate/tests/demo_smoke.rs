@@ -1,5 +1,5 @@
-//! `telegate demo` end to end on its embedded defaults: in-process Kafka stand-in, embedded
-//! MQTT broker, simulated fleet. Checks what reaches the topics, not how fast.
+//! `telegate demo` end to end on its defaults: librdkafka's in-process mock cluster, the
+//! gateway's own MQTT edge, a simulated fleet. Checks what reaches the topics, not how fast.
 
 use std::time::Duration;
 use telegate::demo::{Args, summarize};
