@@ -16,6 +16,7 @@ pub struct Args {
     /// Its pid, to read its resident memory and CPU time.
     #[arg(long)]
     pid: i32,
+    /// Connections to open and hold.
     #[arg(long, default_value_t = 50_000)]
     connections: usize,
     /// Source addresses to spread connections over (each gives about 28,000 ports).

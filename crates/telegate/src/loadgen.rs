@@ -41,6 +41,7 @@ pub struct Args {
         default_value = "127.0.0.1:9092"
     )]
     kafka_bootstrap: String,
+    /// Vehicles, one connection each.
     #[arg(long, default_value_t = 100)]
     vehicles: usize,
     /// Frames per second per vehicle.
@@ -52,12 +53,16 @@ pub struct Args {
     /// protobuf or json.
     #[arg(long, default_value = "protobuf")]
     format: String,
-    #[arg(long, default_value_t = 1)]
+    /// 1: every frame waits for its PUBACK; 0: at most once, nothing acknowledged.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
+    /// The vehicles start one after another over this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     ramp_up: Duration,
+    /// From the start, load before the measured window (not counted).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     warm_up: Duration,
+    /// The measured window.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     duration: Duration,
     /// Writes every report as JSON: the table's figures (generator_cpu_s and

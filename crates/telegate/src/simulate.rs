@@ -18,15 +18,19 @@ pub struct Args {
     /// certificate, issued into DIR the first time the vehicle needs it.
     #[arg(long, value_name = "DIR")]
     pki: Option<PathBuf>,
+    /// Simulated vehicles, one connection each.
     #[arg(long, default_value_t = 20)]
     vehicles: usize,
+    /// Stop after this long (e.g. 5m); runs until Ctrl-C otherwise.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// protobuf, json or mixed.
     #[arg(long, default_value = "mixed")]
     format: String,
+    /// Share of frames followed by a deliberately broken one.
     #[arg(long, default_value_t = 0.0)]
     bad_frame_ratio: f64,
+    /// Seed of the fleet's randomness: the same seed drives the same days.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Speak MQTT 5 (the gateway's --mqtt5-listen, or its TLS listener): a frame Kafka did
