@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Share of frames followed by a deliberately broken one.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, value_parser = crate::share, default_value_t = 0.02)]
     pub bad_frame_ratio: f64,
     /// product-insights: minimum vehicles per released aggregate (small for a small fleet).
     #[arg(long, default_value_t = 3)]

@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value = "mixed")]
     format: String,
     /// Share of frames followed by a deliberately broken one.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = crate::share, default_value_t = 0.0)]
     bad_frame_ratio: f64,
     /// Seed of the fleet's randomness: the same seed drives the same days.
     #[arg(long, default_value_t = 1)]
