@@ -194,7 +194,6 @@ fn max_u32(max: usize) -> u32 {
     u32::try_from(max).unwrap_or(u32::MAX)
 }
 
-/// Reads the next packet after CONNECT.
 /// The first `traceparent` among a publish's user properties: moved out, not copied.
 pub(crate) fn traceparent(properties: Vec<(String, String)>) -> Option<String> {
     properties
@@ -202,6 +201,7 @@ pub(crate) fn traceparent(properties: Vec<(String, String)>) -> Option<String> {
         .find_map(|(name, value)| (name == "traceparent").then_some(value))
 }
 
+/// Reads the next packet after CONNECT.
 pub fn read(version: Version, buf: &mut BytesMut, max: usize) -> Result<Inbound, ReadError> {
     match version {
         Version::V4 => read_v4(buf, max),
