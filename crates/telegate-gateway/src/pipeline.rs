@@ -267,14 +267,16 @@ impl Pipeline {
             self.persist_state(key, receipt.cloned(), trace);
         }
         let mut handed = true;
-        // One record per forwarded purpose, in the verdicts' order.
+        // One record per forwarded purpose, in the verdicts' order; only a traced frame's
+        // records need to know which.
         let mut forwarded = admission
             .verdicts
             .iter()
             .filter(|(_, v)| matches!(v, Verdict::Forward(_)))
             .map(|&(purpose, _)| purpose);
         for rec in &mut admission.records {
-            handed &= self.send(rec, forwarded.next(), receipt, trace).await;
+            let purpose = trace.and_then(|_| forwarded.next());
+            handed &= self.send(rec, purpose, receipt, trace).await;
         }
         if settings {
             self.record_settings_change(frame, receipt.cloned(), trace);
