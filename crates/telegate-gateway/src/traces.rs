@@ -6,8 +6,10 @@
 //! picked (`traces.sample_ratio`, drawn on the gateway's own random span id, so a vehicle
 //! cannot choose to be traced) and for every rejected or failed frame. On the way a frame's
 //! trace records only ids, indices into the pack and, for a sampled frame, times; spans and
-//! their attributes are built after the fact. A frame not sampled makes no span, attribute,
-//! string or clock reading unless it is kept, and its records carry no `traceparent`.
+//! their attributes are built after the fact. A frame not sampled makes no span, attribute or
+//! string unless it is kept, reads the clock only around the state and ledger writes a privacy
+//! frame waits for (a failed one keeps the trace) and at a failed delivery, and its records
+//! carry no `traceparent`.
 //!
 //! What a trace may hold: kinds, purposes, services, verdicts, reasons, topics, subject forms,
 //! timings. Never a VIN, a position or a pseudonym, and never a vehicle's `tracestate` (free
@@ -173,7 +175,7 @@ fn threshold(ratio: f64) -> u64 {
 }
 
 /// One frame's trace while it is under way: its ids and, when it is sampled, the times of its
-/// steps (an unsampled frame reads no clock until it is known to be kept).
+/// steps (an unsampled frame times only its writes and its failed deliveries).
 #[derive(Debug)]
 pub(crate) struct FrameTrace {
     exporter: Arc<Exporter>,
